@@ -1,0 +1,249 @@
+//! Types shared by the tcptrace probe (BPF side) and the tcptrace CLI.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding so that the probe
+//! and userspace agree on the layout byte for byte. The `user` feature adds
+//! the `aya::Pod` implementations userspace needs to move these through maps
+//! and load-time globals.
+#![no_std]
+
+/// Kernel TCP states (include/net/tcp_states.h), as carried by the
+/// `sock:inet_sock_set_state` tracepoint.
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+    /// One past the highest state; sizes per-state tables.
+    pub const COUNT: usize = 13;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// `TransitionEvent::flags`: the owner (pid, comm) was seen in the owner's
+/// own context (connect, listen, close, or inherited from the listener).
+pub const EVENT_OWNER_KNOWN: u8 = 1 << 0;
+/// The transition is the full socket handing the connection to a timewait
+/// socket (FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE inside tcp_time_wait()).
+pub const EVENT_TIMEWAIT_HANDOFF: u8 = 1 << 1;
+/// The probe saw when the socket entered its previous state.
+pub const EVENT_IN_OLD_KNOWN: u8 = 1 << 2;
+/// The probe saw the socket being created, so its age is exact.
+pub const EVENT_AGE_KNOWN: u8 = 1 << 3;
+/// Timewait detection was armed for this event (the hooks it needs are
+/// attached); without it EVENT_TIMEWAIT_HANDOFF is never set.
+pub const EVENT_TIMEWAIT_CHECKED: u8 = 1 << 4;
+
+pub const COMM_LEN: usize = 16;
+
+/// One TCP state transition, as written into the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransitionEvent {
+    /// CLOCK_MONOTONIC time of the transition (bpf_ktime_get_ns).
+    pub ktime_ns: u64,
+    /// Kernel address of the `struct sock`; identifies the socket while it lives.
+    pub skaddr: u64,
+    /// Time spent in `old`; valid when EVENT_IN_OLD_KNOWN is set.
+    pub in_old_ns: u64,
+    /// Time since the socket was created; valid when EVENT_AGE_KNOWN is set.
+    pub age_ns: u64,
+    /// Owner's process id (tgid); valid when EVENT_OWNER_KNOWN is set.
+    pub pid: u32,
+    pub family: u16,
+    pub lport: u16,
+    pub rport: u16,
+    pub old: u8,
+    pub new: u8,
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    pub comm: [u8; COMM_LEN],
+    /// Local address: 4 bytes used for IPv4, 16 for IPv6 (network order).
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+}
+
+impl TransitionEvent {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+}
+
+/// Per-socket state the probe keeps between transitions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketRecord {
+    pub first_seen_ns: u64,
+    pub state_since_ns: u64,
+    pub pid: u32,
+    /// EVENT_OWNER_KNOWN / EVENT_AGE_KNOWN bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Owner of a listening socket, keyed by local port, so that the children a
+/// listener accepts (created in softirq context) inherit a real owner.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerOwner {
+    pub pid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Config flags.
+pub const CONFIG_IPV4: u32 = 1 << 0;
+pub const CONFIG_IPV6: u32 = 1 << 1;
+pub const CONFIG_LPORT_FILTER: u32 = 1 << 2;
+pub const CONFIG_RPORT_FILTER: u32 = 1 << 3;
+pub const CONFIG_PID_FILTER: u32 = 1 << 4;
+/// Emit FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE only when it is a timewait
+/// hand-off (the default view); with it clear the transition mask decides.
+pub const CONFIG_HANDOFF_ONLY: u32 = 1 << 5;
+/// The timer hook that recognises timewait hand-offs is attached.
+pub const CONFIG_TIMEWAIT_HOOK: u32 = 1 << 6;
+
+/// Kernel struct offsets the probe needs, resolved from BTF at start-up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOffsets {
+    /// `struct timer_list`.function
+    pub timer_function: u32,
+    /// `struct inet_timewait_sock`.tw_timer
+    pub tw_timer: u32,
+    /// `struct sock_common`.skc_dport (also valid inside inet_timewait_sock)
+    pub skc_dport: u32,
+    /// `struct sock_common`.skc_num
+    pub skc_num: u32,
+}
+
+/// Load-time configuration of the probe (a read-only global).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeConfig {
+    pub flags: u32,
+    pub pid: u32,
+    /// Address of tw_timer_handler(), to recognise timewait timers.
+    pub tw_timer_handler: u64,
+    pub offsets: KernelOffsets,
+    /// Bit `new` of `transitions[old]` set: report old -> new.
+    pub transitions: [u16; 16],
+    /// Bitmaps of accepted local / remote ports.
+    pub lports: [u64; 1024],
+    pub rports: [u64; 1024],
+}
+
+impl ProbeConfig {
+    pub const fn empty() -> Self {
+        Self {
+            flags: 0,
+            pid: 0,
+            tw_timer_handler: 0,
+            offsets: KernelOffsets {
+                timer_function: 0,
+                tw_timer: 0,
+                skc_dport: 0,
+                skc_num: 0,
+            },
+            transitions: [0; 16],
+            lports: [0; 1024],
+            rports: [0; 1024],
+        }
+    }
+
+    pub fn wants(&self, old: u8, new: u8) -> bool {
+        match self.transitions.get(old as usize) {
+            Some(mask) => new < 16 && mask & (1 << new) != 0,
+            None => false,
+        }
+    }
+
+    pub fn allow(&mut self, old: u8, new: u8) {
+        if let Some(mask) = self.transitions.get_mut(old as usize) {
+            *mask |= 1 << new;
+        }
+    }
+}
+
+/// Whether `port` is set in a port bitmap.
+#[inline(always)]
+pub fn port_in(bitmap: &[u64; 1024], port: u16) -> bool {
+    let word = bitmap[(port >> 6) as usize];
+    word & (1u64 << (port & 63)) != 0
+}
+
+pub fn port_insert(bitmap: &mut [u64; 1024], port: u16) {
+    bitmap[(port >> 6) as usize] |= 1u64 << (port & 63);
+}
+
+/// Indexes of the per-CPU counters array.
+pub const COUNTER_RING_FULL: u32 = 0;
+/// Socket records that could not be stored (map full even with LRU).
+pub const COUNTER_SOCKET_MAP_FULL: u32 = 1;
+/// Timewait hand-offs recognised (for the summary).
+pub const COUNTER_TIMEWAIT_HANDOFFS: u32 = 2;
+pub const COUNTER_COUNT: u32 = 4;
+
+/// Timewait timer most recently armed on this CPU (per-CPU slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ArmedTimewait {
+    pub ktime_ns: u64,
+    pub lport: u16,
+    /// Remote port in host order.
+    pub rport: u16,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for TransitionEvent {}
+    unsafe impl aya::Pod for SocketRecord {}
+    unsafe impl aya::Pod for ListenerOwner {}
+    unsafe impl aya::Pod for ProbeConfig {}
+    unsafe impl aya::Pod for ArmedTimewait {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(TransitionEvent::SIZE, 96);
+        assert_eq!(core::mem::size_of::<SocketRecord>(), 40);
+        assert_eq!(core::mem::size_of::<ListenerOwner>(), 24);
+        assert_eq!(
+            core::mem::size_of::<ProbeConfig>(),
+            4 + 4 + 8 + 16 + 32 + 8192 * 2
+        );
+    }
+
+    #[test]
+    fn transition_mask_round_trips() {
+        let mut c = ProbeConfig::empty();
+        c.allow(tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK);
+        assert!(c.wants(tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK));
+        assert!(!c.wants(tcp_state::LAST_ACK, tcp_state::CLOSE));
+        assert!(!c.wants(200, 1));
+    }
+
+    #[test]
+    fn port_bitmap() {
+        let mut b = [0u64; 1024];
+        port_insert(&mut b, 0);
+        port_insert(&mut b, 65535);
+        port_insert(&mut b, 8080);
+        assert!(port_in(&b, 0) && port_in(&b, 65535) && port_in(&b, 8080));
+        assert!(!port_in(&b, 8081));
+    }
+}

@@ -1,0 +1,269 @@
+//! Loading and attaching the probe, and reading what it counts.
+use std::os::fd::{AsFd, AsRawFd};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+    Btf as AyaBtf, Ebpf, EbpfLoader,
+};
+use tcptrace_common::{
+    KernelOffsets, ListenerOwner, ProbeConfig, CONFIG_TIMEWAIT_HOOK, COUNTER_RING_FULL,
+    COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS,
+};
+
+use crate::btf::Btf;
+
+static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace-probe"));
+
+const SET_STATE_PROGRAM: &str = "inet_sock_set_state";
+const TIMER_PROGRAM: &str = "timer_start";
+
+/// How timewait hand-offs are told apart from resets and timeouts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TimewaitDetection {
+    /// The timer hook is attached: every FIN_WAIT*/CLOSING -> CLOSE is classified.
+    Exact,
+    /// The hook could not be attached; such transitions are shown unclassified.
+    Unavailable(String),
+}
+
+impl TimewaitDetection {
+    pub fn describe(&self) -> String {
+        match self {
+            TimewaitDetection::Exact => "exact".into(),
+            TimewaitDetection::Unavailable(why) => format!("unavailable: {why}"),
+        }
+    }
+}
+
+/// Counters the kernel and the probe keep about what was not delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LossCounters {
+    /// Events dropped because the ring buffer was full.
+    pub ring_full: u64,
+    /// Program runs the kernel skipped (nested tracepoint on the same CPU).
+    pub recursion_misses: u64,
+    /// Socket records the map refused (never expected with an LRU map).
+    pub socket_map_full: u64,
+}
+
+impl LossCounters {
+    pub fn total(&self) -> u64 {
+        self.ring_full + self.recursion_misses
+    }
+}
+
+/// The loaded, attached probe. Dropping it detaches everything.
+pub struct Probe {
+    ebpf: Ebpf,
+    pub timewait: TimewaitDetection,
+    program_fds: Vec<i32>,
+}
+
+impl Probe {
+    /// Loads the probe with `config` and attaches it. Timewait detection is
+    /// set up when this kernel allows it; otherwise the reason is recorded.
+    pub fn load(config: &ProbeConfig, ring_size: u32) -> Result<Self> {
+        let mut config = *config;
+        let unavailable = match timewait_hook_setup() {
+            Ok((handler, offsets)) => {
+                config.flags |= CONFIG_TIMEWAIT_HOOK;
+                config.tw_timer_handler = handler;
+                config.offsets = offsets;
+                match Self::load_with(&config, ring_size) {
+                    Ok(probe) => return Ok(probe),
+                    // Retry without the hook: if the hook was the problem
+                    // tracing goes on with less precision, said out loud.
+                    Err(err) => format!("{err:#}"),
+                }
+            }
+            Err(err) => format!("{err:#}"),
+        };
+        config.flags &= !CONFIG_TIMEWAIT_HOOK;
+        let mut probe = Self::load_with(&config, ring_size)?;
+        probe.timewait = TimewaitDetection::Unavailable(unavailable);
+        Ok(probe)
+    }
+
+    fn load_with(config: &ProbeConfig, ring_size: u32) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", config, true)
+            .map_max_entries("EVENTS", ring_size)
+            .load(PROBE_OBJECT)
+            .map_err(|e| explain_load_error(e.into()))
+            .context("loading the probe")?;
+        let mut program_fds = Vec::new();
+
+        // The timer hook goes first so that no hand-off is classified before
+        // it can be recognised.
+        if config.flags & CONFIG_TIMEWAIT_HOOK != 0 {
+            let btf = AyaBtf::from_sys_fs().context("reading kernel BTF")?;
+            let program: &mut BtfTracePoint = program(&mut ebpf, TIMER_PROGRAM)?;
+            program
+                .load(TIMER_PROGRAM, &btf)
+                .map_err(|e| explain_load_error(e.into()))
+                .context("loading the timer_start hook (tp_btf)")?;
+            program.attach().context("attaching the timer_start hook")?;
+            program_fds.push(program.fd()?.as_fd().as_raw_fd());
+        }
+
+        let program: &mut TracePoint = program(&mut ebpf, SET_STATE_PROGRAM)?;
+        program
+            .load()
+            .map_err(|e| explain_load_error(e.into()))
+            .context("loading the inet_sock_set_state probe")?;
+        program
+            .attach("sock", "inet_sock_set_state")
+            .context("attaching to sock:inet_sock_set_state")?;
+        program_fds.push(program.fd()?.as_fd().as_raw_fd());
+
+        Ok(Probe { ebpf, timewait: TimewaitDetection::Exact, program_fds })
+    }
+
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("the probe has no EVENTS map")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Gives the owners of listeners that existed before tracing started to
+    /// the probe, so the connections they accept have an owner too.
+    pub fn seed_listeners(&mut self, listeners: &[(u16, ListenerOwner)]) -> Result<()> {
+        let mut map: BpfHashMap<_, u16, ListenerOwner> =
+            BpfHashMap::try_from(self.ebpf.map_mut("LISTENERS").context("no LISTENERS map")?)?;
+        for (port, owner) in listeners {
+            // The probe may already have seen a newer listen(): keep that.
+            if map.get(port, 0).is_err() {
+                map.insert(port, owner, 0).context("seeding the listener owners")?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn loss_counters(&self) -> Result<LossCounters> {
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("no COUNTERS map")?)?;
+        let sum = |index: u32| -> Result<u64> {
+            Ok(counters.get(&index, 0)?.iter().copied().sum())
+        };
+        let mut recursion_misses = 0;
+        for &fd in &self.program_fds {
+            recursion_misses += program_info(fd)?.recursion_misses;
+        }
+        Ok(LossCounters {
+            ring_full: sum(COUNTER_RING_FULL)?,
+            recursion_misses,
+            socket_map_full: sum(COUNTER_SOCKET_MAP_FULL)?,
+        })
+    }
+
+    /// Timewait hand-offs the probe recognised (whether or not filtered out).
+    pub fn timewait_handoffs(&self) -> Result<u64> {
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("no COUNTERS map")?)?;
+        Ok(counters.get(&COUNTER_TIMEWAIT_HANDOFFS, 0)?.iter().copied().sum())
+    }
+
+    /// Kernel run-time statistics of the state-change program (meaningful
+    /// while BPF stats are enabled): (runs, total ns).
+    pub fn set_state_run_stats(&self) -> Result<(u64, u64)> {
+        let fd = *self.program_fds.last().expect("the set-state program is always attached");
+        let info = program_info(fd)?;
+        Ok((info.run_cnt, info.run_time_ns))
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the probe object has no program {name}"))?;
+    Ok(program.try_into()?)
+}
+
+/// The address of tw_timer_handler and the struct offsets the timer hook
+/// needs, or why they cannot be had on this kernel.
+fn timewait_hook_setup() -> Result<(u64, KernelOffsets)> {
+    let handler = kallsyms_address("tw_timer_handler")?;
+    let btf = Btf::from_sys_fs()?;
+    let common = btf.member_offset("inet_timewait_sock", "__tw_common")?;
+    let offsets = KernelOffsets {
+        timer_function: btf.member_offset("timer_list", "function")?,
+        tw_timer: btf.member_offset("inet_timewait_sock", "tw_timer")?,
+        skc_dport: common + btf.member_offset("sock_common", "skc_dport")?,
+        skc_num: common + btf.member_offset("sock_common", "skc_num")?,
+    };
+    Ok((handler, offsets))
+}
+
+fn kallsyms_address(symbol: &str) -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+    let address = text
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = fields.next()?;
+            let _kind = fields.next()?;
+            (fields.next()? == symbol).then(|| u64::from_str_radix(address, 16).ok())?
+        })
+        .ok_or_else(|| anyhow!("{symbol} is not in /proc/kallsyms"))?;
+    if address == 0 {
+        return Err(anyhow!("/proc/kallsyms hides addresses (kernel.kptr_restrict)"));
+    }
+    Ok(address)
+}
+
+fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if text.contains("EPERM") || text.contains("Operation not permitted") {
+        err.context("the kernel refused the BPF program (root or CAP_BPF+CAP_PERFMON needed; a locked-down kernel refuses some hooks)")
+    } else {
+        err
+    }
+}
+
+/// The subset of `struct bpf_prog_info` tcptrace reads, in its uapi layout.
+#[derive(Default)]
+pub struct ProgramInfo {
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+    pub recursion_misses: u64,
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD: aya 0.14 does not expose recursion_misses.
+fn program_info(fd: i32) -> Result<ProgramInfo> {
+    use aya_obj::generated::bpf_prog_info;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is plain data; zero is a valid value.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: fd as u32,
+        info_len: std::mem::size_of::<bpf_prog_info>() as u32,
+        info: &mut info as *mut _ as u64,
+    };
+    // SAFETY: attr points at a live buffer of the size it states.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_OBJ_GET_INFO_BY_FD");
+    }
+    Ok(ProgramInfo {
+        run_time_ns: info.run_time_ns,
+        run_cnt: info.run_cnt,
+        recursion_misses: info.recursion_misses,
+    })
+}

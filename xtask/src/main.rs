@@ -1,0 +1,149 @@
+//! `cargo xtask`: everything between a fresh clone and a running tracer.
+//!
+//! Set-up is idempotent and lands in places the project owns: bpf-linker in
+//! `.tools/`, the probe object in `target/bpf/`. The only thing installed
+//! outside the tree is the nightly `rust-src` component, which rustup keeps
+//! per toolchain.
+mod toolchain;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test tcptrace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build needs (nightly rust-src, bpf-linker); no-op when present.
+    Setup,
+    /// Build the probe and the CLI (release).
+    Build,
+    /// Build, then run tcptrace with the given arguments (needs root).
+    Run {
+        /// Arguments for tcptrace, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build the probe, then run every test, including those that load it.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt check and clippy with warnings denied.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = workspace_root();
+    match cli.command {
+        Cmd::Setup => toolchain::ensure(&root).map(|_| ()),
+        Cmd::Build => build(&root).map(|_| ()),
+        Cmd::Run { args } => {
+            let bin = build(&root)?;
+            let status = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            // Pass tcptrace's own exit code through.
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Test { args } => {
+            let probe = build_probe(&root)?;
+            cargo(&root, &probe)
+                .args(["test", "--workspace", "--release"])
+                .args(&args)
+                .run("cargo test")
+        }
+        Cmd::Lint => {
+            let probe = build_probe(&root)?;
+            cargo(&root, &probe)
+                .args(["fmt", "--all", "--check"])
+                .run("cargo fmt --check")?;
+            cargo(&root, &probe)
+                .args(["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])
+                .run("cargo clippy")
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Builds the probe and the release CLI; returns the CLI's path.
+fn build(root: &Path) -> Result<PathBuf> {
+    let probe = build_probe(root)?;
+    cargo(root, &probe)
+        .args(["build", "--release", "--package", "tcptrace"])
+        .run("cargo build")?;
+    Ok(root.join("target/release/tcptrace"))
+}
+
+/// Builds the BPF object with nightly and bpf-linker; returns its path.
+fn build_probe(root: &Path) -> Result<PathBuf> {
+    let tools = toolchain::ensure(root)?;
+    let target_dir = root.join("target/bpf");
+    let mut cmd = Command::new("rustup");
+    toolchain::scrub_cargo_env(&mut cmd);
+    cmd.current_dir(root)
+        .args(["run", toolchain::NIGHTLY, "cargo", "build", "--release"])
+        .args(["--package", "tcptrace-ebpf", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // BTF in the object lets the kernel check map and global types.
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf")
+        .env("PATH", tools.path_with_linker());
+    cmd.run("building the probe")?;
+    let object = target_dir.join("bpfel-unknown-none/release/tcptrace-probe");
+    if !object.exists() {
+        bail!("the probe build produced no {}", object.display());
+    }
+    Ok(object)
+}
+
+/// A stable `cargo` command that knows where the probe object is.
+fn cargo(root: &Path, probe: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root).env("TCPTRACE_PROBE_OBJECT", probe);
+    cmd
+}
+
+trait RunChecked {
+    fn run(&mut self, what: &str) -> Result<()>;
+}
+
+impl RunChecked for Command {
+    fn run(&mut self, what: &str) -> Result<()> {
+        let status = self
+            .status()
+            .with_context(|| format!("{what}: could not start {:?}", self.get_program()))?;
+        if !status.success() {
+            bail!("{what} failed ({status})");
+        }
+        Ok(())
+    }
+}
