@@ -109,6 +109,9 @@ pub const CONFIG_PID_FILTER: u32 = 1 << 4;
 pub const CONFIG_HANDOFF_ONLY: u32 = 1 << 5;
 /// The timer hook that recognises timewait hand-offs is attached.
 pub const CONFIG_TIMEWAIT_HOOK: u32 = 1 << 6;
+/// `--port`: pass when the local port is in `lports` OR the remote port is
+/// in `rports` (both hold the same list).
+pub const CONFIG_PORT_EITHER: u32 = 1 << 7;
 
 /// Kernel struct offsets the probe needs, resolved from BTF at start-up.
 #[repr(C)]

@@ -22,7 +22,7 @@ use aya_ebpf::{
 use tcptrace_common::{
     tcp_state::*, ArmedTimewait, ListenerOwner, ProbeConfig, SocketRecord,
     TransitionEvent, AF_INET, AF_INET6, COMM_LEN, CONFIG_HANDOFF_ONLY, CONFIG_IPV4, CONFIG_IPV6,
-    CONFIG_LPORT_FILTER, CONFIG_PID_FILTER, CONFIG_RPORT_FILTER, CONFIG_TIMEWAIT_HOOK,
+    CONFIG_LPORT_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER, CONFIG_TIMEWAIT_HOOK,
     COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS, COUNTER_COUNT,
     EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED,
     EVENT_TIMEWAIT_HANDOFF,
@@ -229,8 +229,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             if born {
                 event_flags |= EVENT_AGE_KNOWN;
             }
-            if !owner_context && old == LISTEN && new == SYN_RECV {
-                // A child of a listener: the process that listens accepts it.
+            if !owner_context && old == LISTEN {
+                // A listener's child (LISTEN -> SYN_RECV): the process that
+                // listens accepts it. Or a listener that predates the probe,
+                // closing: its owner was seeded from procfs.
                 if let Some(owner) = unsafe { LISTENERS.get(rec.sport) } {
                     pid = owner.pid;
                     comm = owner.comm;
@@ -291,11 +293,17 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     if !family_ok {
         return Ok(());
     }
-    if flags & CONFIG_LPORT_FILTER != 0 && !port_allowed(&CONFIG.lports, rec.sport) {
-        return Ok(());
-    }
-    if flags & CONFIG_RPORT_FILTER != 0 && !port_allowed(&CONFIG.rports, rec.dport) {
-        return Ok(());
+    if flags & CONFIG_PORT_EITHER != 0 {
+        if !port_allowed(&CONFIG.lports, rec.sport) && !port_allowed(&CONFIG.rports, rec.dport) {
+            return Ok(());
+        }
+    } else {
+        if flags & CONFIG_LPORT_FILTER != 0 && !port_allowed(&CONFIG.lports, rec.sport) {
+            return Ok(());
+        }
+        if flags & CONFIG_RPORT_FILTER != 0 && !port_allowed(&CONFIG.rports, rec.dport) {
+            return Ok(());
+        }
     }
     if flags & CONFIG_PID_FILTER != 0
         && (event_flags & EVENT_OWNER_KNOWN == 0 || pid != config_u32(&CONFIG.pid))

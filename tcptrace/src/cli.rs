@@ -4,7 +4,7 @@ use std::time::Duration;
 use clap::Parser;
 use tcptrace_common::{
     port_insert, ProbeConfig, CONFIG_HANDOFF_ONLY, CONFIG_IPV4, CONFIG_IPV6, CONFIG_LPORT_FILTER,
-    CONFIG_PID_FILTER, CONFIG_RPORT_FILTER,
+    CONFIG_PID_FILTER, CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER,
 };
 
 use crate::{error::UsageError, state};
@@ -13,8 +13,10 @@ const EXAMPLES: &str = "\
 EXAMPLES:
     tcptrace
         Live tail of timewait hand-offs and CLOSE_WAIT -> LAST_ACK.
-    tcptrace --all --lport 8080
-        Every transition of connections on local port 8080.
+    tcptrace --all --port 8080
+        Every transition of both ends of connections to or from port 8080.
+    tcptrace --lport 8080
+        Only the server side of connections accepted on local port 8080.
     tcptrace --json --rport 5432,6379 | jq .
         JSON Lines for connections to PostgreSQL and Redis.
     tcptrace --pid 1234 --duration 60
@@ -78,8 +80,15 @@ pub struct Args {
     pub lport: Option<PortList>,
 
     /// Only sockets whose remote port is in LIST (e.g. 5432,6379).
+    /// With --lport too, both must match.
     #[arg(short = 'R', long, value_name = "LIST", value_parser = parse_port_list)]
     pub rport: Option<PortList>,
+
+    /// Only sockets with either port in LIST: both ends of connections to
+    /// or from these ports, like tcpdump's `port`.
+    #[arg(short = 'P', long, value_name = "LIST", value_parser = parse_port_list,
+          conflicts_with_all = ["lport", "rport"])]
+    pub port: Option<PortList>,
 
     /// Only sockets owned by process PID (the process that connected,
     /// accepted through its listener, or closed the socket).
@@ -127,6 +136,11 @@ impl Args {
         }
         if let Some(list) = &self.rport {
             config.flags |= CONFIG_RPORT_FILTER;
+            list.fill(&mut config.rports);
+        }
+        if let Some(list) = &self.port {
+            config.flags |= CONFIG_PORT_EITHER;
+            list.fill(&mut config.lports);
             list.fill(&mut config.rports);
         }
         if let Some(pid) = self.pid {
@@ -276,6 +290,14 @@ mod tests {
         let all = Args::try_parse_from(["tcptrace", "--all"]).unwrap().probe_config();
         assert!(all.wants(CLOSE, SYN_SENT) && all.flags & CONFIG_HANDOFF_ONLY == 0);
         assert_eq!(all.flags & (CONFIG_IPV4 | CONFIG_IPV6), CONFIG_IPV4 | CONFIG_IPV6);
+    }
+
+    #[test]
+    fn either_port() {
+        let c = Args::try_parse_from(["tcptrace", "--port", "8080"]).unwrap().probe_config();
+        assert!(c.flags & CONFIG_PORT_EITHER != 0);
+        assert!(port_in(&c.lports, 8080) && port_in(&c.rports, 8080));
+        assert!(Args::try_parse_from(["tcptrace", "--port", "1", "--lport", "2"]).is_err());
     }
 
     #[test]

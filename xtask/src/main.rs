@@ -70,7 +70,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test { args } => {
             let probe = build_probe(&root)?;
             cargo(&root, &probe)
-                .args(["test", "--workspace", "--release"])
+                .args(["test", "--release"])
                 .args(&args)
                 .run("cargo test")
         }
@@ -80,7 +80,7 @@ fn run(cli: Cli) -> Result<()> {
                 .args(["fmt", "--all", "--check"])
                 .run("cargo fmt --check")?;
             cargo(&root, &probe)
-                .args(["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])
+                .args(["clippy", "--all-targets", "--release", "--", "-D", "warnings"])
                 .run("cargo clippy")
         }
     }

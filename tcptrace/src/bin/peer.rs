@@ -1,1 +1,185 @@
-fn main(){}
+//! tcptrace-peer: one end of scripted TCP connections, for tests and demos.
+//!
+//! Each side is its own process so that tcptrace has to find the real owner
+//! of every socket. Output on stdout, one fact per line:
+//! `listening PORT` (server), `connection LOCAL_PORT REMOTE_PORT` (each
+//! connection), `done`.
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::ExitCode,
+    thread::sleep,
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "tcptrace-peer", about = "Open, hold and close TCP connections on command")]
+struct Cli {
+    /// Process name (comm) to take, so tracers can be checked against it.
+    #[arg(long, global = true)]
+    name: Option<String>,
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Listen, accept CONNECTIONS connections, and close each as MODE says.
+    Server {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        script: Script,
+    },
+    /// Connect CONNECTIONS times, one after the other, closing as MODE says.
+    Client {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[command(flatten)]
+        script: Script,
+    },
+}
+
+#[derive(clap::Args)]
+struct Script {
+    /// How this side ends each connection.
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// Milliseconds to wait before acting (after the peer's FIN for close-second).
+    #[arg(long, default_value_t = 0)]
+    hold_ms: u64,
+    #[arg(long, default_value_t = 1)]
+    connections: u32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Wait, then close() first: this side goes through FIN_WAIT to TIME_WAIT.
+    CloseFirst,
+    /// Wait for the peer's FIN, hold CLOSE_WAIT, then close().
+    CloseSecond,
+    /// Wait, then close() with SO_LINGER 0: a reset, no TIME_WAIT.
+    Abort,
+    /// shutdown(SHUT_WR), wait in FIN_WAIT2, then abort with SO_LINGER 0.
+    ShutdownAbort,
+    /// shutdown(SHUT_WR), wait for the peer's FIN, hold, then close().
+    ShutdownFirst,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(name) = &cli.name {
+        set_process_name(name);
+    }
+    let result = match cli.role {
+        Role::Server { listen, script } => serve(listen, &script),
+        Role::Client { connect, script } => dial(connect, &script),
+    };
+    match result {
+        Ok(()) => {
+            say("done");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("tcptrace-peer: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn serve(addr: SocketAddr, script: &Script) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    say(&format!("listening {}", listener.local_addr()?.port()));
+    for _ in 0..script.connections {
+        let (stream, _) = listener.accept()?;
+        finish(stream, script)?;
+    }
+    Ok(())
+}
+
+fn dial(addr: SocketAddr, script: &Script) -> std::io::Result<()> {
+    for _ in 0..script.connections {
+        finish(TcpStream::connect(addr)?, script)?;
+    }
+    Ok(())
+}
+
+fn finish(mut stream: TcpStream, script: &Script) -> std::io::Result<()> {
+    say(&format!(
+        "connection {} {}",
+        stream.local_addr()?.port(),
+        stream.peer_addr()?.port()
+    ));
+    let hold = Duration::from_millis(script.hold_ms);
+    match script.mode {
+        Mode::CloseFirst => sleep(hold),
+        Mode::CloseSecond => {
+            wait_for_eof(&mut stream)?;
+            sleep(hold);
+        }
+        Mode::Abort => {
+            sleep(hold);
+            set_linger_zero(&stream)?;
+        }
+        Mode::ShutdownAbort => {
+            stream.shutdown(Shutdown::Write)?;
+            sleep(hold);
+            set_linger_zero(&stream)?;
+        }
+        Mode::ShutdownFirst => {
+            stream.shutdown(Shutdown::Write)?;
+            wait_for_eof(&mut stream)?;
+            sleep(hold);
+        }
+    }
+    drop(stream);
+    Ok(())
+}
+
+/// Reads until the peer's FIN (or its reset, which ends the wait too).
+fn wait_for_eof(stream: &mut TcpStream) -> std::io::Result<()> {
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn set_linger_zero(stream: &TcpStream) -> std::io::Result<()> {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: valid socket fd and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_process_name(name: &str) {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
+}

@@ -1,0 +1,252 @@
+//! The real probe against real loopback connections, client and server in
+//! separate processes. Each test filters on its own ports, so tests can run
+//! side by side on a busy host.
+mod common;
+
+use common::{ns, Peer, Tracer};
+use serde_json::Value;
+
+const MS: u64 = 1_000_000;
+/// Upper bound on scheduling delay added to a hold time.
+const SLACK: u64 = 1_000 * MS;
+
+fn assert_owner(t: &Value, peer_pid: u32, comm: &str) {
+    assert_eq!(t["pid"], peer_pid, "owner pid of {t}");
+    assert_eq!(t["comm"], comm, "owner comm of {t}");
+    assert_eq!(t["owner_known"], true);
+}
+
+fn assert_endpoints(t: &Value, family: &str, addr: &str, lport: u16, rport: u16) {
+    assert_eq!(t["family"], family);
+    assert_eq!(t["laddr"], addr);
+    assert_eq!(t["raddr"], addr);
+    assert_eq!(t["lport"], lport);
+    assert_eq!(t["rport"], rport);
+}
+
+/// One connection where `first` closes first and the other side holds
+/// CLOSE_WAIT for `hold_ms`; checks the default view exactly.
+fn close_sequence(addr: &str, family: &str, client_first: bool, signal: i32) {
+    let hold_ms = 120;
+    let (server_mode, client_mode) = if client_first {
+        ("close-second", "close-first")
+    } else {
+        ("close-first", "close-second")
+    };
+    let endpoint = |port: u16| std::net::SocketAddr::new(addr.parse().unwrap(), port).to_string();
+    let (server_hold, client_hold) = if client_first { (hold_ms, 50) } else { (50, hold_ms) };
+    let (server, port) = Peer::server(&endpoint(0), server_mode, server_hold);
+    let tracer = Tracer::start(&["--json", "--port", &port.to_string()]);
+    let client = Peer::client(&endpoint(port), client_mode, client_hold);
+    let (client_pid, server_pid) = (client.pid(), server.pid());
+    let (client_port, _) = client.finish();
+    let (server_port, server_peer) = server.finish();
+    assert_eq!((server_port, server_peer), (port, client_port));
+    let records = tracer.stop_with(signal);
+
+    assert_eq!(records.transitions().len(), 2, "only the two headline transitions: {:#?}", records.records);
+    let (closer, closer_port, closer_rport, closer_pid, closer_comm) = if client_first {
+        ("client", client_port, port, client_pid, "peer-client")
+    } else {
+        ("server", port, client_port, server_pid, "peer-server")
+    };
+    let (waiter_port, waiter_rport, waiter_pid, waiter_comm) = if client_first {
+        (port, client_port, server_pid, "peer-server")
+    } else {
+        (client_port, port, client_pid, "peer-client")
+    };
+
+    let handoff = records.find(closer_port, "FIN_WAIT2", "CLOSE");
+    assert_eq!(handoff["timewait"], true, "{closer}'s FIN_WAIT2 -> CLOSE is the timewait hand-off");
+    assert_owner(handoff, closer_pid, closer_comm);
+    assert_endpoints(handoff, family, addr, closer_port, closer_rport);
+    assert!(ns(&handoff["in_old_ns"]) > 0);
+    assert!(ns(&handoff["age_ns"]) >= 50 * MS, "{handoff}");
+
+    let last_ack = records.find(waiter_port, "CLOSE_WAIT", "LAST_ACK");
+    assert_eq!(last_ack["timewait"], false);
+    assert_owner(last_ack, waiter_pid, waiter_comm);
+    assert_endpoints(last_ack, family, addr, waiter_port, waiter_rport);
+    let close_wait = ns(&last_ack["in_old_ns"]);
+    assert!(
+        (hold_ms * MS..hold_ms * MS + SLACK).contains(&close_wait),
+        "CLOSE_WAIT lasted {close_wait} ns, the peer held it {hold_ms} ms"
+    );
+    assert!(ns(&last_ack["age_ns"]) > close_wait);
+
+    let summary = records.summary();
+    assert_eq!(summary["events"], 2);
+    assert_eq!(summary["transitions"]["FIN_WAIT2->CLOSE"], 1);
+    assert_eq!(summary["transitions"]["CLOSE_WAIT->LAST_ACK"], 1);
+    assert_eq!(summary["timewait_handoffs"], 1);
+    assert_eq!(summary["timewait_detection"], "exact");
+    assert!(summary["recursion_misses"].is_u64());
+}
+
+#[test]
+fn client_closes_first() {
+    close_sequence("127.0.0.1", "ipv4", true, libc::SIGINT);
+}
+
+#[test]
+fn server_closes_first() {
+    close_sequence("127.0.0.1", "ipv4", false, libc::SIGINT);
+}
+
+#[test]
+fn ipv6_client_closes_first_and_sigterm_detaches() {
+    close_sequence("::1", "ipv6", true, libc::SIGTERM);
+}
+
+#[test]
+fn abortive_close_is_not_a_timewait_handoff() {
+    // The client half-closes (FIN_WAIT2 once the server acks), then aborts
+    // with SO_LINGER 0 while the server still sits in CLOSE_WAIT: the same
+    // FIN_WAIT2 -> CLOSE as a hand-off, but a reset.
+    let (half, half_port) = Peer::server("127.0.0.1:0", "close-second", 700);
+    // And a plain abort from ESTABLISHED.
+    let (plain, plain_port) = Peer::server("127.0.0.1:0", "close-second", 0);
+    let ports = format!("{half_port},{plain_port}");
+    let headline = Tracer::start(&["--json", "--port", &ports]);
+    let all = Tracer::start(&["--json", "--all", "--port", &ports]);
+
+    let c1 = Peer::client(&format!("127.0.0.1:{half_port}"), "shutdown-abort", 150);
+    let (c1_pid, (c1_port, _)) = (c1.pid(), c1.finish());
+    let c2 = Peer::client(&format!("127.0.0.1:{plain_port}"), "abort", 50);
+    let (c2_pid, (c2_port, _)) = (c2.pid(), c2.finish());
+    half.finish();
+    plain.finish();
+
+    let headline = headline.stop();
+    assert_eq!(headline.transitions().len(), 0, "no hand-off reported: {:#?}", headline.records);
+    assert_eq!(headline.summary()["timewait_handoffs"], 0);
+
+    let all = all.stop();
+    let reset = all.find(c1_port, "FIN_WAIT2", "CLOSE");
+    assert_eq!(reset["timewait"], false);
+    assert_owner(reset, c1_pid, "peer-client");
+    assert!(ns(&reset["in_old_ns"]) >= 100 * MS, "{reset}");
+    assert_eq!(
+        all.sequence_of(c1_port),
+        ["SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"]
+    );
+    let server_side = all.find(half_port, "CLOSE_WAIT", "CLOSE");
+    assert_eq!(server_side["rport"], c1_port);
+
+    let abort = all.find(c2_port, "ESTABLISHED", "CLOSE");
+    assert_eq!(abort["timewait"], false);
+    assert_owner(abort, c2_pid, "peer-client");
+    assert_eq!(all.sequence_of(c2_port), ["SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE"]);
+    assert_eq!(all.summary()["timewait_handoffs"], 0);
+}
+
+#[test]
+fn all_reports_the_whole_life_of_one_connection_in_order() {
+    let port = common::free_port("127.0.0.1:0");
+    let tracer = Tracer::start(&["--json", "--all", "--port", &port.to_string()]);
+    let (server, listened) = Peer::server(&format!("127.0.0.1:{port}"), "close-second", 30);
+    assert_eq!(listened, port);
+    let client = Peer::client(&format!("127.0.0.1:{port}"), "close-first", 20);
+    let (client_pid, server_pid) = (client.pid(), server.pid());
+    let (client_port, _) = client.finish();
+    server.finish();
+    let records = tracer.stop();
+
+    let established = records.find(client_port, "SYN_SENT", "ESTABLISHED");
+    let client_life = records.of_socket(&established["sk"]);
+    let names = |events: &[&Value]| -> Vec<String> {
+        events.iter().map(|t| format!("{}->{}", t["old"].as_str().unwrap(), t["new"].as_str().unwrap())).collect()
+    };
+    assert_eq!(
+        names(&client_life),
+        ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"]
+    );
+    assert_eq!(client_life[0]["lport"], 0, "connect() has no local port yet");
+    assert_eq!(client_life.last().unwrap()["timewait"], true);
+
+    let child = records.find(port, "SYN_RECV", "ESTABLISHED");
+    assert_eq!(child["rport"], client_port);
+    let server_life = records.of_socket(&child["sk"]);
+    assert_eq!(
+        names(&server_life),
+        ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"]
+    );
+
+    let listen = records.find(port, "CLOSE", "LISTEN");
+    let listener_life = records.of_socket(&listen["sk"]);
+    assert_eq!(names(&listener_life), ["CLOSE->LISTEN", "LISTEN->CLOSE"]);
+
+    for (life, pid, comm) in [
+        (&client_life, client_pid, "peer-client"),
+        (&server_life, server_pid, "peer-server"),
+        (&listener_life, server_pid, "peer-server"),
+    ] {
+        let mut last_ktime = 0;
+        for (i, t) in life.iter().enumerate() {
+            assert_owner(t, pid, comm);
+            assert!(ns(&t["ktime_ns"]) >= last_ktime, "in order: {t}");
+            last_ktime = ns(&t["ktime_ns"]);
+            assert!(t["age_ns"].is_u64(), "the probe saw the socket born: {t}");
+            if i == 0 {
+                assert!(t["in_old_ns"].is_null(), "no earlier state seen: {t}");
+            } else {
+                assert!(ns(&t["in_old_ns"]) > 0, "{t}");
+            }
+        }
+    }
+    let close_wait = ns(&records.find(port, "CLOSE_WAIT", "LAST_ACK")["in_old_ns"]);
+    assert!((30 * MS..30 * MS + SLACK).contains(&close_wait));
+    assert_eq!(records.summary()["events"], 12);
+}
+
+#[test]
+fn port_pid_and_family_filters_drop_exactly_what_they_should() {
+    let (server, port) = Peer::server("127.0.0.1:0", "close-second", 10);
+    let p = port.to_string();
+    let server_pid = server.pid();
+    let pid_arg = server_pid.to_string();
+    let both = Tracer::start(&["--json", "--all", "--port", &p]);
+    let local = Tracer::start(&["--json", "--all", "--lport", &p]);
+    let remote = Tracer::start(&["--json", "--all", "--rport", &p]);
+    let by_pid = Tracer::start(&["--json", "--all", "--port", &p, "--pid", &pid_arg]);
+    let v6_only = Tracer::start(&["--json", "--all", "--port", &p, "-6"]);
+    let client = Peer::client(&format!("127.0.0.1:{port}"), "close-first", 10);
+    let client_pid = client.pid();
+    client.finish();
+    server.finish();
+
+    let both = both.stop();
+    let all_events = both.transitions();
+    // 5 per connected socket, and the listener closing when the server exits.
+    assert_eq!(all_events.len(), 11, "{:#?}", both.records);
+    let keys = |events: Vec<&Value>| -> Vec<String> {
+        let mut k: Vec<String> = events
+            .iter()
+            .map(|t| format!("{} {} {} {}->{}", t["sk"], t["lport"], t["rport"], t["old"], t["new"]))
+            .collect();
+        k.sort();
+        k
+    };
+    let expect = |pred: &dyn Fn(&Value) -> bool| keys(all_events.iter().copied().filter(|t| pred(t)).collect());
+
+    let local = local.stop();
+    assert_eq!(keys(local.transitions()), expect(&|t| t["lport"] == port));
+    assert_eq!(local.transitions().len(), 6);
+
+    let remote = remote.stop();
+    assert_eq!(keys(remote.transitions()), expect(&|t| t["rport"] == port));
+    assert_eq!(remote.transitions().len(), 5);
+
+    let by_pid = by_pid.stop();
+    assert_eq!(keys(by_pid.transitions()), expect(&|t| t["pid"] == server_pid));
+    assert_eq!(
+        by_pid.transitions().len(),
+        6,
+        "the accepted socket inherits the owner of the listener, which predates the tracer"
+    );
+    assert!(all_events.iter().filter(|t| t["lport"] != port).all(|t| t["pid"] == client_pid));
+
+    let v6_only = v6_only.stop();
+    assert_eq!(v6_only.transitions().len(), 0);
+}
+
