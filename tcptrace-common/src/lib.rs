@@ -135,6 +135,11 @@ pub struct ProbeConfig {
     pub pid: u32,
     /// Address of tw_timer_handler(), to recognise timewait timers.
     pub tw_timer_handler: u64,
+    /// Wake the reader when this long has passed since the last wake-up...
+    pub wake_interval_ns: u64,
+    /// ...or when this many bytes wait in the ring; otherwise submit
+    /// without a wake-up (the reader is woken soon anyway).
+    pub wake_bytes: u64,
     pub offsets: KernelOffsets,
     /// Bit `new` of `transitions[old]` set: report old -> new.
     pub transitions: [u16; 16],
@@ -149,6 +154,8 @@ impl ProbeConfig {
             flags: 0,
             pid: 0,
             tw_timer_handler: 0,
+            wake_interval_ns: 0,
+            wake_bytes: 0,
             offsets: KernelOffsets {
                 timer_function: 0,
                 tw_timer: 0,
@@ -227,7 +234,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ListenerOwner>(), 24);
         assert_eq!(
             core::mem::size_of::<ProbeConfig>(),
-            4 + 4 + 8 + 16 + 32 + 8192 * 2
+            4 + 4 + 8 + 16 + 16 + 32 + 8192 * 2
         );
     }
 

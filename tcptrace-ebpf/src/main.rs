@@ -14,18 +14,21 @@
 #![no_main]
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tcptrace_common::{
-    tcp_state::*, ArmedTimewait, ListenerOwner, ProbeConfig, SocketRecord,
-    TransitionEvent, AF_INET, AF_INET6, COMM_LEN, CONFIG_HANDOFF_ONLY, CONFIG_IPV4, CONFIG_IPV6,
-    CONFIG_LPORT_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER, CONFIG_TIMEWAIT_HOOK,
-    COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS, COUNTER_COUNT,
-    EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED,
-    EVENT_TIMEWAIT_HANDOFF,
+    tcp_state::*, ArmedTimewait, ListenerOwner, ProbeConfig, SocketRecord, TransitionEvent,
+    AF_INET, AF_INET6, COMM_LEN, CONFIG_HANDOFF_ONLY, CONFIG_IPV4, CONFIG_IPV6,
+    CONFIG_LPORT_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER,
+    CONFIG_TIMEWAIT_HOOK, COUNTER_COUNT, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL,
+    COUNTER_TIMEWAIT_HANDOFFS, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN,
+    EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -54,6 +57,10 @@ static LISTENERS: HashMap<u16, ListenerOwner> = HashMap::with_max_entries(4096, 
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// ktime of the last forced wake-up of the reader (one slot, all CPUs).
+#[map]
+static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 static ARMED_TIMEWAIT: PerCpuArray<ArmedTimewait> = PerCpuArray::with_max_entries(1, 0);
@@ -150,6 +157,27 @@ fn try_timer_start(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
     }
     Ok(())
+}
+
+/// Wake-ups cost a context switch each; under load one per event would
+/// cost more than the event. Wake the reader at most once per
+/// `wake_interval_ns`, or sooner when the ring fills past `wake_bytes`.
+/// An event that stays unannounced is read at the next wake-up or at the
+/// reader's once-a-second check, whichever comes first.
+#[inline(always)]
+fn wakeup_flag(now: u64) -> u64 {
+    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
+        return BPF_RB_FORCE_WAKEUP as u64;
+    };
+    let interval = config_u64(&CONFIG.wake_interval_ns);
+    let due = now.wrapping_sub(unsafe { *last }) >= interval
+        || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config_u64(&CONFIG.wake_bytes);
+    if due {
+        unsafe { *last = now };
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 /// Whether this ->CLOSE is tcp_time_wait() handing the connection over.
@@ -341,7 +369,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         laddr,
         raddr,
     });
-    entry.submit(0);
+    entry.submit(wakeup_flag(now));
     Ok(())
 }
 

@@ -53,10 +53,14 @@ impl Btf {
 
     pub fn parse(raw: &[u8]) -> Result<Self> {
         let u16_at = |o: usize| -> Result<u16> {
-            Ok(u16::from_le_bytes(raw.get(o..o + 2).context("truncated")?.try_into()?))
+            Ok(u16::from_le_bytes(
+                raw.get(o..o + 2).context("truncated")?.try_into()?,
+            ))
         };
         let u32_at = |o: usize| -> Result<u32> {
-            Ok(u32::from_le_bytes(raw.get(o..o + 4).context("truncated")?.try_into()?))
+            Ok(u32::from_le_bytes(
+                raw.get(o..o + 4).context("truncated")?.try_into()?,
+            ))
         };
         if u16_at(0)? != BTF_MAGIC {
             bail!("not little-endian BTF");
@@ -66,8 +70,12 @@ impl Btf {
         let type_len = u32_at(12)? as usize;
         let str_off = hdr_len + u32_at(16)? as usize;
         let str_len = u32_at(20)? as usize;
-        let types = raw.get(type_off..type_off + type_len).context("truncated type section")?;
-        let strings = raw.get(str_off..str_off + str_len).context("truncated string section")?;
+        let types = raw
+            .get(type_off..type_off + type_len)
+            .context("truncated type section")?;
+        let strings = raw
+            .get(str_off..str_off + str_len)
+            .context("truncated string section")?;
 
         let mut entries = vec![TypeEntry {
             name_off: 0,
@@ -170,7 +178,11 @@ impl Btf {
             let name_off = self.word(m);
             let member_type = self.word(m + 4);
             let raw_offset = self.word(m + 8);
-            let bit_offset = if e.kind_flag { raw_offset & 0x00ff_ffff } else { raw_offset };
+            let bit_offset = if e.kind_flag {
+                raw_offset & 0x00ff_ffff
+            } else {
+                raw_offset
+            };
             let byte_offset = bit_offset / 8;
             let member_name = self.name(name_off);
             if member_name == member {
@@ -205,7 +217,13 @@ mod tests {
         let mut raw = Vec::new();
         raw.extend(BTF_MAGIC.to_le_bytes());
         raw.extend([1u8, 0]);
-        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             raw.extend(w.to_le_bytes());
         }
         raw.extend(types);

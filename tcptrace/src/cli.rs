@@ -287,14 +287,21 @@ mod tests {
         assert_eq!((c.flags & CONFIG_PID_FILTER != 0, c.pid), (true, 7));
         assert!(c.wants(FIN_WAIT2, CLOSE) && !c.wants(CLOSE, SYN_SENT));
 
-        let all = Args::try_parse_from(["tcptrace", "--all"]).unwrap().probe_config();
+        let all = Args::try_parse_from(["tcptrace", "--all"])
+            .unwrap()
+            .probe_config();
         assert!(all.wants(CLOSE, SYN_SENT) && all.flags & CONFIG_HANDOFF_ONLY == 0);
-        assert_eq!(all.flags & (CONFIG_IPV4 | CONFIG_IPV6), CONFIG_IPV4 | CONFIG_IPV6);
+        assert_eq!(
+            all.flags & (CONFIG_IPV4 | CONFIG_IPV6),
+            CONFIG_IPV4 | CONFIG_IPV6
+        );
     }
 
     #[test]
     fn either_port() {
-        let c = Args::try_parse_from(["tcptrace", "--port", "8080"]).unwrap().probe_config();
+        let c = Args::try_parse_from(["tcptrace", "--port", "8080"])
+            .unwrap()
+            .probe_config();
         assert!(c.flags & CONFIG_PORT_EITHER != 0);
         assert!(port_in(&c.lports, 8080) && port_in(&c.rports, 8080));
         assert!(Args::try_parse_from(["tcptrace", "--port", "1", "--lport", "2"]).is_err());

@@ -9,7 +9,10 @@ pub struct Clock {
 }
 
 fn clock_ns(id: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid out-pointer; both clocks always exist on Linux.
     unsafe { libc::clock_gettime(id, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -28,7 +31,10 @@ impl Clock {
 
     #[cfg(test)]
     pub fn fixed(realtime_minus_monotonic_ns: i128, local_utc_offset_s: i64) -> Self {
-        Clock { realtime_minus_monotonic_ns, local_utc_offset_s }
+        Clock {
+            realtime_minus_monotonic_ns,
+            local_utc_offset_s,
+        }
     }
 
     pub fn now_ktime_ns() -> u64 {
@@ -87,7 +93,10 @@ fn write_hms(out: &mut Vec<u8>, seconds_of_day: u64) {
 pub fn push_padded(out: &mut Vec<u8>, value: u64, width: usize) {
     let mut buf = itoa::Buffer::new();
     let digits = buf.format(value).as_bytes();
-    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(digits.len())));
+    out.extend(std::iter::repeat_n(
+        b'0',
+        width.saturating_sub(digits.len()),
+    ));
     out.extend_from_slice(digits);
 }
 
@@ -150,7 +159,10 @@ mod tests {
     #[test]
     fn local_time_applies_offset() {
         let clock = Clock::fixed(3_600 * 1_000_000_000, 2 * 3600);
-        assert_eq!(text(|o| clock.write_local_time(o, 1_500)), "03:00:00.000001");
+        assert_eq!(
+            text(|o| clock.write_local_time(o, 1_500)),
+            "03:00:00.000001"
+        );
     }
 
     #[test]

@@ -196,7 +196,10 @@ pub(crate) mod tests {
         let t = Transition::decode(bytes_of(&ev)).unwrap();
         assert_eq!(t.timewait, Timewait::NotHandoff);
         let ev = raw_event(AF_INET, CLOSE_WAIT, LAST_ACK, EVENT_TIMEWAIT_CHECKED);
-        assert_eq!(Transition::decode(bytes_of(&ev)).unwrap().timewait, Timewait::NotApplicable);
+        assert_eq!(
+            Transition::decode(bytes_of(&ev)).unwrap().timewait,
+            Timewait::NotApplicable
+        );
     }
 
     #[test]

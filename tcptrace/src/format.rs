@@ -36,7 +36,9 @@ pub struct HumanFormat {
 
 impl HumanFormat {
     pub fn new(wide: bool) -> Self {
-        HumanFormat { addr_width: if wide { WIDE_ADDR } else { NARROW_ADDR } }
+        HumanFormat {
+            addr_width: if wide { WIDE_ADDR } else { NARROW_ADDR },
+        }
     }
 
     pub fn write_header(&self, out: &mut Vec<u8>) {
@@ -281,7 +283,10 @@ mod tests {
     fn json_escapes_comm() {
         let mut out = Vec::new();
         write_json_string(&mut out, b"a\"b\\c\x01\xff");
-        assert_eq!(String::from_utf8(out).unwrap(), "\"a\\\"b\\\\c\\u0001\u{fffd}\"");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\"a\\\"b\\\\c\\u0001\u{fffd}\""
+        );
     }
 
     #[test]
@@ -310,7 +315,10 @@ mod tests {
         let mut out = Vec::new();
         human.write_transition(&mut out, &clock(), &t);
         let line = String::from_utf8(out).unwrap();
-        assert!(line.contains("      - -               [::1]:45678"), "{line}");
+        assert!(
+            line.contains("      - -               [::1]:45678"),
+            "{line}"
+        );
         assert!(line.contains("[2001:db8::7]:80"));
         assert!(line.trim_end().ends_with("-         -"), "{line}");
         assert_eq!(human.addr_width, NARROW_ADDR, "short IPv6 addresses fit");

@@ -30,7 +30,11 @@ fn socket_inode_owners(wanted: &HashMap<u64, u16>) -> HashMap<u64, u32> {
         return owners;
     };
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         // Processes come and go while we walk: skip what vanished.
@@ -69,7 +73,11 @@ pub fn existing_listeners() -> Vec<(u16, ListenerOwner)> {
     let mut by_inode = HashMap::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         if let Ok(text) = fs::read_to_string(table) {
-            by_inode.extend(parse_listeners(&text).into_iter().map(|(port, inode)| (inode, port)));
+            by_inode.extend(
+                parse_listeners(&text)
+                    .into_iter()
+                    .map(|(port, inode)| (inode, port)),
+            );
         }
     }
     if by_inode.is_empty() {
@@ -77,7 +85,16 @@ pub fn existing_listeners() -> Vec<(u16, ListenerOwner)> {
     }
     socket_inode_owners(&by_inode)
         .into_iter()
-        .map(|(inode, pid)| (by_inode[&inode], ListenerOwner { pid, _pad: 0, comm: comm_of(pid) }))
+        .map(|(inode, pid)| {
+            (
+                by_inode[&inode],
+                ListenerOwner {
+                    pid,
+                    _pad: 0,
+                    comm: comm_of(pid),
+                },
+            )
+        })
         .collect()
 }
 
@@ -99,7 +116,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let found = existing_listeners();
-        let (_, owner) = found.iter().find(|(p, _)| *p == port).expect("listener found");
+        let (_, owner) = found
+            .iter()
+            .find(|(p, _)| *p == port)
+            .expect("listener found");
         assert_eq!(owner.pid, std::process::id());
     }
 }

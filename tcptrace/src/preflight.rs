@@ -72,7 +72,13 @@ fn ensure_tracefs() -> Result<()> {
     let target = c"/sys/kernel/tracing";
     // SAFETY: all pointers are valid NUL-terminated strings or null.
     let rc = unsafe {
-        libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
@@ -82,7 +88,9 @@ fn ensure_tracefs() -> Result<()> {
         );
     }
     if !Path::new(TRACEFS).join(event).exists() {
-        bail!("this kernel has no sock:inet_sock_set_state tracepoint (it needs Linux 4.16 or later)");
+        bail!(
+            "this kernel has no sock:inet_sock_set_state tracepoint (it needs Linux 4.16 or later)"
+        );
     }
     Ok(())
 }

@@ -14,7 +14,8 @@ use tcptrace_common::{
 
 use crate::btf::Btf;
 
-static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace-probe"));
+static PROBE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace-probe"));
 
 const SET_STATE_PROGRAM: &str = "inet_sock_set_state";
 const TIMER_PROGRAM: &str = "timer_start";
@@ -58,7 +59,7 @@ impl LossCounters {
 pub struct Probe {
     ebpf: Ebpf,
     pub timewait: TimewaitDetection,
-    program_fds: Vec<i32>,
+    program_fds: Vec<(&'static str, i32)>,
 }
 
 impl Probe {
@@ -105,7 +106,7 @@ impl Probe {
                 .map_err(|e| explain_load_error(e.into()))
                 .context("loading the timer_start hook (tp_btf)")?;
             program.attach().context("attaching the timer_start hook")?;
-            program_fds.push(program.fd()?.as_fd().as_raw_fd());
+            program_fds.push((TIMER_PROGRAM, program.fd()?.as_fd().as_raw_fd()));
         }
 
         let program: &mut TracePoint = program(&mut ebpf, SET_STATE_PROGRAM)?;
@@ -116,13 +117,20 @@ impl Probe {
         program
             .attach("sock", "inet_sock_set_state")
             .context("attaching to sock:inet_sock_set_state")?;
-        program_fds.push(program.fd()?.as_fd().as_raw_fd());
+        program_fds.push((SET_STATE_PROGRAM, program.fd()?.as_fd().as_raw_fd()));
 
-        Ok(Probe { ebpf, timewait: TimewaitDetection::Exact, program_fds })
+        Ok(Probe {
+            ebpf,
+            timewait: TimewaitDetection::Exact,
+            program_fds,
+        })
     }
 
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").context("the probe has no EVENTS map")?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .context("the probe has no EVENTS map")?;
         Ok(RingBuf::try_from(map)?)
     }
 
@@ -134,7 +142,8 @@ impl Probe {
         for (port, owner) in listeners {
             // The probe may already have seen a newer listen(): keep that.
             if map.get(port, 0).is_err() {
-                map.insert(port, owner, 0).context("seeding the listener owners")?;
+                map.insert(port, owner, 0)
+                    .context("seeding the listener owners")?;
             }
         }
         Ok(())
@@ -143,11 +152,10 @@ impl Probe {
     pub fn loss_counters(&self) -> Result<LossCounters> {
         let counters: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("no COUNTERS map")?)?;
-        let sum = |index: u32| -> Result<u64> {
-            Ok(counters.get(&index, 0)?.iter().copied().sum())
-        };
+        let sum =
+            |index: u32| -> Result<u64> { Ok(counters.get(&index, 0)?.iter().copied().sum()) };
         let mut recursion_misses = 0;
-        for &fd in &self.program_fds {
+        for &(_, fd) in &self.program_fds {
             recursion_misses += program_info(fd)?.recursion_misses;
         }
         Ok(LossCounters {
@@ -161,15 +169,21 @@ impl Probe {
     pub fn timewait_handoffs(&self) -> Result<u64> {
         let counters: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("no COUNTERS map")?)?;
-        Ok(counters.get(&COUNTER_TIMEWAIT_HANDOFFS, 0)?.iter().copied().sum())
+        Ok(counters
+            .get(&COUNTER_TIMEWAIT_HANDOFFS, 0)?
+            .iter()
+            .copied()
+            .sum())
     }
 
-    /// Kernel run-time statistics of the state-change program (meaningful
-    /// while BPF stats are enabled): (runs, total ns).
-    pub fn set_state_run_stats(&self) -> Result<(u64, u64)> {
-        let fd = *self.program_fds.last().expect("the set-state program is always attached");
-        let info = program_info(fd)?;
-        Ok((info.run_cnt, info.run_time_ns))
+    /// Kernel run-time statistics per attached program: (name, runs, ns).
+    /// The kernel counts them only while BPF stats are enabled
+    /// (sysctl kernel.bpf_stats_enabled=1); otherwise both are 0.
+    pub fn run_stats(&self) -> Result<Vec<(&'static str, u64, u64)>> {
+        self.program_fds
+            .iter()
+            .map(|&(name, fd)| program_info(fd).map(|i| (name, i.run_cnt, i.run_time_ns)))
+            .collect()
     }
 }
 
@@ -210,7 +224,9 @@ fn kallsyms_address(symbol: &str) -> Result<u64> {
         })
         .ok_or_else(|| anyhow!("{symbol} is not in /proc/kallsyms"))?;
     if address == 0 {
-        return Err(anyhow!("/proc/kallsyms hides addresses (kernel.kptr_restrict)"));
+        return Err(anyhow!(
+            "/proc/kallsyms hides addresses (kernel.kptr_restrict)"
+        ));
     }
     Ok(address)
 }

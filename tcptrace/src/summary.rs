@@ -66,12 +66,19 @@ pub struct RunContext<'a> {
     pub losses: LossCounters,
     pub timewait_detection: &'a str,
     pub probe_handoffs: u64,
+    /// (program, runs, run time ns) while kernel BPF stats are enabled.
+    pub run_stats: Vec<(&'static str, u64, u64)>,
 }
 
 pub fn write_json_summary(out: &mut Vec<u8>, clock: &Clock, stats: &RunStats, ctx: &RunContext) {
     let transitions: serde_json::Map<String, serde_json::Value> = stats
         .transitions()
-        .map(|(old, new, n)| (format!("{}->{}", state::name(old), state::name(new)), json!(n)))
+        .map(|(old, new, n)| {
+            (
+                format!("{}->{}", state::name(old), state::name(new)),
+                json!(n),
+            )
+        })
         .collect();
     let mut time = Vec::new();
     clock.write_rfc3339(&mut time, Clock::now_ktime_ns());
@@ -88,6 +95,9 @@ pub fn write_json_summary(out: &mut Vec<u8>, clock: &Clock, stats: &RunStats, ct
         "socket_map_full": ctx.losses.socket_map_full,
         "bad_records": stats.bad_records,
         "timewait_detection": ctx.timewait_detection,
+        "probe_stats": ctx.run_stats.iter().map(|&(program, runs, ns)| {
+            json!({"program": program, "runs": runs, "run_time_ns": ns})
+        }).collect::<Vec<_>>(),
     });
     let _ = serde_json::to_writer(&mut *out, &record);
     out.push(b'\n');
@@ -101,7 +111,11 @@ pub fn write_human_summary(out: &mut impl Write, stats: &RunStats, ctx: &RunCont
         let _ = writeln!(out, "  {label:<30} {n:>10}");
     }
     if stats.timewait_handoffs > 0 {
-        let _ = writeln!(out, "  {:<30} {:>10}", "of which timewait hand-offs", stats.timewait_handoffs);
+        let _ = writeln!(
+            out,
+            "  {:<30} {:>10}",
+            "of which timewait hand-offs", stats.timewait_handoffs
+        );
     }
     let _ = writeln!(
         out,
@@ -109,16 +123,32 @@ pub fn write_human_summary(out: &mut impl Write, stats: &RunStats, ctx: &RunCont
         ctx.losses.ring_full, ctx.losses.recursion_misses
     );
     if ctx.losses.socket_map_full > 0 {
-        let _ = writeln!(out, "  socket records refused: {}", ctx.losses.socket_map_full);
+        let _ = writeln!(
+            out,
+            "  socket records refused: {}",
+            ctx.losses.socket_map_full
+        );
     }
     if stats.bad_records > 0 {
         let _ = writeln!(out, "  malformed ring records: {}", stats.bad_records);
     }
     let _ = writeln!(out, "  timewait detection: {}", ctx.timewait_detection);
+    for &(program, runs, ns) in ctx.run_stats.iter().filter(|s| s.1 > 0) {
+        let per_run = ns as f64 / runs as f64;
+        let _ = writeln!(
+            out,
+            "  probe {program}: {runs} runs, {per_run:.0} ns per run"
+        );
+    }
 }
 
 /// A `lost` record for losses that grew since the previous check.
-pub fn write_json_lost(out: &mut Vec<u8>, clock: &Clock, before: &LossCounters, now: &LossCounters) {
+pub fn write_json_lost(
+    out: &mut Vec<u8>,
+    clock: &Clock,
+    before: &LossCounters,
+    now: &LossCounters,
+) {
     let mut time = Vec::new();
     clock.write_rfc3339(&mut time, Clock::now_ktime_ns());
     let record = json!({
@@ -151,15 +181,25 @@ mod tests {
     #[test]
     fn summary_counts_per_transition() {
         let mut stats = RunStats::new();
-        let handoff = raw_event(AF_INET, FIN_WAIT2, CLOSE, EVENT_TIMEWAIT_CHECKED | EVENT_TIMEWAIT_HANDOFF);
+        let handoff = raw_event(
+            AF_INET,
+            FIN_WAIT2,
+            CLOSE,
+            EVENT_TIMEWAIT_CHECKED | EVENT_TIMEWAIT_HANDOFF,
+        );
         let last_ack = raw_event(AF_INET, CLOSE_WAIT, LAST_ACK, 0);
         for ev in [&handoff, &handoff, &last_ack] {
             stats.record(&Transition::decode(bytes_of(ev)).unwrap());
         }
         let ctx = RunContext {
-            losses: LossCounters { ring_full: 3, recursion_misses: 1, socket_map_full: 0 },
+            losses: LossCounters {
+                ring_full: 3,
+                recursion_misses: 1,
+                socket_map_full: 0,
+            },
             timewait_detection: "exact",
             probe_handoffs: 5,
+            run_stats: vec![("inet_sock_set_state", 10, 2000)],
         };
         let mut out = Vec::new();
         write_json_summary(&mut out, &Clock::new(), &stats, &ctx);
@@ -171,18 +211,28 @@ mod tests {
         assert_eq!(v["timewait_handoffs"], 2);
         assert_eq!(v["ring_reservation_failures"], 3);
         assert_eq!(v["recursion_misses"], 1);
+        assert_eq!(v["probe_stats"][0]["runs"], 10);
 
         let mut human = Vec::new();
         write_human_summary(&mut human, &stats, &ctx);
         let text = String::from_utf8(human).unwrap();
         assert!(text.contains("FIN_WAIT2 -> CLOSE"));
         assert!(text.contains("3 ring reservation failures, 1 recursion misses"));
+        assert!(text.contains("probe inet_sock_set_state: 10 runs, 200 ns per run"));
     }
 
     #[test]
     fn lost_record_reports_growth() {
-        let before = LossCounters { ring_full: 2, recursion_misses: 1, socket_map_full: 0 };
-        let now = LossCounters { ring_full: 7, recursion_misses: 1, socket_map_full: 0 };
+        let before = LossCounters {
+            ring_full: 2,
+            recursion_misses: 1,
+            socket_map_full: 0,
+        };
+        let now = LossCounters {
+            ring_full: 7,
+            recursion_misses: 1,
+            socket_map_full: 0,
+        };
         let mut out = Vec::new();
         write_json_lost(&mut out, &Clock::new(), &before, &now);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();

@@ -27,6 +27,9 @@ use crate::{
 
 /// Records handled per wake before other work gets a turn.
 const BATCH: usize = 4096;
+/// The probe wakes the reader at most this often under load (see
+/// `wakeup_flag` in the probe), or when an eighth of the ring is full.
+const WAKE_INTERVAL: Duration = Duration::from_millis(1);
 
 struct Sink {
     out: File,
@@ -50,7 +53,10 @@ pub async fn run(args: Args) -> Result<()> {
             return Err(UsageError(format!("--pid {pid}: no such process")).into());
         }
     }
-    let mut probe = Probe::load(&args.probe_config(), args.ring_size)?;
+    let mut config = args.probe_config();
+    config.wake_interval_ns = WAKE_INTERVAL.as_nanos() as u64;
+    config.wake_bytes = u64::from(args.ring_size / 8);
+    let mut probe = Probe::load(&config, args.ring_size)?;
     if let TimewaitDetection::Unavailable(why) = &probe.timewait {
         eprintln!(
             "tcptrace: warning: timewait hand-offs cannot be told from resets here ({why}); \
@@ -68,8 +74,15 @@ pub async fn run(args: Args) -> Result<()> {
         .context("registering the ring buffer with epoll")?;
 
     let clock = Clock::new();
-    let stdout = std::io::stdout().as_fd().try_clone_to_owned().context("duplicating stdout")?;
-    let mut sink = Sink { out: File::from(stdout), buf: Vec::with_capacity(BATCH * 200), json: args.json };
+    let stdout = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating stdout")?;
+    let mut sink = Sink {
+        out: File::from(stdout),
+        buf: Vec::with_capacity(BATCH * 200),
+        json: args.json,
+    };
     let mut format = if args.json {
         Format::Json
     } else {
@@ -83,7 +96,10 @@ pub async fn run(args: Args) -> Result<()> {
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let deadline = sleep(args.duration.unwrap_or(Duration::from_secs(u32::MAX as u64)));
+    let deadline = sleep(
+        args.duration
+            .unwrap_or(Duration::from_secs(u32::MAX as u64)),
+    );
     tokio::pin!(deadline);
     let mut loss_check = interval(Duration::from_secs(1));
     loss_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -91,10 +107,13 @@ pub async fn run(args: Args) -> Result<()> {
 
     let mut stats = RunStats::new();
     let mut losses = LossCounters::default();
-    eprintln!("tcptrace: tracing TCP state transitions{}", match args.duration {
-        Some(d) => format!(" for {:.1} s", d.as_secs_f64()),
-        None => " (Ctrl-C to stop)".into(),
-    });
+    eprintln!(
+        "tcptrace: tracing TCP state transitions{}",
+        match args.duration {
+            Some(d) => format!(" for {:.1} s", d.as_secs_f64()),
+            None => " (Ctrl-C to stop)".into(),
+        }
+    );
 
     loop {
         tokio::select! {
@@ -103,6 +122,8 @@ pub async fn run(args: Args) -> Result<()> {
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
             _ = loss_check.tick() => {
+                // Also picks up events the probe submitted without a wake-up.
+                while drain(ring.get_mut(), &clock, &mut format, &mut stats, &mut sink)? == BATCH {}
                 losses = report_losses(&probe, &clock, &mut sink, losses)?;
             }
             guard = ring.readable_mut() => {
@@ -123,6 +144,7 @@ pub async fn run(args: Args) -> Result<()> {
         losses,
         timewait_detection: &timewait_detection,
         probe_handoffs: probe.timewait_handoffs().unwrap_or(0),
+        run_stats: probe.run_stats().unwrap_or_default(),
     };
     drop(ring);
     drop(probe);

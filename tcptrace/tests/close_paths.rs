@@ -3,7 +3,7 @@
 //! side by side on a busy host.
 mod common;
 
-use common::{ns, Peer, Tracer};
+use common::{ns, Netns, Peer, Tracer};
 use serde_json::Value;
 
 const MS: u64 = 1_000_000;
@@ -27,6 +27,7 @@ fn assert_endpoints(t: &Value, family: &str, addr: &str, lport: u16, rport: u16)
 /// One connection where `first` closes first and the other side holds
 /// CLOSE_WAIT for `hold_ms`; checks the default view exactly.
 fn close_sequence(addr: &str, family: &str, client_first: bool, signal: i32) {
+    let netns = Netns::new();
     let hold_ms = 120;
     let (server_mode, client_mode) = if client_first {
         ("close-second", "close-first")
@@ -34,17 +35,26 @@ fn close_sequence(addr: &str, family: &str, client_first: bool, signal: i32) {
         ("close-first", "close-second")
     };
     let endpoint = |port: u16| std::net::SocketAddr::new(addr.parse().unwrap(), port).to_string();
-    let (server_hold, client_hold) = if client_first { (hold_ms, 50) } else { (50, hold_ms) };
-    let (server, port) = Peer::server(&endpoint(0), server_mode, server_hold);
-    let tracer = Tracer::start(&["--json", "--port", &port.to_string()]);
-    let client = Peer::client(&endpoint(port), client_mode, client_hold);
+    let (server_hold, client_hold) = if client_first {
+        (hold_ms, 50)
+    } else {
+        (50, hold_ms)
+    };
+    let (server, port) = Peer::server(&netns, &endpoint(0), server_mode, server_hold);
+    let tracer = Tracer::start(&netns, &["--json", "--port", &port.to_string()]);
+    let client = Peer::client(&netns, &endpoint(port), client_mode, client_hold);
     let (client_pid, server_pid) = (client.pid(), server.pid());
     let (client_port, _) = client.finish();
     let (server_port, server_peer) = server.finish();
     assert_eq!((server_port, server_peer), (port, client_port));
     let records = tracer.stop_with(signal);
 
-    assert_eq!(records.transitions().len(), 2, "only the two headline transitions: {:#?}", records.records);
+    assert_eq!(
+        records.transitions().len(),
+        2,
+        "only the two headline transitions: {:#?}",
+        records.records
+    );
     let (closer, closer_port, closer_rport, closer_pid, closer_comm) = if client_first {
         ("client", client_port, port, client_pid, "peer-client")
     } else {
@@ -57,7 +67,10 @@ fn close_sequence(addr: &str, family: &str, client_first: bool, signal: i32) {
     };
 
     let handoff = records.find(closer_port, "FIN_WAIT2", "CLOSE");
-    assert_eq!(handoff["timewait"], true, "{closer}'s FIN_WAIT2 -> CLOSE is the timewait hand-off");
+    assert_eq!(
+        handoff["timewait"], true,
+        "{closer}'s FIN_WAIT2 -> CLOSE is the timewait hand-off"
+    );
     assert_owner(handoff, closer_pid, closer_comm);
     assert_endpoints(handoff, family, addr, closer_port, closer_rport);
     assert!(ns(&handoff["in_old_ns"]) > 0);
@@ -100,25 +113,36 @@ fn ipv6_client_closes_first_and_sigterm_detaches() {
 
 #[test]
 fn abortive_close_is_not_a_timewait_handoff() {
+    let netns = Netns::new();
     // The client half-closes (FIN_WAIT2 once the server acks), then aborts
     // with SO_LINGER 0 while the server still sits in CLOSE_WAIT: the same
     // FIN_WAIT2 -> CLOSE as a hand-off, but a reset.
-    let (half, half_port) = Peer::server("127.0.0.1:0", "close-second", 700);
+    let (half, half_port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 700);
     // And a plain abort from ESTABLISHED.
-    let (plain, plain_port) = Peer::server("127.0.0.1:0", "close-second", 0);
+    let (plain, plain_port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 0);
     let ports = format!("{half_port},{plain_port}");
-    let headline = Tracer::start(&["--json", "--port", &ports]);
-    let all = Tracer::start(&["--json", "--all", "--port", &ports]);
+    let headline = Tracer::start(&netns, &["--json", "--port", &ports]);
+    let all = Tracer::start(&netns, &["--json", "--all", "--port", &ports]);
 
-    let c1 = Peer::client(&format!("127.0.0.1:{half_port}"), "shutdown-abort", 150);
+    let c1 = Peer::client(
+        &netns,
+        &format!("127.0.0.1:{half_port}"),
+        "shutdown-abort",
+        150,
+    );
     let (c1_pid, (c1_port, _)) = (c1.pid(), c1.finish());
-    let c2 = Peer::client(&format!("127.0.0.1:{plain_port}"), "abort", 50);
+    let c2 = Peer::client(&netns, &format!("127.0.0.1:{plain_port}"), "abort", 50);
     let (c2_pid, (c2_port, _)) = (c2.pid(), c2.finish());
     half.finish();
     plain.finish();
 
     let headline = headline.stop();
-    assert_eq!(headline.transitions().len(), 0, "no hand-off reported: {:#?}", headline.records);
+    assert_eq!(
+        headline.transitions().len(),
+        0,
+        "no hand-off reported: {:#?}",
+        headline.records
+    );
     assert_eq!(headline.summary()["timewait_handoffs"], 0);
 
     let all = all.stop();
@@ -128,7 +152,12 @@ fn abortive_close_is_not_a_timewait_handoff() {
     assert!(ns(&reset["in_old_ns"]) >= 100 * MS, "{reset}");
     assert_eq!(
         all.sequence_of(c1_port),
-        ["SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"]
+        [
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->FIN_WAIT1",
+            "FIN_WAIT1->FIN_WAIT2",
+            "FIN_WAIT2->CLOSE"
+        ]
     );
     let server_side = all.find(half_port, "CLOSE_WAIT", "CLOSE");
     assert_eq!(server_side["rport"], c1_port);
@@ -136,17 +165,21 @@ fn abortive_close_is_not_a_timewait_handoff() {
     let abort = all.find(c2_port, "ESTABLISHED", "CLOSE");
     assert_eq!(abort["timewait"], false);
     assert_owner(abort, c2_pid, "peer-client");
-    assert_eq!(all.sequence_of(c2_port), ["SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE"]);
+    assert_eq!(
+        all.sequence_of(c2_port),
+        ["SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE"]
+    );
     assert_eq!(all.summary()["timewait_handoffs"], 0);
 }
 
 #[test]
 fn all_reports_the_whole_life_of_one_connection_in_order() {
-    let port = common::free_port("127.0.0.1:0");
-    let tracer = Tracer::start(&["--json", "--all", "--port", &port.to_string()]);
-    let (server, listened) = Peer::server(&format!("127.0.0.1:{port}"), "close-second", 30);
+    let netns = Netns::new();
+    let port = common::FIXED_PORT;
+    let tracer = Tracer::start(&netns, &["--json", "--all", "--port", &port.to_string()]);
+    let (server, listened) = Peer::server(&netns, &format!("127.0.0.1:{port}"), "close-second", 30);
     assert_eq!(listened, port);
-    let client = Peer::client(&format!("127.0.0.1:{port}"), "close-first", 20);
+    let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", 20);
     let (client_pid, server_pid) = (client.pid(), server.pid());
     let (client_port, _) = client.finish();
     server.finish();
@@ -155,13 +188,31 @@ fn all_reports_the_whole_life_of_one_connection_in_order() {
     let established = records.find(client_port, "SYN_SENT", "ESTABLISHED");
     let client_life = records.of_socket(&established["sk"]);
     let names = |events: &[&Value]| -> Vec<String> {
-        events.iter().map(|t| format!("{}->{}", t["old"].as_str().unwrap(), t["new"].as_str().unwrap())).collect()
+        events
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}->{}",
+                    t["old"].as_str().unwrap(),
+                    t["new"].as_str().unwrap()
+                )
+            })
+            .collect()
     };
     assert_eq!(
         names(&client_life),
-        ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"]
+        [
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->FIN_WAIT1",
+            "FIN_WAIT1->FIN_WAIT2",
+            "FIN_WAIT2->CLOSE"
+        ]
     );
-    assert_eq!(client_life[0]["lport"], 0, "connect() has no local port yet");
+    assert_eq!(
+        client_life[0]["lport"], 0,
+        "connect() has no local port yet"
+    );
     assert_eq!(client_life.last().unwrap()["timewait"], true);
 
     let child = records.find(port, "SYN_RECV", "ESTABLISHED");
@@ -169,7 +220,13 @@ fn all_reports_the_whole_life_of_one_connection_in_order() {
     let server_life = records.of_socket(&child["sk"]);
     assert_eq!(
         names(&server_life),
-        ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"]
+        [
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->CLOSE_WAIT",
+            "CLOSE_WAIT->LAST_ACK",
+            "LAST_ACK->CLOSE"
+        ]
     );
 
     let listen = records.find(port, "CLOSE", "LISTEN");
@@ -201,16 +258,20 @@ fn all_reports_the_whole_life_of_one_connection_in_order() {
 
 #[test]
 fn port_pid_and_family_filters_drop_exactly_what_they_should() {
-    let (server, port) = Peer::server("127.0.0.1:0", "close-second", 10);
+    let netns = Netns::new();
+    let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 10);
     let p = port.to_string();
     let server_pid = server.pid();
     let pid_arg = server_pid.to_string();
-    let both = Tracer::start(&["--json", "--all", "--port", &p]);
-    let local = Tracer::start(&["--json", "--all", "--lport", &p]);
-    let remote = Tracer::start(&["--json", "--all", "--rport", &p]);
-    let by_pid = Tracer::start(&["--json", "--all", "--port", &p, "--pid", &pid_arg]);
-    let v6_only = Tracer::start(&["--json", "--all", "--port", &p, "-6"]);
-    let client = Peer::client(&format!("127.0.0.1:{port}"), "close-first", 10);
+    let both = Tracer::start(&netns, &["--json", "--all", "--port", &p]);
+    let local = Tracer::start(&netns, &["--json", "--all", "--lport", &p]);
+    let remote = Tracer::start(&netns, &["--json", "--all", "--rport", &p]);
+    let by_pid = Tracer::start(
+        &netns,
+        &["--json", "--all", "--port", &p, "--pid", &pid_arg],
+    );
+    let v6_only = Tracer::start(&netns, &["--json", "--all", "--port", &p, "-6"]);
+    let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", 10);
     let client_pid = client.pid();
     client.finish();
     server.finish();
@@ -222,12 +283,19 @@ fn port_pid_and_family_filters_drop_exactly_what_they_should() {
     let keys = |events: Vec<&Value>| -> Vec<String> {
         let mut k: Vec<String> = events
             .iter()
-            .map(|t| format!("{} {} {} {}->{}", t["sk"], t["lport"], t["rport"], t["old"], t["new"]))
+            .map(|t| {
+                format!(
+                    "{} {} {} {}->{}",
+                    t["sk"], t["lport"], t["rport"], t["old"], t["new"]
+                )
+            })
             .collect();
         k.sort();
         k
     };
-    let expect = |pred: &dyn Fn(&Value) -> bool| keys(all_events.iter().copied().filter(|t| pred(t)).collect());
+    let expect = |pred: &dyn Fn(&Value) -> bool| {
+        keys(all_events.iter().copied().filter(|t| pred(t)).collect())
+    };
 
     let local = local.stop();
     assert_eq!(keys(local.transitions()), expect(&|t| t["lport"] == port));
@@ -238,15 +306,20 @@ fn port_pid_and_family_filters_drop_exactly_what_they_should() {
     assert_eq!(remote.transitions().len(), 5);
 
     let by_pid = by_pid.stop();
-    assert_eq!(keys(by_pid.transitions()), expect(&|t| t["pid"] == server_pid));
+    assert_eq!(
+        keys(by_pid.transitions()),
+        expect(&|t| t["pid"] == server_pid)
+    );
     assert_eq!(
         by_pid.transitions().len(),
         6,
         "the accepted socket inherits the owner of the listener, which predates the tracer"
     );
-    assert!(all_events.iter().filter(|t| t["lport"] != port).all(|t| t["pid"] == client_pid));
+    assert!(all_events
+        .iter()
+        .filter(|t| t["lport"] != port)
+        .all(|t| t["pid"] == client_pid));
 
     let v6_only = v6_only.stop();
     assert_eq!(v6_only.transitions().len(), 0);
 }
-

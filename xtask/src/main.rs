@@ -80,7 +80,14 @@ fn run(cli: Cli) -> Result<()> {
                 .args(["fmt", "--all", "--check"])
                 .run("cargo fmt --check")?;
             cargo(&root, &probe)
-                .args(["clippy", "--all-targets", "--release", "--", "-D", "warnings"])
+                .args([
+                    "clippy",
+                    "--all-targets",
+                    "--release",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
                 .run("cargo clippy")
         }
     }
@@ -104,25 +111,37 @@ fn build(root: &Path) -> Result<PathBuf> {
 
 /// Builds the BPF object with nightly and bpf-linker; returns its path.
 fn build_probe(root: &Path) -> Result<PathBuf> {
-    let tools = toolchain::ensure(root)?;
-    let target_dir = root.join("target/bpf");
-    let mut cmd = Command::new("rustup");
-    toolchain::scrub_cargo_env(&mut cmd);
-    cmd.current_dir(root)
-        .args(["run", toolchain::NIGHTLY, "cargo", "build", "--release"])
-        .args(["--package", "tcptrace-ebpf", "--target", "bpfel-unknown-none"])
-        .args(["-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        // BTF in the object lets the kernel check map and global types.
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf")
-        .env("PATH", tools.path_with_linker());
-    cmd.run("building the probe")?;
-    let object = target_dir.join("bpfel-unknown-none/release/tcptrace-probe");
+    probe_cargo(root, "build")?.run("building the probe")?;
+    let object = root.join("target/bpf/bpfel-unknown-none/release/tcptrace-probe");
     if !object.exists() {
         bail!("the probe build produced no {}", object.display());
     }
     Ok(object)
+}
+
+/// `cargo +nightly <subcommand>` for the probe crate on the BPF target.
+fn probe_cargo(root: &Path, subcommand: &str) -> Result<Command> {
+    let tools = toolchain::ensure(root)?;
+    let mut cmd = Command::new("rustup");
+    toolchain::scrub_cargo_env(&mut cmd);
+    cmd.current_dir(root)
+        .args(["run", toolchain::NIGHTLY, "cargo", subcommand, "--release"])
+        .args([
+            "--package",
+            "tcptrace-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(root.join("target/bpf"))
+        // BTF in the object lets the kernel check map and global types.
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        )
+        .env("PATH", tools.path_with_linker());
+    Ok(cmd)
 }
 
 /// A stable `cargo` command that knows where the probe object is.

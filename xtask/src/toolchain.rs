@@ -39,7 +39,10 @@ pub fn ensure(root: &Path) -> Result<Tools> {
     let stamp = tools_dir.join("bpf-linker.version");
     let installed = std::fs::read_to_string(&stamp).unwrap_or_default();
     if !bin_dir.join("bpf-linker").exists() || installed.trim() != BPF_LINKER_VERSION {
-        eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} into {}", tools_dir.display());
+        eprintln!(
+            "xtask: installing bpf-linker {BPF_LINKER_VERSION} into {}",
+            tools_dir.display()
+        );
         let mut cmd = Command::new("cargo");
         scrub_cargo_env(&mut cmd);
         cmd.args(["install", "--locked", "--force"])
@@ -68,7 +71,10 @@ fn ensure_nightly_with_rust_src() -> Result<()> {
         }
     };
     // build-std compiles `core` from source for the BPF target.
-    if !sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml").exists() {
+    if !sysroot
+        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+        .exists()
+    {
         eprintln!("xtask: adding rust-src to {NIGHTLY}");
         Command::new("rustup")
             .args(["component", "add", "rust-src", "--toolchain", NIGHTLY])
@@ -92,7 +98,14 @@ fn nightly_sysroot() -> Option<PathBuf> {
 /// Drops what the outer (stable) cargo exported, so that the inner
 /// command uses the toolchain it asks for.
 pub fn scrub_cargo_env(cmd: &mut Command) {
-    for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTDOC", "CARGO", "RUSTFLAGS"] {
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTDOC",
+        "CARGO",
+        "RUSTFLAGS",
+    ] {
         cmd.env_remove(var);
     }
 }

@@ -16,7 +16,10 @@ use std::{
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "tcptrace-peer", about = "Open, hold and close TCP connections on command")]
+#[command(
+    name = "tcptrace-peer",
+    about = "Open, hold and close TCP connections on command"
+)]
 struct Cli {
     /// Process name (comm) to take, so tracers can be checked against it.
     #[arg(long, global = true)]
@@ -41,6 +44,31 @@ enum Role {
         #[command(flatten)]
         script: Script,
     },
+    /// Load generator: servers and clients in this process open and close
+    /// connections on loopback as fast as they can for SECONDS, then print
+    /// `connections N` (completed, both ends closed) and the rate.
+    Churn {
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Client threads.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Listening ports (one accept thread each).
+        #[arg(long, default_value_t = 4)]
+        ports: usize,
+        /// Which side closes first (and so ends in TIME_WAIT).
+        #[arg(long, value_enum, default_value = "server")]
+        closer: Closer,
+        /// Address family.
+        #[arg(long, value_parser = ["4", "6"], default_value = "4")]
+        family: String,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Closer {
+    Server,
+    Client,
 }
 
 #[derive(clap::Args)]
@@ -77,6 +105,19 @@ fn main() -> ExitCode {
     let result = match cli.role {
         Role::Server { listen, script } => serve(listen, &script),
         Role::Client { connect, script } => dial(connect, &script),
+        Role::Churn {
+            seconds,
+            clients,
+            ports,
+            closer,
+            family,
+        } => churn(
+            Duration::from_secs_f64(seconds),
+            clients,
+            ports,
+            closer,
+            family == "6",
+        ),
     };
     match result {
         Ok(()) => {
@@ -159,7 +200,10 @@ fn wait_for_eof(stream: &mut TcpStream) -> std::io::Result<()> {
 }
 
 fn set_linger_zero(stream: &TcpStream) -> std::io::Result<()> {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: valid socket fd and a correctly sized option value.
     let rc = unsafe {
         libc::setsockopt(
@@ -182,4 +226,85 @@ fn set_process_name(name: &str) {
     buf[..n].copy_from_slice(&name.as_bytes()[..n]);
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
+}
+
+/// Opens and closes connections until `length` has passed. Every counted
+/// connection went through the full close on both ends, so a tracer's
+/// expected transitions follow exactly from the count.
+fn churn(
+    length: Duration,
+    clients: usize,
+    ports: usize,
+    closer: Closer,
+    ipv6: bool,
+) -> std::io::Result<()> {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    };
+    let loopback: std::net::IpAddr = if ipv6 {
+        "::1".parse().unwrap()
+    } else {
+        "127.0.0.1".parse().unwrap()
+    };
+    let mut addrs = Vec::new();
+    for _ in 0..ports.max(1) {
+        let listener = TcpListener::bind(SocketAddr::new(loopback, 0))?;
+        addrs.push(listener.local_addr()?);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                if closer == Closer::Client {
+                    let _ = wait_for_eof(&mut stream);
+                }
+                drop(stream);
+            }
+        });
+    }
+    say(&format!(
+        "ports {}",
+        addrs
+            .iter()
+            .map(|a| a.port().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let completed = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = (0..clients.max(1))
+        .map(|i| {
+            let (stop, completed, failed) = (stop.clone(), completed.clone(), failed.clone());
+            let addrs = addrs.clone();
+            std::thread::spawn(move || {
+                let mut n = i;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let ok = TcpStream::connect(addrs[n % addrs.len()]).and_then(|mut stream| {
+                        if closer == Closer::Server {
+                            wait_for_eof(&mut stream)?;
+                        }
+                        drop(stream);
+                        Ok(())
+                    });
+                    match ok {
+                        Ok(()) => completed.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    sleep(length);
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let n = completed.load(Ordering::Relaxed);
+    say(&format!("connections {n}"));
+    say(&format!("failed {}", failed.load(Ordering::Relaxed)));
+    say(&format!("rate {:.0}", n as f64 / elapsed));
+    Ok(())
 }

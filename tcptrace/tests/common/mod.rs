@@ -15,6 +15,51 @@ use serde_json::Value;
 pub const TRACER: &str = env!("CARGO_BIN_EXE_tcptrace");
 pub const PEER: &str = env!("CARGO_BIN_EXE_tcptrace-peer");
 
+/// A network namespace of the test's own, with loopback up: its ports,
+/// listeners and TIME_WAIT table (net.ipv4.tcp_max_tw_buckets is per
+/// namespace) are not shared with the host or with other tests.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "tcptrace-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let ok = |args: &[&str]| {
+            let status = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("iproute2's ip");
+            assert!(status.success(), "ip {args:?} failed");
+        };
+        ok(&["netns", "add", &name]);
+        ok(&["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// `program` to be run inside the namespace (the pid stays the same:
+    /// `ip netns exec` execs it).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
 /// A running `tcptrace`, started and ready (probe attached).
 pub struct Tracer {
     child: Child,
@@ -22,9 +67,10 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Starts tcptrace with `args` and waits until it says it is tracing.
-    pub fn start(args: &[&str]) -> Tracer {
-        let mut child = Command::new(TRACER)
+    /// Starts tcptrace in `netns` with `args`; returns once it is tracing.
+    pub fn start(netns: &Netns, args: &[&str]) -> Tracer {
+        let mut child = netns
+            .command(TRACER)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -56,6 +102,10 @@ impl Tracer {
         Tracer { child, stderr: rx }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGINT, then all JSON records it printed (the summary last).
     pub fn stop(self) -> Records {
         self.stop_with(libc::SIGINT)
@@ -66,7 +116,12 @@ impl Tracer {
         thread::sleep(Duration::from_millis(300));
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let mut out = String::new();
-        self.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         let status = self.child.wait().unwrap();
         assert!(status.success(), "tcptrace exited with {status}");
         let records: Vec<Value> = out
@@ -98,7 +153,10 @@ pub struct Records {
 
 impl Records {
     pub fn transitions(&self) -> Vec<&Value> {
-        self.records.iter().filter(|r| r["type"] == "transition").collect()
+        self.records
+            .iter()
+            .filter(|r| r["type"] == "transition")
+            .collect()
     }
 
     pub fn summary(&self) -> &Value {
@@ -110,13 +168,22 @@ impl Records {
         self.transitions()
             .into_iter()
             .filter(|t| t["lport"] == lport)
-            .map(|t| format!("{}->{}", t["old"].as_str().unwrap(), t["new"].as_str().unwrap()))
+            .map(|t| {
+                format!(
+                    "{}->{}",
+                    t["old"].as_str().unwrap(),
+                    t["new"].as_str().unwrap()
+                )
+            })
             .collect()
     }
 
     /// Transitions of one socket (by kernel address), in output order.
     pub fn of_socket(&self, sk: &Value) -> Vec<&Value> {
-        self.transitions().into_iter().filter(|t| &t["sk"] == sk).collect()
+        self.transitions()
+            .into_iter()
+            .filter(|t| &t["sk"] == sk)
+            .collect()
     }
 
     pub fn find(&self, lport: u16, old: &str, new: &str) -> &Value {
@@ -125,7 +192,12 @@ impl Records {
             .into_iter()
             .filter(|t| t["lport"] == lport && t["old"] == old && t["new"] == new)
             .collect();
-        assert_eq!(matches.len(), 1, "exactly one {old}->{new} on lport {lport} in {:#?}", self.records);
+        assert_eq!(
+            matches.len(),
+            1,
+            "exactly one {old}->{new} on lport {lport} in {:#?}",
+            self.records
+        );
         matches[0]
     }
 }
@@ -137,8 +209,9 @@ pub struct Peer {
 }
 
 impl Peer {
-    fn spawn(args: &[String]) -> Peer {
-        let mut child = Command::new(PEER)
+    fn spawn(netns: &Netns, args: &[String]) -> Peer {
+        let mut child = netns
+            .command(PEER)
             .args(args)
             .stdout(Stdio::piped())
             .spawn()
@@ -148,8 +221,11 @@ impl Peer {
     }
 
     /// A server on `addr` (port 0 for any); returns it and its port.
-    pub fn server(addr: &str, mode: &str, hold_ms: u64) -> (Peer, u16) {
-        let mut peer = Peer::spawn(&args("peer-server", "server", "--listen", addr, mode, hold_ms));
+    pub fn server(netns: &Netns, addr: &str, mode: &str, hold_ms: u64) -> (Peer, u16) {
+        let mut peer = Peer::spawn(
+            netns,
+            &args("peer-server", "server", "--listen", addr, mode, hold_ms),
+        );
         let line = peer.next_line();
         let port = line
             .strip_prefix("listening ")
@@ -159,8 +235,11 @@ impl Peer {
         (peer, port)
     }
 
-    pub fn client(addr: &str, mode: &str, hold_ms: u64) -> Peer {
-        Peer::spawn(&args("peer-client", "client", "--connect", addr, mode, hold_ms))
+    pub fn client(netns: &Netns, addr: &str, mode: &str, hold_ms: u64) -> Peer {
+        Peer::spawn(
+            netns,
+            &args("peer-client", "client", "--connect", addr, mode, hold_ms),
+        )
     }
 
     pub fn pid(&self) -> u32 {
@@ -176,7 +255,10 @@ impl Peer {
     /// Waits for the peer to finish; returns its (local, remote) ports.
     pub fn finish(mut self) -> (u16, u16) {
         let line = self.next_line();
-        let mut parts = line.strip_prefix("connection ").expect("a connection line").split(' ');
+        let mut parts = line
+            .strip_prefix("connection ")
+            .expect("a connection line")
+            .split(' ');
         let local = parts.next().unwrap().parse().unwrap();
         let remote = parts.next().unwrap().parse().unwrap();
         assert_eq!(self.next_line(), "done");
@@ -201,11 +283,10 @@ fn args(name: &str, role: &str, flag: &str, addr: &str, mode: &str, hold_ms: u64
     .to_vec()
 }
 
-/// A port that was free a moment ago (for tests that must know it first).
-pub fn free_port(addr: &str) -> u16 {
-    std::net::TcpListener::bind(addr).unwrap().local_addr().unwrap().port()
-}
+/// A port no test uses by chance: namespaces start with every port free.
+pub const FIXED_PORT: u16 = 4242;
 
 pub fn ns(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("expected a number of ns, got {v}"))
+    v.as_u64()
+        .unwrap_or_else(|| panic!("expected a number of ns, got {v}"))
 }
