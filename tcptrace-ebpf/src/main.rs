@@ -248,6 +248,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 event_flags |= EVENT_OWNER_KNOWN;
             }
             record.state_since_ns = now;
+            if new == CLOSE {
+                // Final close: the address will soon be another socket's.
+                let _ = SOCKETS.remove(rec.skaddr);
+            }
         }
         None => {
             // First sight of this socket: born now if this is its first
@@ -283,11 +287,8 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         }
     }
 
-    if new == CLOSE {
-        let _ = SOCKETS.remove(rec.skaddr);
-        if old == LISTEN {
-            let _ = LISTENERS.remove(rec.sport);
-        }
+    if new == CLOSE && old == LISTEN {
+        let _ = LISTENERS.remove(rec.sport);
     } else if new == LISTEN && owner_context {
         let owner = ListenerOwner { pid, _pad: 0, comm };
         let _ = LISTENERS.insert(rec.sport, owner, 0);

@@ -1,9 +1,15 @@
 //! The live tail: a tokio loop woken by the ring buffer's fd.
 //!
-//! Reading is driven only by epoll readiness of the ring; the one timer
-//! (once a second) reads the loss counters. Each wake drains a bounded batch
-//! and writes it with one write(2); a full batch leaves the fd marked ready
-//! so that signals and the timer still get their turn under load.
+//! Reading is driven by epoll readiness of the ring. Each wake drains a
+//! bounded batch and writes it with one write(2); a full batch leaves the fd
+//! marked ready so that signals and timers still get their turn under load.
+//!
+//! Under load the probe announces at most one event per millisecond (a
+//! wake-up per event would cost more than the event). So after a wake that
+//! found events, one catch-up read follows a couple of milliseconds later to
+//! collect events submitted without a wake-up; it re-arms only while it
+//! finds events, so an idle tracer sleeps. The once-a-second timer reads the
+//! loss counters and nothing else.
 use std::{fs::File, io::Write, os::fd::AsFd, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
@@ -30,6 +36,8 @@ const BATCH: usize = 4096;
 /// The probe wakes the reader at most this often under load (see
 /// `wakeup_flag` in the probe), or when an eighth of the ring is full.
 const WAKE_INTERVAL: Duration = Duration::from_millis(1);
+/// When the catch-up read follows a wake that found events.
+const CATCH_UP: Duration = Duration::from_millis(2);
 
 struct Sink {
     out: File,
@@ -101,6 +109,9 @@ pub async fn run(args: Args) -> Result<()> {
             .unwrap_or(Duration::from_secs(u32::MAX as u64)),
     );
     tokio::pin!(deadline);
+    let catch_up = sleep(CATCH_UP);
+    tokio::pin!(catch_up);
+    let mut catch_up_armed = false;
     let mut loss_check = interval(Duration::from_secs(1));
     loss_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loss_check.reset_at(Instant::now() + Duration::from_secs(1));
@@ -122,15 +133,24 @@ pub async fn run(args: Args) -> Result<()> {
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
             _ = loss_check.tick() => {
-                // Also picks up events the probe submitted without a wake-up.
-                while drain(ring.get_mut(), &clock, &mut format, &mut stats, &mut sink)? == BATCH {}
                 losses = report_losses(&probe, &clock, &mut sink, losses)?;
+            }
+            _ = &mut catch_up, if catch_up_armed => {
+                let drained = drain(ring.get_mut(), &clock, &mut format, &mut stats, &mut sink)?;
+                catch_up_armed = drained > 0;
+                if catch_up_armed {
+                    catch_up.as_mut().reset(Instant::now() + CATCH_UP);
+                }
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 let drained = drain(guard.get_inner_mut(), &clock, &mut format, &mut stats, &mut sink)?;
                 if drained < BATCH {
                     guard.clear_ready();
+                }
+                if drained > 0 && !catch_up_armed {
+                    catch_up.as_mut().reset(Instant::now() + CATCH_UP);
+                    catch_up_armed = true;
                 }
             }
         }
