@@ -1,11 +1,16 @@
 //! Kernel monotonic timestamps to wall-clock text, without allocating.
+use std::cell::Cell;
 
 /// Converts `bpf_ktime_get_ns()` values (CLOCK_MONOTONIC) to wall time using
 /// the offset between the two clocks taken once at start-up.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Clock {
     realtime_minus_monotonic_ns: i128,
     local_utc_offset_s: i64,
+    /// `YYYY-MM-DDTHH:MM:SS` of the last second formatted: events come in
+    /// bursts within the same second, and the calendar maths is the
+    /// costliest part of a timestamp.
+    rfc3339_second: Cell<(i64, [u8; 19])>,
 }
 
 fn clock_ns(id: libc::clockid_t) -> i128 {
@@ -26,6 +31,7 @@ impl Clock {
         Clock {
             realtime_minus_monotonic_ns: real - (mono + mono_after) / 2,
             local_utc_offset_s: local_utc_offset(),
+            rfc3339_second: Cell::new((i64::MIN, [0; 19])),
         }
     }
 
@@ -34,6 +40,7 @@ impl Clock {
         Clock {
             realtime_minus_monotonic_ns,
             local_utc_offset_s,
+            rfc3339_second: Cell::new((i64::MIN, [0; 19])),
         }
     }
 
@@ -50,15 +57,23 @@ impl Clock {
         let ns = self.unix_ns(ktime_ns);
         let secs = ns.div_euclid(1_000_000_000) as i64;
         let frac = ns.rem_euclid(1_000_000_000) as u64;
-        let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u64);
-        let (y, m, d) = civil_from_days(days);
-        push_padded(out, y as u64, 4);
-        out.push(b'-');
-        push_padded(out, m as u64, 2);
-        out.push(b'-');
-        push_padded(out, d as u64, 2);
-        out.push(b'T');
-        write_hms(out, sod);
+        let (cached_secs, mut text) = self.rfc3339_second.get();
+        if cached_secs != secs {
+            let mut buf = Vec::with_capacity(19);
+            let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u64);
+            let (y, m, d) = civil_from_days(days);
+            push_padded(&mut buf, y as u64, 4);
+            buf.push(b'-');
+            push_padded(&mut buf, m as u64, 2);
+            buf.push(b'-');
+            push_padded(&mut buf, d as u64, 2);
+            buf.push(b'T');
+            write_hms(&mut buf, sod);
+            let n = buf.len().min(19);
+            text[..n].copy_from_slice(&buf[..n]);
+            self.rfc3339_second.set((secs, text));
+        }
+        out.extend_from_slice(&text);
         out.push(b'.');
         push_padded(out, frac, 9);
         out.push(b'Z');
@@ -145,6 +160,15 @@ mod tests {
         assert_eq!(
             text(|o| clock.write_rfc3339(o, 5_042)),
             "2026-11-25T17:58:01.000000042Z"
+        );
+        // The cached second is reused within it and replaced after it.
+        assert_eq!(
+            text(|o| clock.write_rfc3339(o, 999_999_999)),
+            "2026-11-25T17:58:01.999994999Z"
+        );
+        assert_eq!(
+            text(|o| clock.write_rfc3339(o, 86_400_000_005_000)),
+            "2026-11-26T17:58:01.000000000Z"
         );
     }
 

@@ -92,10 +92,15 @@ impl HumanFormat {
 }
 
 fn write_endpoint(out: &mut Vec<u8>, addr: IpAddr, port: u16) {
-    let _ = match addr {
-        IpAddr::V4(a) => write!(out, "{a}:{port}"),
-        IpAddr::V6(a) => write!(out, "[{a}]:{port}"),
-    };
+    if addr.is_ipv6() {
+        out.push(b'[');
+        write_addr(out, addr);
+        out.push(b']');
+    } else {
+        write_addr(out, addr);
+    }
+    out.push(b':');
+    out.extend_from_slice(itoa::Buffer::new().format(port).as_bytes());
 }
 
 fn pad_to(out: &mut Vec<u8>, start: usize, width: usize) {
@@ -157,11 +162,11 @@ pub fn write_json_transition(out: &mut Vec<u8>, clock: &Clock, t: &Transition) {
     } else {
         b",\"family\":\"ipv4\",\"laddr\":\""
     });
-    let _ = write!(out, "{}", t.local);
+    write_addr(out, t.local);
     out.extend_from_slice(b"\",\"lport\":");
     out.extend_from_slice(num.format(t.lport).as_bytes());
     out.extend_from_slice(b",\"raddr\":\"");
-    let _ = write!(out, "{}", t.remote);
+    write_addr(out, t.remote);
     out.extend_from_slice(b"\",\"rport\":");
     out.extend_from_slice(num.format(t.rport).as_bytes());
     out.extend_from_slice(b",\"old\":\"");
@@ -178,8 +183,44 @@ pub fn write_json_transition(out: &mut Vec<u8>, clock: &Clock, t: &Transition) {
         Timewait::NotHandoff | Timewait::NotApplicable => b"false",
         Timewait::Unknown => b"null",
     });
-    let _ = write!(out, ",\"sk\":\"{:#x}\"}}", t.skaddr);
-    out.push(b'\n');
+    out.extend_from_slice(b",\"sk\":\"0x");
+    write_hex(out, t.skaddr);
+    out.extend_from_slice(b"\"}\n");
+}
+
+/// An address as text; IPv4 without the formatting machinery (hot path).
+fn write_addr(out: &mut Vec<u8>, addr: IpAddr) {
+    match addr {
+        IpAddr::V4(a) => {
+            let mut num = itoa::Buffer::new();
+            let [a, b, c, d] = a.octets();
+            out.extend_from_slice(num.format(a).as_bytes());
+            for octet in [b, c, d] {
+                out.push(b'.');
+                out.extend_from_slice(num.format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(a) => {
+            let _ = write!(out, "{a}");
+        }
+    }
+}
+
+/// Lower-case hex without leading zeros.
+fn write_hex(out: &mut Vec<u8>, value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [b'0'; 16];
+    let mut i = buf.len();
+    let mut v = value;
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 fn write_json_opt_u64(out: &mut Vec<u8>, value: Option<u64>) {
@@ -327,6 +368,28 @@ mod tests {
         wide.write_header(&mut header);
         assert!(header.len() > 2 * WIDE_ADDR);
         let _ = &mut wide;
+    }
+
+    #[test]
+    fn hex_and_addresses() {
+        let text = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut out = Vec::new();
+            f(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(text(&|o| write_hex(o, 0)), "0");
+        assert_eq!(
+            text(&|o| write_hex(o, 0xffff_8881_0abc_0000)),
+            "ffff88810abc0000"
+        );
+        assert_eq!(
+            text(&|o| write_addr(o, "10.0.255.1".parse().unwrap())),
+            "10.0.255.1"
+        );
+        assert_eq!(
+            text(&|o| write_endpoint(o, "fe80::1".parse().unwrap(), 443)),
+            "[fe80::1]:443"
+        );
     }
 
     #[test]
