@@ -3,7 +3,7 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    process::{Child, ChildStderr, Command},
     time::{Duration, Instant},
 };
 
@@ -20,6 +20,17 @@ fn run(args: &[&str]) -> (i32, String, String) {
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
     )
+}
+
+/// tcptrace in `netns` with piped output, once it says it is tracing; its
+/// stderr reader comes back alongside.
+fn spawn_tracing(netns: &Netns, args: &[&str]) -> (Child, BufReader<ChildStderr>) {
+    let mut child = Tracer::spawn(netns, args);
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("tcptrace: tracing"), "{line}");
+    (child, stderr)
 }
 
 fn assert_one_line_error(stderr: &str, needle: &str) {
@@ -111,21 +122,8 @@ fn closed_stdout_ends_quietly() {
     let netns = Netns::new();
     let (first_server, first_port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 0);
     let (second_server, second_port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 0);
-    let mut child = Command::new(TRACER)
-        .args([
-            "--json",
-            "--all",
-            "--port",
-            &format!("{first_port},{second_port}"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    assert!(line.starts_with("tcptrace: tracing"), "{line}");
+    let ports = format!("{first_port},{second_port}");
+    let (mut child, mut stderr) = spawn_tracing(&netns, &["--json", "--all", "--port", &ports]);
     // `tcptrace --json | head -1`: one record read, then the pipe closes.
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     Peer::client(&netns, &format!("127.0.0.1:{first_port}"), "close-first", 0).finish();
@@ -154,17 +152,7 @@ fn closed_stdout_ends_quietly() {
 fn human_output_has_columns_and_a_summary() {
     let netns = Netns::new();
     let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 20);
-    let mut child = netns
-        .command(TRACER)
-        .args(["--port", &port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    assert!(line.starts_with("tcptrace: tracing"), "{line}");
+    let (child, mut stderr) = spawn_tracing(&netns, &["--port", &port.to_string()]);
     let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", 0);
     let client_pid = client.pid();
     let (client_port, _) = client.finish();

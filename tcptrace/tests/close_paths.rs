@@ -3,7 +3,7 @@
 //! side by side on a busy host.
 mod common;
 
-use common::{ns, Netns, Peer, Tracer};
+use common::{ns, transition_name, Netns, Peer, Tracer};
 use serde_json::Value;
 
 const MS: u64 = 1_000_000;
@@ -188,16 +188,7 @@ fn all_reports_the_whole_life_of_one_connection_in_order() {
     let established = records.find(client_port, "SYN_SENT", "ESTABLISHED");
     let client_life = records.of_socket(&established["sk"]);
     let names = |events: &[&Value]| -> Vec<String> {
-        events
-            .iter()
-            .map(|t| {
-                format!(
-                    "{}->{}",
-                    t["old"].as_str().unwrap(),
-                    t["new"].as_str().unwrap()
-                )
-            })
-            .collect()
+        events.iter().copied().map(transition_name).collect()
     };
     assert_eq!(
         names(&client_life),

@@ -67,15 +67,20 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Starts tcptrace in `netns` with `args`; returns once it is tracing.
-    pub fn start(netns: &Netns, args: &[&str]) -> Tracer {
-        let mut child = netns
+    /// tcptrace in `netns` with piped stdout and stderr, just spawned.
+    pub fn spawn(netns: &Netns, args: &[&str]) -> Child {
+        netns
             .command(TRACER)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("starting tcptrace");
+            .expect("starting tcptrace")
+    }
+
+    /// Starts tcptrace in `netns` with `args`; returns once it is tracing.
+    pub fn start(netns: &Netns, args: &[&str]) -> Tracer {
+        let mut child = Tracer::spawn(netns, args);
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         thread::spawn(move || {
@@ -168,13 +173,7 @@ impl Records {
         self.transitions()
             .into_iter()
             .filter(|t| t["lport"] == lport)
-            .map(|t| {
-                format!(
-                    "{}->{}",
-                    t["old"].as_str().unwrap(),
-                    t["new"].as_str().unwrap()
-                )
-            })
+            .map(transition_name)
             .collect()
     }
 
@@ -285,6 +284,15 @@ fn args(name: &str, role: &str, flag: &str, addr: &str, mode: &str, hold_ms: u64
 
 /// A port no test uses by chance: namespaces start with every port free.
 pub const FIXED_PORT: u16 = 4242;
+
+/// "OLD->NEW" of a transition record.
+pub fn transition_name(t: &Value) -> String {
+    format!(
+        "{}->{}",
+        t["old"].as_str().unwrap(),
+        t["new"].as_str().unwrap()
+    )
+}
 
 pub fn ns(v: &Value) -> u64 {
     v.as_u64()
