@@ -288,7 +288,12 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     }
 
     if new == CLOSE && old == LISTEN {
-        let _ = LISTENERS.remove(rec.sport);
+        // Other processes may listen on the same port (SO_REUSEPORT): only
+        // the owner's own listener takes the entry with it.
+        let same_owner = unsafe { LISTENERS.get(rec.sport) }.is_some_and(|owner| owner.pid == pid);
+        if same_owner {
+            let _ = LISTENERS.remove(rec.sport);
+        }
     } else if new == LISTEN && owner_context {
         let owner = ListenerOwner { pid, _pad: 0, comm };
         let _ = LISTENERS.insert(rec.sport, owner, 0);

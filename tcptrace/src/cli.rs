@@ -91,7 +91,8 @@ pub struct Args {
     pub port: Option<PortList>,
 
     /// Only sockets owned by process PID (the process that connected,
-    /// accepted through its listener, or closed the socket).
+    /// accepted through its listener, or closed the socket). Sockets whose
+    /// owner tcptrace never saw do not match.
     #[arg(short, long, value_name = "PID")]
     pub pid: Option<u32>,
 

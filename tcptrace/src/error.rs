@@ -1,5 +1,22 @@
 //! The one error path: `tcptrace: <message>` and an exit code.
-use std::{io, process::ExitCode};
+use std::{
+    fmt,
+    io::{self, Write},
+    process::ExitCode,
+};
+
+/// A line on stderr. Unlike `eprintln!`, a closed stderr is not a panic.
+pub fn write_note(args: fmt::Arguments) {
+    let _ = writeln!(io::stderr(), "{args}");
+}
+
+/// `eprintln!` that cannot panic.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        $crate::error::write_note(format_args!($($arg)*))
+    };
+}
+pub(crate) use note;
 
 /// Bad command-line input (exit code 2, like clap's own errors).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,7 +33,7 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let message = format!("{err:#}").replace('\n', " ");
-    eprintln!("tcptrace: {message}");
+    note!("tcptrace: {message}");
     if err.downcast_ref::<UsageError>().is_some() {
         ExitCode::from(EXIT_USAGE)
     } else {

@@ -37,7 +37,7 @@ pub fn main() -> ExitCode {
             // clap's message, on one line, without its "error: " prefix.
             let text = err.render().to_string();
             let first = text.lines().next().unwrap_or("bad arguments");
-            eprintln!("tcptrace: {}", first.trim_start_matches("error: "));
+            error::note!("tcptrace: {}", first.trim_start_matches("error: "));
             return ExitCode::from(error::EXIT_USAGE);
         }
     };

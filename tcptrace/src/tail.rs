@@ -24,7 +24,7 @@ use crate::{
     cli::Args,
     clock::Clock,
     decode::Transition,
-    error::UsageError,
+    error::{note, UsageError},
     format::{Format, HumanFormat},
     owners,
     probe::{LossCounters, Probe, TimewaitDetection},
@@ -66,13 +66,13 @@ pub async fn run(args: Args) -> Result<()> {
     config.wake_bytes = u64::from(args.ring_size / 8);
     let mut probe = Probe::load(&config, args.ring_size)?;
     if let TimewaitDetection::Unavailable(why) = &probe.timewait {
-        eprintln!(
+        note!(
             "tcptrace: warning: timewait hand-offs cannot be told from resets here ({why}); \
              FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE are shown unclassified, marked [timewait?]"
         );
     }
     if let Err(err) = probe.seed_listeners(&owners::existing_listeners()) {
-        eprintln!("tcptrace: warning: owners of existing listeners unknown: {err:#}");
+        note!("tcptrace: warning: owners of existing listeners unknown: {err:#}");
     }
     let ring = probe.take_ring()?;
     // SAFETY: the ring owns its fd and keeps it open until it is dropped,
@@ -118,7 +118,7 @@ pub async fn run(args: Args) -> Result<()> {
 
     let mut stats = RunStats::new();
     let mut losses = LossCounters::default();
-    eprintln!(
+    note!(
         "tcptrace: tracing TCP state transitions{}",
         match args.duration {
             Some(d) => format!(" for {:.1} s", d.as_secs_f64()),
@@ -212,7 +212,7 @@ fn report_losses(
             summary::write_json_lost(&mut sink.buf, clock, &before, &now);
             sink.flush()?;
         } else {
-            eprintln!("{}", summary::human_lost_line(&before, &now));
+            note!("{}", summary::human_lost_line(&before, &now));
         }
     }
     Ok(now)
