@@ -56,6 +56,9 @@ enum Role {
         /// Listening ports (one accept thread each).
         #[arg(long, default_value_t = 4)]
         ports: usize,
+        /// Listen on BASE_PORT, BASE_PORT+1, ... instead of any free ports.
+        #[arg(long)]
+        base_port: Option<u16>,
         /// Which side closes first (and so ends in TIME_WAIT).
         #[arg(long, value_enum, default_value = "server")]
         closer: Closer,
@@ -109,15 +112,22 @@ fn main() -> ExitCode {
             seconds,
             clients,
             ports,
+            base_port,
             closer,
             family,
-        } => churn(
-            Duration::from_secs_f64(seconds),
-            clients,
-            ports,
-            closer,
-            family == "6",
-        ),
+        } => {
+            let ports: Vec<u16> = match base_port {
+                Some(base) => (0..ports as u16).map(|i| base + i).collect(),
+                None => vec![0; ports.max(1)],
+            };
+            churn(
+                Duration::from_secs_f64(seconds),
+                clients,
+                &ports,
+                closer,
+                family == "6",
+            )
+        }
     };
     match result {
         Ok(()) => {
@@ -234,7 +244,7 @@ fn set_process_name(name: &str) {
 fn churn(
     length: Duration,
     clients: usize,
-    ports: usize,
+    ports: &[u16],
     closer: Closer,
     ipv6: bool,
 ) -> std::io::Result<()> {
@@ -248,8 +258,8 @@ fn churn(
         "127.0.0.1".parse().unwrap()
     };
     let mut addrs = Vec::new();
-    for _ in 0..ports.max(1) {
-        let listener = TcpListener::bind(SocketAddr::new(loopback, 0))?;
+    for &port in ports {
+        let listener = TcpListener::bind(SocketAddr::new(loopback, port))?;
         addrs.push(listener.local_addr()?);
         std::thread::spawn(move || {
             for stream in listener.incoming() {

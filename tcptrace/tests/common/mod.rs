@@ -64,6 +64,9 @@ impl Drop for Netns {
 pub struct Tracer {
     child: Child,
     stderr: mpsc::Receiver<String>,
+    /// Reads stdout as it comes, as a user's pipe would: a reader that
+    /// waited for the end would stall tcptrace and fill its ring buffer.
+    stdout: Option<thread::JoinHandle<String>>,
 }
 
 impl Tracer {
@@ -104,7 +107,17 @@ impl Tracer {
                 }
             }
         }
-        Tracer { child, stderr: rx }
+        let mut stdout = child.stdout.take().unwrap();
+        let stdout = thread::spawn(move || {
+            let mut out = String::new();
+            stdout.read_to_string(&mut out).unwrap();
+            out
+        });
+        Tracer {
+            child,
+            stderr: rx,
+            stdout: Some(stdout),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -120,13 +133,7 @@ impl Tracer {
         // Let the last softirq-driven transitions of the peers land.
         thread::sleep(Duration::from_millis(300));
         unsafe { libc::kill(self.child.id() as i32, signal) };
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
+        let out = self.stdout.take().unwrap().join().unwrap();
         let status = self.child.wait().unwrap();
         assert!(status.success(), "tcptrace exited with {status}");
         let records: Vec<Value> = out

@@ -1,0 +1,90 @@
+//! Under connection churn every transition is either delivered or counted
+//! as lost: nothing disappears silently. (A test binary of its own, so the
+//! churn does not share the CPUs with the timing-sensitive tests.)
+mod common;
+
+use common::{Netns, Tracer, PEER};
+
+const BASE_PORT: u16 = 7000;
+const PORTS: u16 = 4;
+
+/// Each server-closes-first connection makes exactly these ten transitions.
+const PER_CONNECTION: [&str; 10] = [
+    "CLOSE->SYN_SENT",
+    "SYN_SENT->ESTABLISHED",
+    "ESTABLISHED->CLOSE_WAIT",
+    "CLOSE_WAIT->LAST_ACK",
+    "LAST_ACK->CLOSE",
+    "LISTEN->SYN_RECV",
+    "SYN_RECV->ESTABLISHED",
+    "ESTABLISHED->FIN_WAIT1",
+    "FIN_WAIT1->FIN_WAIT2",
+    "FIN_WAIT2->CLOSE",
+];
+
+#[test]
+fn churn_loses_nothing_silently() {
+    let netns = Netns::new();
+    let ports = format!("{BASE_PORT}-{}", BASE_PORT + PORTS - 1);
+    let tracer = Tracer::start(&netns, &["--json", "--all", "--port", &ports]);
+    let out = netns
+        .command(PEER)
+        .args(["churn", "--seconds", "2", "--closer", "server"])
+        .args([
+            "--base-port",
+            &BASE_PORT.to_string(),
+            "--ports",
+            &PORTS.to_string(),
+        ])
+        .output()
+        .expect("running the churn generator");
+    assert!(out.status.success());
+    let report = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| -> u64 {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+    };
+    let connections = field("connections ");
+    assert_eq!(field("failed "), 0, "every connection completed: {report}");
+    assert!(connections > 1000, "the generator ran: {report}");
+    let records = tracer.stop();
+
+    let summary = records.summary();
+    let delivered = summary["events"].as_u64().unwrap();
+    let missed = summary["recursion_misses"].as_u64().unwrap();
+    let ring_full = summary["ring_reservation_failures"].as_u64().unwrap();
+    // Each listener is opened and closed once while tracing.
+    let expected = connections * PER_CONNECTION.len() as u64 + 2 * PORTS as u64;
+    assert_eq!(
+        delivered + missed + ring_full,
+        expected,
+        "delivered {delivered} + recursion misses {missed} + ring full {ring_full} \
+         must account for all {expected} transitions of {connections} connections"
+    );
+    assert_eq!(records.transitions().len() as u64, delivered);
+    let counts = summary["transitions"].as_object().unwrap();
+    for name in counts.keys() {
+        assert!(
+            PER_CONNECTION.contains(&name.as_str())
+                || name == "CLOSE->LISTEN"
+                || name == "LISTEN->CLOSE",
+            "unexpected transition {name}"
+        );
+    }
+    // Every loss reported at exit was also reported as it happened.
+    let lost: u64 = records
+        .records
+        .iter()
+        .filter(|r| r["type"] == "lost")
+        .map(|r| {
+            r["ring_reservation_failures"].as_u64().unwrap()
+                + r["recursion_misses"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(lost, missed + ring_full);
+    eprintln!(
+        "churn: {connections} connections, {delivered} events delivered, {missed} recursion misses"
+    );
+}
