@@ -199,6 +199,8 @@ pub const COUNTER_RING_FULL: u32 = 0;
 pub const COUNTER_SOCKET_MAP_FULL: u32 = 1;
 /// Timewait hand-offs recognised (for the summary).
 pub const COUNTER_TIMEWAIT_HANDOFFS: u32 = 2;
+/// Events written to the ring: what userspace must end up reading.
+pub const COUNTER_EMITTED: u32 = 3;
 pub const COUNTER_COUNT: u32 = 4;
 
 /// Timewait timer most recently armed on this CPU (per-CPU slot).

@@ -8,8 +8,8 @@ use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 use tcptrace_common::{
-    KernelOffsets, ListenerOwner, ProbeConfig, CONFIG_TIMEWAIT_HOOK, COUNTER_RING_FULL,
-    COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS,
+    KernelOffsets, ListenerOwner, ProbeConfig, CONFIG_TIMEWAIT_HOOK, COUNTER_EMITTED,
+    COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS,
 };
 
 use crate::btf::Btf;
@@ -43,8 +43,12 @@ impl TimewaitDetection {
 pub struct LossCounters {
     /// Events dropped because the ring buffer was full.
     pub ring_full: u64,
-    /// Program runs the kernel skipped (nested tracepoint on the same CPU).
+    /// Runs of the state-change program the kernel skipped (the tracepoint
+    /// fired again on a CPU already running it): each one a lost event.
     pub recursion_misses: u64,
+    /// Runs of the timewait timer hook the kernel skipped: no event is lost,
+    /// but a hand-off may then be reported as not one.
+    pub timewait_hook_misses: u64,
     /// Socket records the map refused (never expected with an LRU map).
     pub socket_map_full: u64,
 }
@@ -150,30 +154,37 @@ impl Probe {
     }
 
     pub fn loss_counters(&self) -> Result<LossCounters> {
-        let counters: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("no COUNTERS map")?)?;
-        let sum =
-            |index: u32| -> Result<u64> { Ok(counters.get(&index, 0)?.iter().copied().sum()) };
-        let mut recursion_misses = 0;
-        for &(_, fd) in &self.program_fds {
-            recursion_misses += program_info(fd)?.recursion_misses;
+        let (mut recursion_misses, mut timewait_hook_misses) = (0, 0);
+        for &(name, fd) in &self.program_fds {
+            let misses = program_info(fd)?.recursion_misses;
+            if name == TIMER_PROGRAM {
+                timewait_hook_misses += misses;
+            } else {
+                recursion_misses += misses;
+            }
         }
         Ok(LossCounters {
-            ring_full: sum(COUNTER_RING_FULL)?,
+            ring_full: self.counter(COUNTER_RING_FULL)?,
             recursion_misses,
-            socket_map_full: sum(COUNTER_SOCKET_MAP_FULL)?,
+            timewait_hook_misses,
+            socket_map_full: self.counter(COUNTER_SOCKET_MAP_FULL)?,
         })
     }
 
     /// Timewait hand-offs the probe recognised (whether or not filtered out).
     pub fn timewait_handoffs(&self) -> Result<u64> {
+        self.counter(COUNTER_TIMEWAIT_HANDOFFS)
+    }
+
+    /// Events the probe wrote into the ring buffer.
+    pub fn emitted(&self) -> Result<u64> {
+        self.counter(COUNTER_EMITTED)
+    }
+
+    fn counter(&self, index: u32) -> Result<u64> {
         let counters: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("no COUNTERS map")?)?;
-        Ok(counters
-            .get(&COUNTER_TIMEWAIT_HANDOFFS, 0)?
-            .iter()
-            .copied()
-            .sum())
+        Ok(counters.get(&index, 0)?.iter().copied().sum())
     }
 
     /// Kernel run-time statistics per attached program: (name, runs, ns).

@@ -66,6 +66,8 @@ pub struct RunContext<'a> {
     pub losses: LossCounters,
     pub timewait_detection: &'a str,
     pub probe_handoffs: u64,
+    /// Events the probe wrote into the ring; all of them should have been read.
+    pub probe_emitted: u64,
     /// (program, runs, run time ns) while kernel BPF stats are enabled.
     pub run_stats: Vec<(&'static str, u64, u64)>,
 }
@@ -92,8 +94,10 @@ pub fn write_json_summary(out: &mut Vec<u8>, clock: &Clock, stats: &RunStats, ct
         "timewait_handoffs_seen_by_probe": ctx.probe_handoffs,
         "ring_reservation_failures": ctx.losses.ring_full,
         "recursion_misses": ctx.losses.recursion_misses,
+        "timewait_hook_misses": ctx.losses.timewait_hook_misses,
         "socket_map_full": ctx.losses.socket_map_full,
         "bad_records": stats.bad_records,
+        "emitted_by_probe": ctx.probe_emitted,
         "timewait_detection": ctx.timewait_detection,
         "probe_stats": ctx.run_stats.iter().map(|&(program, runs, ns)| {
             json!({"program": program, "runs": runs, "run_time_ns": ns})
@@ -122,11 +126,26 @@ pub fn write_human_summary(out: &mut impl Write, stats: &RunStats, ctx: &RunCont
         "  lost: {} ring reservation failures, {} recursion misses",
         ctx.losses.ring_full, ctx.losses.recursion_misses
     );
+    if ctx.losses.timewait_hook_misses > 0 {
+        let _ = writeln!(
+            out,
+            "  timewait hook skipped {} times (hand-offs then look like resets)",
+            ctx.losses.timewait_hook_misses
+        );
+    }
     if ctx.losses.socket_map_full > 0 {
         let _ = writeln!(
             out,
             "  socket records refused: {}",
             ctx.losses.socket_map_full
+        );
+    }
+    let read = stats.events + stats.bad_records;
+    if ctx.probe_emitted != read {
+        let _ = writeln!(
+            out,
+            "  the probe wrote {} events into the ring, {read} were read",
+            ctx.probe_emitted
         );
     }
     if stats.bad_records > 0 {
@@ -156,6 +175,7 @@ pub fn write_json_lost(
         "time": String::from_utf8_lossy(&time),
         "ring_reservation_failures": now.ring_full - before.ring_full,
         "recursion_misses": now.recursion_misses - before.recursion_misses,
+        "timewait_hook_misses": now.timewait_hook_misses - before.timewait_hook_misses,
         "total_ring_reservation_failures": now.ring_full,
         "total_recursion_misses": now.recursion_misses,
     });
@@ -195,10 +215,11 @@ mod tests {
             losses: LossCounters {
                 ring_full: 3,
                 recursion_misses: 1,
-                socket_map_full: 0,
+                ..Default::default()
             },
             timewait_detection: "exact",
             probe_handoffs: 5,
+            probe_emitted: 3,
             run_stats: vec![("inet_sock_set_state", 10, 2000)],
         };
         let mut out = Vec::new();
@@ -226,12 +247,12 @@ mod tests {
         let before = LossCounters {
             ring_full: 2,
             recursion_misses: 1,
-            socket_map_full: 0,
+            ..Default::default()
         };
         let now = LossCounters {
             ring_full: 7,
             recursion_misses: 1,
-            socket_map_full: 0,
+            ..Default::default()
         };
         let mut out = Vec::new();
         write_json_lost(&mut out, &Clock::new(), &before, &now);

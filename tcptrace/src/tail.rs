@@ -164,6 +164,7 @@ pub async fn run(args: Args) -> Result<()> {
         losses,
         timewait_detection: &timewait_detection,
         probe_handoffs: probe.timewait_handoffs().unwrap_or(0),
+        probe_emitted: probe.emitted().unwrap_or(0),
         run_stats: probe.run_stats().unwrap_or_default(),
     };
     drop(ring);
@@ -207,7 +208,7 @@ fn report_losses(
     before: LossCounters,
 ) -> Result<LossCounters> {
     let now = probe.loss_counters()?;
-    if now.total() > before.total() {
+    if now.total() > before.total() || now.timewait_hook_misses > before.timewait_hook_misses {
         if sink.json {
             summary::write_json_lost(&mut sink.buf, clock, &before, &now);
             sink.flush()?;

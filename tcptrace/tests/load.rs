@@ -61,7 +61,9 @@ fn churn_loses_nothing_silently() {
         delivered + missed + ring_full,
         expected,
         "delivered {delivered} + recursion misses {missed} + ring full {ring_full} \
-         must account for all {expected} transitions of {connections} connections"
+         must account for all {expected} transitions of {connections} connections; \
+         summary: {summary}; sockets with an incomplete close: {:?}",
+        incomplete_closes(&records)
     );
     assert_eq!(records.transitions().len() as u64, delivered);
     let counts = summary["transitions"].as_object().unwrap();
@@ -87,4 +89,43 @@ fn churn_loses_nothing_silently() {
     eprintln!(
         "churn: {connections} connections, {delivered} events delivered, {missed} recursion misses"
     );
+}
+
+/// Server-side socket lives (split at LISTEN -> SYN_RECV, as addresses are
+/// reused) that lack some of their five transitions.
+fn incomplete_closes(records: &common::Records) -> Vec<(String, Vec<String>, u64)> {
+    use std::collections::HashMap;
+    let mut by_socket: HashMap<String, Vec<&serde_json::Value>> = HashMap::new();
+    for t in records
+        .transitions()
+        .into_iter()
+        .filter(|t| (BASE_PORT..BASE_PORT + PORTS).contains(&(t["lport"].as_u64().unwrap() as u16)))
+    {
+        by_socket.entry(t["sk"].to_string()).or_default().push(t);
+    }
+    let mut incomplete = Vec::new();
+    for (sk, mut ts) in by_socket {
+        ts.sort_by_key(|t| t["ktime_ns"].as_u64().unwrap());
+        let mut life: Vec<&serde_json::Value> = Vec::new();
+        let mut flush = |life: &mut Vec<&serde_json::Value>| {
+            if !life.is_empty() && life.len() != 5 {
+                incomplete.push((
+                    sk.clone(),
+                    life.iter().map(|t| common::transition_name(t)).collect(),
+                    life[0]["ktime_ns"].as_u64().unwrap(),
+                ));
+            }
+            life.clear();
+        };
+        for t in ts {
+            if t["old"] == "LISTEN" && t["new"] == "SYN_RECV" {
+                flush(&mut life);
+            }
+            if t["rport"] != 0 {
+                life.push(t);
+            }
+        }
+        flush(&mut life);
+    }
+    incomplete
 }

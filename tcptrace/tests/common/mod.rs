@@ -146,6 +146,10 @@ impl Tracer {
         let last = records.last().expect("at least the summary");
         assert_eq!(last["type"], "summary", "summary comes last");
         assert_eq!(last["ring_reservation_failures"], 0);
+        assert_eq!(
+            last["emitted_by_probe"], last["events"],
+            "everything written was read"
+        );
         let stderr: Vec<String> = self.stderr.try_iter().collect();
         Records { records, stderr }
     }
