@@ -113,7 +113,8 @@ pub const CONFIG_TIMEWAIT_HOOK: u32 = 1 << 6;
 /// in `rports` (both hold the same list).
 pub const CONFIG_PORT_EITHER: u32 = 1 << 7;
 
-/// Kernel struct offsets the probe needs, resolved from BTF at start-up.
+/// Kernel struct offsets the probe needs, resolved from BTF at start-up
+/// (Rust BPF programs get no CO-RE relocations).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KernelOffsets {
@@ -121,10 +122,22 @@ pub struct KernelOffsets {
     pub timer_function: u32,
     /// `struct inet_timewait_sock`.tw_timer
     pub tw_timer: u32,
-    /// `struct sock_common`.skc_dport (also valid inside inet_timewait_sock)
-    pub skc_dport: u32,
-    /// `struct sock_common`.skc_num
-    pub skc_num: u32,
+    /// `struct inet_timewait_sock`: remote port (network order), local port
+    pub tw_dport: u32,
+    pub tw_num: u32,
+    /// `struct sock`.sk_protocol (u16)
+    pub sk_protocol: u32,
+    /// `struct sock`: skc_family (u16)
+    pub sk_family: u32,
+    /// `struct inet_sock`.inet_sport and `struct sock` skc_dport (network order)
+    pub sk_sport: u32,
+    pub sk_dport: u32,
+    /// `struct inet_sock`.inet_saddr and `struct sock` skc_daddr (IPv4)
+    pub sk_saddr: u32,
+    pub sk_daddr: u32,
+    /// `struct sock` skc_v6_rcv_saddr and skc_v6_daddr (IPv6)
+    pub sk_v6_saddr: u32,
+    pub sk_v6_daddr: u32,
 }
 
 /// Load-time configuration of the probe (a read-only global).
@@ -159,8 +172,16 @@ impl ProbeConfig {
             offsets: KernelOffsets {
                 timer_function: 0,
                 tw_timer: 0,
-                skc_dport: 0,
-                skc_num: 0,
+                tw_dport: 0,
+                tw_num: 0,
+                sk_protocol: 0,
+                sk_family: 0,
+                sk_sport: 0,
+                sk_dport: 0,
+                sk_saddr: 0,
+                sk_daddr: 0,
+                sk_v6_saddr: 0,
+                sk_v6_daddr: 0,
             },
             transitions: [0; 16],
             lports: [0; 1024],
@@ -201,7 +222,9 @@ pub const COUNTER_SOCKET_MAP_FULL: u32 = 1;
 pub const COUNTER_TIMEWAIT_HANDOFFS: u32 = 2;
 /// Events written to the ring: what userspace must end up reading.
 pub const COUNTER_EMITTED: u32 = 3;
-pub const COUNTER_COUNT: u32 = 4;
+/// Transitions lost because a read of the socket failed.
+pub const COUNTER_READ_FAILED: u32 = 4;
+pub const COUNTER_COUNT: u32 = 8;
 
 /// Timewait timer most recently armed on this CPU (per-CPU slot).
 #[repr(C)]
@@ -236,7 +259,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ListenerOwner>(), 24);
         assert_eq!(
             core::mem::size_of::<ProbeConfig>(),
-            4 + 4 + 8 + 16 + 16 + 32 + 8192 * 2
+            4 + 4 + 8 + 16 + 48 + 32 + 8192 * 2
         );
     }
 

@@ -18,15 +18,15 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{btf_tracepoint, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::BtfTracePointContext,
 };
 use tcptrace_common::{
     tcp_state::*, ArmedTimewait, ListenerOwner, ProbeConfig, SocketRecord, TransitionEvent,
     AF_INET, AF_INET6, COMM_LEN, CONFIG_HANDOFF_ONLY, CONFIG_IPV4, CONFIG_IPV6,
     CONFIG_LPORT_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER,
-    CONFIG_TIMEWAIT_HOOK, COUNTER_COUNT, COUNTER_EMITTED, COUNTER_RING_FULL,
+    CONFIG_TIMEWAIT_HOOK, COUNTER_COUNT, COUNTER_EMITTED, COUNTER_READ_FAILED, COUNTER_RING_FULL,
     COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN,
     EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF,
 };
@@ -65,24 +65,6 @@ static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static ARMED_TIMEWAIT: PerCpuArray<ArmedTimewait> = PerCpuArray::with_max_entries(1, 0);
 
-/// `sock:inet_sock_set_state` record, after the 8-byte common header.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct SetStateRecord {
-    _common: u64,
-    skaddr: u64,
-    oldstate: i32,
-    newstate: i32,
-    sport: u16,
-    dport: u16,
-    family: u16,
-    protocol: u16,
-    saddr: [u8; 4],
-    daddr: [u8; 4],
-    saddr_v6: [u8; 16],
-    daddr_v6: [u8; 16],
-}
-
 #[inline(always)]
 fn config_flags() -> u32 {
     // Volatile reads: the static's initializer is a placeholder that
@@ -119,9 +101,12 @@ fn count(index: u32) {
     }
 }
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let _ = try_inet_sock_set_state(&ctx);
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
+    if try_inet_sock_set_state(&ctx).is_err() {
+        // Only reads of the socket fail; the event is lost, and counted.
+        count(COUNTER_READ_FAILED);
+    }
     0
 }
 
@@ -142,9 +127,9 @@ fn try_timer_start(ctx: &BtfTracePointContext) -> Result<(), i64> {
     }
     let tw = timer - config_u32(&offsets.tw_timer) as u64;
     let lport: u16 =
-        unsafe { bpf_probe_read_kernel((tw + config_u32(&offsets.skc_num) as u64) as *const u16)? };
+        unsafe { bpf_probe_read_kernel((tw + config_u32(&offsets.tw_num) as u64) as *const u16)? };
     let dport: u16 = unsafe {
-        bpf_probe_read_kernel((tw + config_u32(&offsets.skc_dport) as u64) as *const u16)?
+        bpf_probe_read_kernel((tw + config_u32(&offsets.tw_dport) as u64) as *const u16)?
     };
     if let Some(slot) = ARMED_TIMEWAIT.get_ptr_mut(0) {
         unsafe {
@@ -204,16 +189,48 @@ fn runs_in_owner_context(old: u8, new: u8) -> bool {
     (old == CLOSE && (new == SYN_SENT || new == LISTEN)) || new == FIN_WAIT1 || new == LAST_ACK
 }
 
-fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
-    // One read of the whole record: field-by-field reads of the ctx trip
-    // the verifier ("dereference of modified ctx ptr").
-    let rec: SetStateRecord = unsafe { ctx.read_at(0)? };
-    if rec.protocol != IPPROTO_TCP {
+/// Reads a field of a kernel object at an offset userspace took from BTF.
+#[inline(always)]
+fn read_field<T>(base: u64, offset: &u32) -> Result<T, i64> {
+    Ok(unsafe { bpf_probe_read_kernel((base + config_u32(offset) as u64) as *const T)? })
+}
+
+/// The socket's addresses as the tracepoint's own record would have them.
+#[inline(always)]
+fn socket_addresses(sk: u64, family: u16) -> Result<([u8; 16], [u8; 16]), i64> {
+    let offsets = &CONFIG.offsets;
+    let mut laddr = [0u8; 16];
+    let mut raddr = [0u8; 16];
+    if family == AF_INET6 {
+        laddr = read_field(sk, &offsets.sk_v6_saddr)?;
+        raddr = read_field(sk, &offsets.sk_v6_daddr)?;
+    } else {
+        let l: [u8; 4] = read_field(sk, &offsets.sk_saddr)?;
+        let r: [u8; 4] = read_field(sk, &offsets.sk_daddr)?;
+        laddr[..4].copy_from_slice(&l);
+        raddr[..4].copy_from_slice(&r);
+    }
+    Ok((laddr, raddr))
+}
+
+fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    // A BTF tracepoint: the kernel passes (sk, oldstate, newstate) directly,
+    // with no record to build, and guards against recursion per program,
+    // counting each skipped run.
+    let sk: u64 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let offsets = &CONFIG.offsets;
+    let protocol: u16 = read_field(sk, &offsets.sk_protocol)?;
+    if protocol != IPPROTO_TCP {
         return Ok(());
     }
+    let family: u16 = read_field(sk, &offsets.sk_family)?;
+    let sport = u16::from_be(read_field::<u16>(sk, &offsets.sk_sport)?);
+    let dport = u16::from_be(read_field::<u16>(sk, &offsets.sk_dport)?);
     let now = unsafe { bpf_ktime_get_ns() };
-    let old = rec.oldstate as u8;
-    let new = rec.newstate as u8;
+    let old = old as u8;
+    let new = new as u8;
     let flags = config_flags();
 
     let mut event_flags = 0u8;
@@ -229,7 +246,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         event_flags |= EVENT_OWNER_KNOWN;
     }
 
-    match SOCKETS.get_ptr_mut(rec.skaddr) {
+    match SOCKETS.get_ptr_mut(sk) {
         Some(record) => {
             let record = unsafe { &mut *record };
             in_old_ns = now.wrapping_sub(record.state_since_ns);
@@ -250,7 +267,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             record.state_since_ns = now;
             if new == CLOSE {
                 // Final close: the address will soon be another socket's.
-                let _ = SOCKETS.remove(rec.skaddr);
+                let _ = SOCKETS.remove(sk);
             }
         }
         None => {
@@ -265,7 +282,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 // A listener's child (LISTEN -> SYN_RECV): the process that
                 // listens accepts it. Or a listener that predates the probe,
                 // closing: its owner was seeded from procfs.
-                if let Some(owner) = unsafe { LISTENERS.get(rec.sport) } {
+                if let Some(owner) = unsafe { LISTENERS.get(sport) } {
                     pid = owner.pid;
                     comm = owner.comm;
                     event_flags |= EVENT_OWNER_KNOWN;
@@ -280,7 +297,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                     _pad: [0; 3],
                     comm,
                 };
-                if SOCKETS.insert(rec.skaddr, record, 0).is_err() {
+                if SOCKETS.insert(sk, record, 0).is_err() {
                     count(COUNTER_SOCKET_MAP_FULL);
                 }
             }
@@ -290,19 +307,19 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     if new == CLOSE && old == LISTEN {
         // Other processes may listen on the same port (SO_REUSEPORT): only
         // the owner's own listener takes the entry with it.
-        let same_owner = unsafe { LISTENERS.get(rec.sport) }.is_some_and(|owner| owner.pid == pid);
+        let same_owner = unsafe { LISTENERS.get(sport) }.is_some_and(|owner| owner.pid == pid);
         if same_owner {
-            let _ = LISTENERS.remove(rec.sport);
+            let _ = LISTENERS.remove(sport);
         }
     } else if new == LISTEN && owner_context {
         let owner = ListenerOwner { pid, _pad: 0, comm };
-        let _ = LISTENERS.insert(rec.sport, owner, 0);
+        let _ = LISTENERS.insert(sport, owner, 0);
     }
 
     let closing_from_fin = new == CLOSE && (old == FIN_WAIT1 || old == FIN_WAIT2 || old == CLOSING);
     if closing_from_fin && flags & CONFIG_TIMEWAIT_HOOK != 0 {
         event_flags |= EVENT_TIMEWAIT_CHECKED;
-        if is_timewait_handoff(now, rec.sport, rec.dport) {
+        if is_timewait_handoff(now, sport, dport) {
             event_flags |= EVENT_TIMEWAIT_HANDOFF;
             count(COUNTER_TIMEWAIT_HANDOFFS);
         }
@@ -319,7 +336,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     {
         return Ok(());
     }
-    let family_ok = match rec.family {
+    let family_ok = match family {
         AF_INET => flags & CONFIG_IPV4 != 0,
         AF_INET6 => flags & CONFIG_IPV6 != 0,
         _ => false,
@@ -328,14 +345,14 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     if flags & CONFIG_PORT_EITHER != 0 {
-        if !port_allowed(&CONFIG.lports, rec.sport) && !port_allowed(&CONFIG.rports, rec.dport) {
+        if !port_allowed(&CONFIG.lports, sport) && !port_allowed(&CONFIG.rports, dport) {
             return Ok(());
         }
     } else {
-        if flags & CONFIG_LPORT_FILTER != 0 && !port_allowed(&CONFIG.lports, rec.sport) {
+        if flags & CONFIG_LPORT_FILTER != 0 && !port_allowed(&CONFIG.lports, sport) {
             return Ok(());
         }
-        if flags & CONFIG_RPORT_FILTER != 0 && !port_allowed(&CONFIG.rports, rec.dport) {
+        if flags & CONFIG_RPORT_FILTER != 0 && !port_allowed(&CONFIG.rports, dport) {
             return Ok(());
         }
     }
@@ -345,28 +362,20 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
 
+    let (laddr, raddr) = socket_addresses(sk, family)?;
     let Some(mut entry) = EVENTS.reserve::<TransitionEvent>(0) else {
         count(COUNTER_RING_FULL);
         return Ok(());
     };
-    let (laddr, raddr) = if rec.family == AF_INET6 {
-        (rec.saddr_v6, rec.daddr_v6)
-    } else {
-        let mut l = [0u8; 16];
-        let mut r = [0u8; 16];
-        l[..4].copy_from_slice(&rec.saddr);
-        r[..4].copy_from_slice(&rec.daddr);
-        (l, r)
-    };
     entry.write(TransitionEvent {
         ktime_ns: now,
-        skaddr: rec.skaddr,
+        skaddr: sk,
         in_old_ns,
         age_ns,
         pid,
-        family: rec.family,
-        lport: rec.sport,
-        rport: rec.dport,
+        family: family,
+        lport: sport,
+        rport: dport,
         old,
         new,
         flags: event_flags,

@@ -114,6 +114,12 @@ pub struct Args {
     /// Do not print the column header.
     #[arg(long)]
     pub no_header: bool,
+
+    /// Do not attach the timer_start hook that tells timewait hand-offs
+    /// from resets (it runs for every timer armed on the machine).
+    /// FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE are then shown unclassified.
+    #[arg(long)]
+    pub no_timewait_hook: bool,
 }
 
 impl Args {

@@ -4,12 +4,12 @@ use std::os::fd::{AsFd, AsRawFd};
 use anyhow::{anyhow, Context, Result};
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::BtfTracePoint,
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 use tcptrace_common::{
     KernelOffsets, ListenerOwner, ProbeConfig, CONFIG_TIMEWAIT_HOOK, COUNTER_EMITTED,
-    COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS,
+    COUNTER_READ_FAILED, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS,
 };
 
 use crate::btf::Btf;
@@ -27,6 +27,8 @@ pub enum TimewaitDetection {
     Exact,
     /// The hook could not be attached; such transitions are shown unclassified.
     Unavailable(String),
+    /// The user chose not to attach the hook (--no-timewait-hook).
+    Disabled,
 }
 
 impl TimewaitDetection {
@@ -34,6 +36,7 @@ impl TimewaitDetection {
         match self {
             TimewaitDetection::Exact => "exact".into(),
             TimewaitDetection::Unavailable(why) => format!("unavailable: {why}"),
+            TimewaitDetection::Disabled => "disabled (--no-timewait-hook)".into(),
         }
     }
 }
@@ -49,13 +52,15 @@ pub struct LossCounters {
     /// Runs of the timewait timer hook the kernel skipped: no event is lost,
     /// but a hand-off may then be reported as not one.
     pub timewait_hook_misses: u64,
+    /// Transitions lost because the probe could not read the socket.
+    pub read_failures: u64,
     /// Socket records the map refused (never expected with an LRU map).
     pub socket_map_full: u64,
 }
 
 impl LossCounters {
     pub fn total(&self) -> u64 {
-        self.ring_full + self.recursion_misses
+        self.ring_full + self.recursion_misses + self.read_failures
     }
 }
 
@@ -69,13 +74,20 @@ pub struct Probe {
 impl Probe {
     /// Loads the probe with `config` and attaches it. Timewait detection is
     /// set up when this kernel allows it; otherwise the reason is recorded.
-    pub fn load(config: &ProbeConfig, ring_size: u32) -> Result<Self> {
+    pub fn load(config: &ProbeConfig, ring_size: u32, timewait_hook: bool) -> Result<Self> {
         let mut config = *config;
-        let unavailable = match timewait_hook_setup() {
-            Ok((handler, offsets)) => {
+        let btf = Btf::from_sys_fs()?;
+        socket_offsets(&btf, &mut config.offsets)
+            .context("this kernel's struct sock is not what tcptrace knows")?;
+        if !timewait_hook {
+            let mut probe = Self::load_with(&config, ring_size)?;
+            probe.timewait = TimewaitDetection::Disabled;
+            return Ok(probe);
+        }
+        let unavailable = match timewait_hook_setup(&btf, &mut config.offsets) {
+            Ok(handler) => {
                 config.flags |= CONFIG_TIMEWAIT_HOOK;
                 config.tw_timer_handler = handler;
-                config.offsets = offsets;
                 match Self::load_with(&config, ring_size) {
                     Ok(probe) => return Ok(probe),
                     // Retry without the hook: if the hook was the problem
@@ -98,30 +110,25 @@ impl Probe {
             .load(PROBE_OBJECT)
             .map_err(|e| explain_load_error(e.into()))
             .context("loading the probe")?;
+        let btf = AyaBtf::from_sys_fs().context("reading kernel BTF")?;
         let mut program_fds = Vec::new();
-
         // The timer hook goes first so that no hand-off is classified before
         // it can be recognised.
+        let mut hooks = vec![SET_STATE_PROGRAM];
         if config.flags & CONFIG_TIMEWAIT_HOOK != 0 {
-            let btf = AyaBtf::from_sys_fs().context("reading kernel BTF")?;
-            let program: &mut BtfTracePoint = program(&mut ebpf, TIMER_PROGRAM)?;
-            program
-                .load(TIMER_PROGRAM, &btf)
-                .map_err(|e| explain_load_error(e.into()))
-                .context("loading the timer_start hook (tp_btf)")?;
-            program.attach().context("attaching the timer_start hook")?;
-            program_fds.push((TIMER_PROGRAM, program.fd()?.as_fd().as_raw_fd()));
+            hooks.insert(0, TIMER_PROGRAM);
         }
-
-        let program: &mut TracePoint = program(&mut ebpf, SET_STATE_PROGRAM)?;
-        program
-            .load()
-            .map_err(|e| explain_load_error(e.into()))
-            .context("loading the inet_sock_set_state probe")?;
-        program
-            .attach("sock", "inet_sock_set_state")
-            .context("attaching to sock:inet_sock_set_state")?;
-        program_fds.push((SET_STATE_PROGRAM, program.fd()?.as_fd().as_raw_fd()));
+        for name in hooks {
+            let program: &mut BtfTracePoint = program(&mut ebpf, name)?;
+            program
+                .load(name, &btf)
+                .map_err(|e| explain_load_error(e.into()))
+                .with_context(|| format!("loading the {name} hook (BTF tracepoint)"))?;
+            program
+                .attach()
+                .with_context(|| format!("attaching the {name} hook"))?;
+            program_fds.push((name, program.fd()?.as_fd().as_raw_fd()));
+        }
 
         Ok(Probe {
             ebpf,
@@ -167,6 +174,7 @@ impl Probe {
             ring_full: self.counter(COUNTER_RING_FULL)?,
             recursion_misses,
             timewait_hook_misses,
+            read_failures: self.counter(COUNTER_READ_FAILED)?,
             socket_map_full: self.counter(COUNTER_SOCKET_MAP_FULL)?,
         })
     }
@@ -208,19 +216,34 @@ where
     Ok(program.try_into()?)
 }
 
+/// Where the state-change hook finds a socket's protocol, family, ports and
+/// addresses (the fields the classic tracepoint's record copies).
+fn socket_offsets(btf: &Btf, offsets: &mut KernelOffsets) -> Result<()> {
+    let common = btf.member_offset("sock", "__sk_common")?;
+    let field =
+        |name: &str| -> Result<u32> { Ok(common + btf.member_offset("sock_common", name)?) };
+    offsets.sk_protocol = btf.member_offset("sock", "sk_protocol")?;
+    offsets.sk_family = field("skc_family")?;
+    offsets.sk_dport = field("skc_dport")?;
+    offsets.sk_daddr = field("skc_daddr")?;
+    offsets.sk_v6_saddr = field("skc_v6_rcv_saddr")?;
+    offsets.sk_v6_daddr = field("skc_v6_daddr")?;
+    // inet_sock begins with its struct sock.
+    offsets.sk_sport = btf.member_offset("inet_sock", "inet_sport")?;
+    offsets.sk_saddr = btf.member_offset("inet_sock", "inet_saddr")?;
+    Ok(())
+}
+
 /// The address of tw_timer_handler and the struct offsets the timer hook
 /// needs, or why they cannot be had on this kernel.
-fn timewait_hook_setup() -> Result<(u64, KernelOffsets)> {
+fn timewait_hook_setup(btf: &Btf, offsets: &mut KernelOffsets) -> Result<u64> {
     let handler = kallsyms_address("tw_timer_handler")?;
-    let btf = Btf::from_sys_fs()?;
     let common = btf.member_offset("inet_timewait_sock", "__tw_common")?;
-    let offsets = KernelOffsets {
-        timer_function: btf.member_offset("timer_list", "function")?,
-        tw_timer: btf.member_offset("inet_timewait_sock", "tw_timer")?,
-        skc_dport: common + btf.member_offset("sock_common", "skc_dport")?,
-        skc_num: common + btf.member_offset("sock_common", "skc_num")?,
-    };
-    Ok((handler, offsets))
+    offsets.timer_function = btf.member_offset("timer_list", "function")?;
+    offsets.tw_timer = btf.member_offset("inet_timewait_sock", "tw_timer")?;
+    offsets.tw_dport = common + btf.member_offset("sock_common", "skc_dport")?;
+    offsets.tw_num = common + btf.member_offset("sock_common", "skc_num")?;
+    Ok(handler)
 }
 
 fn kallsyms_address(symbol: &str) -> Result<u64> {

@@ -95,6 +95,7 @@ pub fn write_json_summary(out: &mut Vec<u8>, clock: &Clock, stats: &RunStats, ct
         "ring_reservation_failures": ctx.losses.ring_full,
         "recursion_misses": ctx.losses.recursion_misses,
         "timewait_hook_misses": ctx.losses.timewait_hook_misses,
+        "read_failures": ctx.losses.read_failures,
         "socket_map_full": ctx.losses.socket_map_full,
         "bad_records": stats.bad_records,
         "emitted_by_probe": ctx.probe_emitted,
@@ -126,6 +127,13 @@ pub fn write_human_summary(out: &mut impl Write, stats: &RunStats, ctx: &RunCont
         "  lost: {} ring reservation failures, {} recursion misses",
         ctx.losses.ring_full, ctx.losses.recursion_misses
     );
+    if ctx.losses.read_failures > 0 {
+        let _ = writeln!(
+            out,
+            "  lost to failed socket reads: {}",
+            ctx.losses.read_failures
+        );
+    }
     if ctx.losses.timewait_hook_misses > 0 {
         let _ = writeln!(
             out,
@@ -175,6 +183,7 @@ pub fn write_json_lost(
         "time": String::from_utf8_lossy(&time),
         "ring_reservation_failures": now.ring_full - before.ring_full,
         "recursion_misses": now.recursion_misses - before.recursion_misses,
+        "read_failures": now.read_failures - before.read_failures,
         "timewait_hook_misses": now.timewait_hook_misses - before.timewait_hook_misses,
         "total_ring_reservation_failures": now.ring_full,
         "total_recursion_misses": now.recursion_misses,

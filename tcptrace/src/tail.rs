@@ -64,7 +64,7 @@ pub async fn run(args: Args) -> Result<()> {
     let mut config = args.probe_config();
     config.wake_interval_ns = WAKE_INTERVAL.as_nanos() as u64;
     config.wake_bytes = u64::from(args.ring_size / 8);
-    let mut probe = Probe::load(&config, args.ring_size)?;
+    let mut probe = Probe::load(&config, args.ring_size, !args.no_timewait_hook)?;
     if let TimewaitDetection::Unavailable(why) = &probe.timewait {
         note!(
             "tcptrace: warning: timewait hand-offs cannot be told from resets here ({why}); \
