@@ -314,3 +314,31 @@ fn port_pid_and_family_filters_drop_exactly_what_they_should() {
     let v6_only = v6_only.stop();
     assert_eq!(v6_only.transitions().len(), 0);
 }
+
+#[test]
+fn without_the_timer_hook_handoffs_are_unclassified_not_hidden() {
+    let netns = Netns::new();
+    let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 20);
+    let tracer = Tracer::start(
+        &netns,
+        &["--json", "--no-timewait-hook", "--port", &port.to_string()],
+    );
+    let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", 0);
+    let (client_port, _) = client.finish();
+    server.finish();
+    let records = tracer.stop();
+    let handoff = records.find(client_port, "FIN_WAIT2", "CLOSE");
+    assert!(handoff["timewait"].is_null(), "unclassified: {handoff}");
+    records.find(port, "CLOSE_WAIT", "LAST_ACK");
+    assert_eq!(records.transitions().len(), 2);
+    let summary = records.summary();
+    assert_eq!(
+        summary["timewait_detection"],
+        "disabled (--no-timewait-hook)"
+    );
+    assert_eq!(
+        summary["probe_stats"].as_array().unwrap().len(),
+        1,
+        "one hook attached"
+    );
+}
