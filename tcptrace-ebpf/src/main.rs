@@ -1,6 +1,7 @@
 //! The tcptrace probe.
 //!
-//! `inet_sock_set_state` sees every TCP state change. It keeps one record per
+//! `inet_sock_set_state` (a BTF tracepoint on sock:inet_sock_set_state)
+//! sees every TCP state change. It keeps one record per
 //! live socket (when it entered its state, when it was born, who owns it),
 //! filters in the kernel with the load-time `CONFIG`, and writes what passes
 //! to the `EVENTS` ring buffer with one reserve/submit.

@@ -342,3 +342,38 @@ fn without_the_timer_hook_handoffs_are_unclassified_not_hidden() {
         "one hook attached"
     );
 }
+
+#[test]
+fn connections_older_than_the_tracer_have_unknown_age_but_known_closers() {
+    let netns = Netns::new();
+    let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 50);
+    // Connected now, closed by the client 2 s later: long after the tracer
+    // below has started.
+    let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", 2000);
+    let (client_pid, server_pid) = (client.pid(), server.pid());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let tracer = Tracer::start(&netns, &["--json", "--port", &port.to_string()]);
+    let (client_port, _) = client.finish();
+    server.finish();
+    let records = tracer.stop();
+
+    let handoff = records.find(client_port, "FIN_WAIT2", "CLOSE");
+    assert_eq!(handoff["timewait"], true);
+    assert_owner(handoff, client_pid, "peer-client");
+    assert!(
+        handoff["age_ns"].is_null(),
+        "born before tracing: {handoff}"
+    );
+    assert!(
+        ns(&handoff["in_old_ns"]) > 0,
+        "FIN_WAIT2 began while tracing"
+    );
+
+    let last_ack = records.find(port, "CLOSE_WAIT", "LAST_ACK");
+    assert_owner(last_ack, server_pid, "peer-server");
+    assert!(
+        last_ack["age_ns"].is_null(),
+        "born before tracing: {last_ack}"
+    );
+    assert!((50 * MS..50 * MS + SLACK).contains(&ns(&last_ack["in_old_ns"])));
+}
