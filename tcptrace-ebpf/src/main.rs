@@ -120,18 +120,13 @@ pub fn timer_start(ctx: BtfTracePointContext) -> u32 {
 fn try_timer_start(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let timer: u64 = ctx.arg(0);
     let offsets = &CONFIG.offsets;
-    let function: u64 = unsafe {
-        bpf_probe_read_kernel((timer + config_u32(&offsets.timer_function) as u64) as *const u64)?
-    };
+    let function: u64 = read_field(timer, &offsets.timer_function)?;
     if function != config_u64(&CONFIG.tw_timer_handler) {
         return Ok(());
     }
     let tw = timer - config_u32(&offsets.tw_timer) as u64;
-    let lport: u16 =
-        unsafe { bpf_probe_read_kernel((tw + config_u32(&offsets.tw_num) as u64) as *const u16)? };
-    let dport: u16 = unsafe {
-        bpf_probe_read_kernel((tw + config_u32(&offsets.tw_dport) as u64) as *const u16)?
-    };
+    let lport: u16 = read_field(tw, &offsets.tw_num)?;
+    let dport: u16 = read_field(tw, &offsets.tw_dport)?;
     if let Some(slot) = ARMED_TIMEWAIT.get_ptr_mut(0) {
         unsafe {
             *slot = ArmedTimewait {
@@ -148,8 +143,8 @@ fn try_timer_start(ctx: &BtfTracePointContext) -> Result<(), i64> {
 /// Wake-ups cost a context switch each; under load one per event would
 /// cost more than the event. Wake the reader at most once per
 /// `wake_interval_ns`, or sooner when the ring fills past `wake_bytes`.
-/// An event that stays unannounced is read at the next wake-up or at the
-/// reader's once-a-second check, whichever comes first.
+/// An event that stays unannounced is read at the next wake-up or by the
+/// reader's catch-up read a couple of milliseconds after its last wake.
 #[inline(always)]
 fn wakeup_flag(now: u64) -> u64 {
     let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {

@@ -79,38 +79,46 @@ impl Probe {
         let btf = Btf::from_sys_fs()?;
         socket_offsets(&btf, &mut config.offsets)
             .context("this kernel's struct sock is not what tcptrace knows")?;
-        if !timewait_hook {
-            let mut probe = Self::load_with(&config, ring_size)?;
-            probe.timewait = TimewaitDetection::Disabled;
-            return Ok(probe);
-        }
-        let unavailable = match timewait_hook_setup(&btf, &mut config.offsets) {
-            Ok(handler) => {
-                config.flags |= CONFIG_TIMEWAIT_HOOK;
-                config.tw_timer_handler = handler;
-                match Self::load_with(&config, ring_size) {
-                    Ok(probe) => return Ok(probe),
-                    // Retry without the hook: if the hook was the problem
-                    // tracing goes on with less precision, said out loud.
-                    Err(err) => format!("{err:#}"),
+        let kernel_btf = AyaBtf::from_sys_fs().context("reading kernel BTF")?;
+        let timewait = if !timewait_hook {
+            TimewaitDetection::Disabled
+        } else {
+            match timewait_hook_setup(&btf, &mut config.offsets) {
+                Ok(handler) => {
+                    let mut with_hook = config;
+                    with_hook.flags |= CONFIG_TIMEWAIT_HOOK;
+                    with_hook.tw_timer_handler = handler;
+                    match Self::load_with(
+                        &with_hook,
+                        ring_size,
+                        &kernel_btf,
+                        TimewaitDetection::Exact,
+                    ) {
+                        Ok(probe) => return Ok(probe),
+                        // Retry without the hook: if the hook was the
+                        // problem, tracing goes on with less precision,
+                        // said out loud.
+                        Err(err) => TimewaitDetection::Unavailable(format!("{err:#}")),
+                    }
                 }
+                Err(err) => TimewaitDetection::Unavailable(format!("{err:#}")),
             }
-            Err(err) => format!("{err:#}"),
         };
-        config.flags &= !CONFIG_TIMEWAIT_HOOK;
-        let mut probe = Self::load_with(&config, ring_size)?;
-        probe.timewait = TimewaitDetection::Unavailable(unavailable);
-        Ok(probe)
+        Self::load_with(&config, ring_size, &kernel_btf, timewait)
     }
 
-    fn load_with(config: &ProbeConfig, ring_size: u32) -> Result<Self> {
+    fn load_with(
+        config: &ProbeConfig,
+        ring_size: u32,
+        btf: &AyaBtf,
+        timewait: TimewaitDetection,
+    ) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", config, true)
             .map_max_entries("EVENTS", ring_size)
             .load(PROBE_OBJECT)
             .map_err(|e| explain_load_error(e.into()))
             .context("loading the probe")?;
-        let btf = AyaBtf::from_sys_fs().context("reading kernel BTF")?;
         let mut program_fds = Vec::new();
         // The timer hook goes first so that no hand-off is classified before
         // it can be recognised.
@@ -121,7 +129,7 @@ impl Probe {
         for name in hooks {
             let program: &mut BtfTracePoint = program(&mut ebpf, name)?;
             program
-                .load(name, &btf)
+                .load(name, btf)
                 .map_err(|e| explain_load_error(e.into()))
                 .with_context(|| format!("loading the {name} hook (BTF tracepoint)"))?;
             program
@@ -132,7 +140,7 @@ impl Probe {
 
         Ok(Probe {
             ebpf,
-            timewait: TimewaitDetection::Exact,
+            timewait,
             program_fds,
         })
     }
