@@ -41,6 +41,28 @@ pub const EVENT_AGE_KNOWN: u8 = 1 << 3;
 /// Timewait detection was armed for this event (the hooks it needs are
 /// attached); without it EVENT_TIMEWAIT_HANDOFF is never set.
 pub const EVENT_TIMEWAIT_CHECKED: u8 = 1 << 4;
+/// The transition happened inside a timewait socket (the kernel's
+/// `inet_timewait_sock` that holds a connection after its full socket is
+/// gone): FIN_WAIT2 -> TIME_WAIT, TIME_WAIT -> CLOSE, FIN_WAIT2 -> CLOSE.
+/// CLOSING/FIN_WAIT2 -> TIME_WAIT at the hand-off itself carry it too.
+pub const EVENT_TIMEWAIT_SOCKET: u8 = 1 << 5;
+
+/// `TransitionEvent::reason` / `ConnectionEvent::end`: why a timewait socket
+/// ended.
+pub mod end_reason {
+    pub const NONE: u8 = 0;
+    /// Its timer ran out: TIME_WAIT's 60 s.
+    pub const EXPIRED: u8 = 1;
+    /// Its timer ran out while still in FIN_WAIT2 (the peer never sent its
+    /// FIN): net.ipv4.tcp_fin_timeout.
+    pub const FIN_TIMEOUT: u8 = 2;
+    /// Taken over early by a new connection to the same peer from the same
+    /// port (net.ipv4.tcp_tw_reuse).
+    pub const REUSED: u8 = 3;
+    /// Removed early otherwise: an RST or a new SYN from the peer, or its
+    /// network namespace going away.
+    pub const KILLED: u8 = 4;
+}
 
 pub const COMM_LEN: usize = 16;
 
@@ -58,13 +80,17 @@ pub struct TransitionEvent {
     pub age_ns: u64,
     /// Owner's process id (tgid); valid when EVENT_OWNER_KNOWN is set.
     pub pid: u32,
+    /// Inode number of the socket's network namespace (as in /proc/PID/ns/net).
+    pub netns: u32,
     pub family: u16,
     pub lport: u16,
     pub rport: u16,
     pub old: u8,
     pub new: u8,
     pub flags: u8,
-    pub _pad: [u8; 3],
+    /// `end_reason::*` for the end of a timewait socket, else 0.
+    pub reason: u8,
+    pub _pad: [u8; 6],
     pub comm: [u8; COMM_LEN],
     /// Local address: 4 bytes used for IPv4, 16 for IPv6 (network order).
     pub laddr: [u8; 16],
@@ -75,17 +101,128 @@ impl TransitionEvent {
     pub const SIZE: usize = core::mem::size_of::<Self>();
 }
 
-/// Per-socket state the probe keeps between transitions.
+/// Per-connection state the probe keeps between transitions: in `SOCKETS`
+/// for a full socket, then in `TIMEWAITS` for its timewait socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SocketRecord {
     pub first_seen_ns: u64,
     pub state_since_ns: u64,
+    /// When the connection became ESTABLISHED (0: not seen).
+    pub established_at_ns: u64,
+    /// When it left ESTABLISHED (0: not seen).
+    pub closing_at_ns: u64,
+    /// When it entered TIME_WAIT (0: not yet, or never).
+    pub time_wait_at_ns: u64,
     pub pid: u32,
     /// EVENT_OWNER_KNOWN / EVENT_AGE_KNOWN bits.
     pub flags: u8,
-    pub _pad: [u8; 3],
+    /// `closer::*`.
+    pub closer: u8,
+    /// The state the connection is in (for a timewait socket: its sub-state).
+    pub state: u8,
+    pub _pad: u8,
     pub comm: [u8; COMM_LEN],
+}
+
+/// Which side closed a connection first.
+pub mod closer {
+    pub const UNKNOWN: u8 = 0;
+    /// This end sent the first FIN (ESTABLISHED -> FIN_WAIT1).
+    pub const LOCAL: u8 = 1;
+    /// The peer's FIN came first (ESTABLISHED -> CLOSE_WAIT).
+    pub const REMOTE: u8 = 2;
+    /// It ended without a FIN exchange (RST, abort, failed handshake).
+    pub const RESET: u8 = 3;
+}
+
+/// `ConnectionEvent::flags`: which of its durations are known.
+pub const CONN_OWNER_KNOWN: u8 = 1 << 0;
+/// The probe saw the connection start: lifetime and handshake are exact.
+pub const CONN_START_SEEN: u8 = 1 << 1;
+pub const CONN_HANDSHAKE_KNOWN: u8 = 1 << 2;
+pub const CONN_ESTABLISHED_KNOWN: u8 = 1 << 3;
+pub const CONN_CLOSING_KNOWN: u8 = 1 << 4;
+pub const CONN_TIME_WAIT_KNOWN: u8 = 1 << 5;
+
+/// One finished connection (one end of it), for `tcptrace life`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionEvent {
+    /// When the connection ended (its last socket closed).
+    pub ktime_ns: u64,
+    pub handshake_ns: u64,
+    pub established_ns: u64,
+    /// FIN_WAIT1/FIN_WAIT2/CLOSING, or CLOSE_WAIT/LAST_ACK.
+    pub closing_ns: u64,
+    pub time_wait_ns: u64,
+    /// Exact when CONN_START_SEEN; otherwise the time since first seen.
+    pub lifetime_ns: u64,
+    pub pid: u32,
+    pub netns: u32,
+    pub family: u16,
+    pub lport: u16,
+    pub rport: u16,
+    pub closer: u8,
+    pub flags: u8,
+    /// `end_reason::*` when the connection ended in a timewait socket.
+    pub end: u8,
+    pub _pad: [u8; 7],
+    pub comm: [u8; COMM_LEN],
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+}
+
+impl ConnectionEvent {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+}
+
+/// What a histogram measures (`HistKey::metric`).
+pub mod metric {
+    pub const LIFETIME: u8 = 0;
+    pub const HANDSHAKE: u8 = 1;
+    pub const ESTABLISHED: u8 = 2;
+    pub const CLOSE_WAIT: u8 = 3;
+    pub const FIN_WAIT2: u8 = 4;
+    pub const LAST_ACK: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const COUNT: usize = 7;
+}
+
+/// How histograms are split (`ProbeConfig::hist_by`).
+pub mod hist_by {
+    pub const NONE: u32 = 0;
+    pub const LPORT: u32 = 1;
+    pub const RPORT: u32 = 2;
+    pub const RADDR: u32 = 3;
+    pub const COMM: u32 = 4;
+    pub const PID: u32 = 5;
+}
+
+/// Log2 buckets: bucket 0 holds [0, 2) ns, bucket i >= 1 holds [2^i, 2^(i+1)).
+pub const HIST_BUCKETS: usize = 64;
+
+/// Key of one histogram: a metric and the `--by` value it belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HistKey {
+    pub metric: u8,
+    /// For RADDR keys: AF_INET or AF_INET6 as a byte (2 / 10).
+    pub family: u8,
+    /// 1: the per-metric overflow histogram used once the map is full.
+    pub other: u8,
+    pub _pad: [u8; 5],
+    /// Port (u16, native endian), pid (u32), address or comm bytes.
+    pub value: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HistValue {
+    pub count: u64,
+    pub sum_ns: u64,
+    pub max_ns: u64,
+    pub buckets: [u64; HIST_BUCKETS],
 }
 
 /// Owner of a listening socket, keyed by local port, so that the children a
@@ -105,13 +242,27 @@ pub const CONFIG_LPORT_FILTER: u32 = 1 << 2;
 pub const CONFIG_RPORT_FILTER: u32 = 1 << 3;
 pub const CONFIG_PID_FILTER: u32 = 1 << 4;
 /// Emit FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE only when it is a timewait
-/// hand-off (the default view); with it clear the transition mask decides.
+/// hand-off; with it clear the transition mask decides.
 pub const CONFIG_HANDOFF_ONLY: u32 = 1 << 5;
-/// The timer hook that recognises timewait hand-offs is attached.
+/// Do not emit timewait hand-offs themselves (the default view shows the
+/// true TIME_WAIT entry instead). Together with CONFIG_HANDOFF_ONLY this
+/// hides every FIN_WAIT*/CLOSING -> CLOSE the hooks could classify, and
+/// shows them, unclassified, when the hooks are missing.
+pub const CONFIG_HIDE_HANDOFFS: u32 = 1 << 12;
+/// The timer hooks that follow timewait sockets are attached.
 pub const CONFIG_TIMEWAIT_HOOK: u32 = 1 << 6;
 /// `--port`: pass when the local port is in `lports` OR the remote port is
 /// in `rports` (both hold the same list).
 pub const CONFIG_PORT_EITHER: u32 = 1 << 7;
+/// Write each transition that passes the filters to the ring (tail view).
+pub const CONFIG_EMIT_TRANSITIONS: u32 = 1 << 8;
+/// Write one `ConnectionEvent` per finished connection (`life`).
+pub const CONFIG_EMIT_CONNECTIONS: u32 = 1 << 9;
+/// Aggregate durations into the `HISTOGRAMS` map (`hist`).
+pub const CONFIG_HISTOGRAMS: u32 = 1 << 10;
+/// Report what happens inside timewait sockets (true TIME_WAIT entry and
+/// end); needs CONFIG_TIMEWAIT_HOOK.
+pub const CONFIG_TIMEWAIT_EVENTS: u32 = 1 << 11;
 
 /// Kernel struct offsets the probe needs, resolved from BTF at start-up
 /// (Rust BPF programs get no CO-RE relocations).
@@ -122,9 +273,22 @@ pub struct KernelOffsets {
     pub timer_function: u32,
     /// `struct inet_timewait_sock`.tw_timer
     pub tw_timer: u32,
+    /// `struct timer_list`.expires (jiffies)
+    pub timer_expires: u32,
     /// `struct inet_timewait_sock`: remote port (network order), local port
     pub tw_dport: u32,
     pub tw_num: u32,
+    /// `struct inet_timewait_sock`.tw_substate (u8)
+    pub tw_substate: u32,
+    /// `struct inet_timewait_sock`: skc_rcv_saddr / skc_daddr (IPv4)
+    pub tw_saddr: u32,
+    pub tw_daddr: u32,
+    /// `struct sock_common` (at the start of sock and timewait sock alike):
+    /// skc_state (u8) and skc_net (struct net *)
+    pub skc_state: u32,
+    pub skc_net: u32,
+    /// `struct net`.ns.inum
+    pub net_inum: u32,
     /// `struct sock`.sk_protocol (u16)
     pub sk_protocol: u32,
     /// `struct sock`: skc_family (u16)
@@ -138,6 +302,7 @@ pub struct KernelOffsets {
     /// `struct sock` skc_v6_rcv_saddr and skc_v6_daddr (IPv6)
     pub sk_v6_saddr: u32,
     pub sk_v6_daddr: u32,
+    pub _pad: u32,
 }
 
 /// Load-time configuration of the probe (a read-only global).
@@ -148,6 +313,9 @@ pub struct ProbeConfig {
     pub pid: u32,
     /// Address of tw_timer_handler(), to recognise timewait timers.
     pub tw_timer_handler: u64,
+    /// `hist_by::*`.
+    pub hist_by: u32,
+    pub _pad: u32,
     /// Wake the reader when this long has passed since the last wake-up...
     pub wake_interval_ns: u64,
     /// ...or when this many bytes wait in the ring; otherwise submit
@@ -167,13 +335,22 @@ impl ProbeConfig {
             flags: 0,
             pid: 0,
             tw_timer_handler: 0,
+            hist_by: 0,
+            _pad: 0,
             wake_interval_ns: 0,
             wake_bytes: 0,
             offsets: KernelOffsets {
                 timer_function: 0,
                 tw_timer: 0,
+                timer_expires: 0,
                 tw_dport: 0,
                 tw_num: 0,
+                tw_substate: 0,
+                tw_saddr: 0,
+                tw_daddr: 0,
+                skc_state: 0,
+                skc_net: 0,
+                net_inum: 0,
                 sk_protocol: 0,
                 sk_family: 0,
                 sk_sport: 0,
@@ -182,6 +359,7 @@ impl ProbeConfig {
                 sk_daddr: 0,
                 sk_v6_saddr: 0,
                 sk_v6_daddr: 0,
+                _pad: 0,
             },
             transitions: [0; 16],
             lports: [0; 1024],
@@ -224,6 +402,12 @@ pub const COUNTER_TIMEWAIT_HANDOFFS: u32 = 2;
 pub const COUNTER_EMITTED: u32 = 3;
 /// Transitions lost because a read of the socket failed.
 pub const COUNTER_READ_FAILED: u32 = 4;
+/// Timewait sockets whose record could not be stored (map full even with LRU).
+pub const COUNTER_TIMEWAIT_MAP_FULL: u32 = 5;
+/// Histogram keys that did not fit the map and went to "other".
+pub const COUNTER_HIST_OVERFLOW: u32 = 6;
+/// Connections written to the ring (`life`).
+pub const COUNTER_CONNECTIONS: u32 = 7;
 pub const COUNTER_COUNT: u32 = 8;
 
 /// Timewait timer most recently armed on this CPU (per-CPU slot).
@@ -231,10 +415,60 @@ pub const COUNTER_COUNT: u32 = 8;
 #[derive(Clone, Copy, Debug)]
 pub struct ArmedTimewait {
     pub ktime_ns: u64,
+    /// Address of the new `inet_timewait_sock`.
+    pub tw: u64,
     pub lport: u16,
     /// Remote port in host order.
     pub rport: u16,
-    pub _pad: u32,
+    /// Its sub-state: FIN_WAIT2 (peer's FIN still to come) or TIME_WAIT.
+    pub substate: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A timewait timer cancelled before its expiry on this CPU, waiting to be
+/// told apart from a re-arm (mod_timer() cancels, then starts the timer
+/// again, with interrupts off: if the very next timer event on this CPU is
+/// not that start, the socket is gone).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingCancel {
+    /// 0: nothing pending.
+    pub tw: u64,
+    pub timer: u64,
+    pub ktime_ns: u64,
+    /// `end_reason::REUSED` or `KILLED`.
+    pub reason: u8,
+    /// Sub-state when it was cancelled.
+    pub substate: u8,
+    pub _pad: [u8; 6],
+    /// Read at the cancel: the socket may be freed by the time it is told
+    /// apart from a re-arm.
+    pub endpoints: Endpoints,
+}
+
+/// Where a connection runs: namespace, family, ports and addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Endpoints {
+    pub netns: u32,
+    pub family: u16,
+    pub lport: u16,
+    pub rport: u16,
+    pub _pad: u16,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+}
+
+/// The last connect() on this CPU (per-CPU slot), to recognise a timewait
+/// socket taken over by it (tcp_tw_reuse).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RecentConnect {
+    pub ktime_ns: u64,
+    pub pid_tgid: u64,
+    /// Remote port (host order).
+    pub rport: u16,
+    pub _pad: [u8; 6],
 }
 
 #[cfg(feature = "user")]
@@ -245,6 +479,9 @@ mod pod {
     unsafe impl aya::Pod for ListenerOwner {}
     unsafe impl aya::Pod for ProbeConfig {}
     unsafe impl aya::Pod for ArmedTimewait {}
+    unsafe impl aya::Pod for ConnectionEvent {}
+    unsafe impl aya::Pod for HistKey {}
+    unsafe impl aya::Pod for HistValue {}
 }
 
 #[cfg(test)]
@@ -254,12 +491,16 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(TransitionEvent::SIZE, 96);
-        assert_eq!(core::mem::size_of::<SocketRecord>(), 40);
+        assert_eq!(TransitionEvent::SIZE, 104);
+        assert_eq!(ConnectionEvent::SIZE, 120);
+        assert_eq!(core::mem::size_of::<SocketRecord>(), 64);
         assert_eq!(core::mem::size_of::<ListenerOwner>(), 24);
+        assert_eq!(core::mem::size_of::<HistKey>(), 24);
+        assert_eq!(core::mem::size_of::<HistValue>(), 24 + 8 * HIST_BUCKETS);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 4 * 20);
         assert_eq!(
             core::mem::size_of::<ProbeConfig>(),
-            4 + 4 + 8 + 16 + 48 + 32 + 8192 * 2
+            4 + 4 + 8 + 8 + 16 + 80 + 32 + 8192 * 2
         );
     }
 

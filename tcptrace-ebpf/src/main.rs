@@ -1,41 +1,60 @@
 //! The tcptrace probe.
 //!
 //! `inet_sock_set_state` (a BTF tracepoint on sock:inet_sock_set_state)
-//! sees every TCP state change. It keeps one record per
-//! live socket (when it entered its state, when it was born, who owns it),
-//! filters in the kernel with the load-time `CONFIG`, and writes what passes
-//! to the `EVENTS` ring buffer with one reserve/submit.
+//! sees every TCP state change of a full socket. It keeps one record per
+//! connection (when it entered its state, when it was born, established and
+//! began closing, who owns it), filters in the kernel with the load-time
+//! `CONFIG`, and writes what passes to the `EVENTS` ring buffer.
 //!
-//! `timer_start` recognises the timewait hand-off: tcp_time_wait() arms the
-//! new timewait socket's timer (function tw_timer_handler) and only then
-//! closes the full socket, on the same CPU and in the same context. The
-//! FIN_WAIT2/CLOSING/FIN_WAIT1 -> CLOSE that follows is a hand-off exactly
-//! when this CPU armed a timewait timer for the same ports just before.
+//! The tracepoint never sees TIME_WAIT: tcp_time_wait() hands the
+//! connection to a small `inet_timewait_sock` and closes the full socket.
+//! Three more hooks follow that timewait socket (fentry is not available
+//! everywhere, tracepoints are):
+//! - `timer_start`: tcp_time_wait() arms the timewait socket's timer
+//!   (function tw_timer_handler) just before closing the full socket, on
+//!   the same CPU. The FIN_WAIT2/CLOSING/FIN_WAIT1 -> CLOSE that follows is
+//!   a hand-off exactly when this CPU armed a timewait timer for the same
+//!   ports just before; the record moves to `TIMEWAITS`.
+//! - `kfree_skb`: the peer's FIN reaching a timewait socket in sub-state
+//!   FIN_WAIT2 is consumed and freed with rx_sk = that socket, already in
+//!   sub-state TIME_WAIT: the true FIN_WAIT2 -> TIME_WAIT.
+//! - `timer_cancel`: the timer is detached when it expires (then its
+//!   expiry is due: 60 s of TIME_WAIT, or tcp_fin_timeout in FIN_WAIT2) and
+//!   when the socket is removed early (reuse, RST, namespace exit).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
 use tcptrace_common::{
-    tcp_state::*, ArmedTimewait, ListenerOwner, ProbeConfig, SocketRecord, TransitionEvent,
-    AF_INET, AF_INET6, COMM_LEN, CONFIG_HANDOFF_ONLY, CONFIG_IPV4, CONFIG_IPV6,
+    closer, end_reason, hist_by, metric, tcp_state::*, ArmedTimewait, ConnectionEvent, Endpoints,
+    HistKey, HistValue, ListenerOwner, PendingCancel, ProbeConfig, RecentConnect, SocketRecord,
+    TransitionEvent, AF_INET, AF_INET6, COMM_LEN, CONFIG_EMIT_CONNECTIONS, CONFIG_EMIT_TRANSITIONS,
+    CONFIG_HANDOFF_ONLY, CONFIG_HIDE_HANDOFFS, CONFIG_HISTOGRAMS, CONFIG_IPV4, CONFIG_IPV6,
     CONFIG_LPORT_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER,
-    CONFIG_TIMEWAIT_HOOK, COUNTER_COUNT, COUNTER_EMITTED, COUNTER_READ_FAILED, COUNTER_RING_FULL,
-    COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN,
-    EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF,
+    CONFIG_TIMEWAIT_EVENTS, CONFIG_TIMEWAIT_HOOK, CONN_CLOSING_KNOWN, CONN_ESTABLISHED_KNOWN,
+    CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN, CONN_START_SEEN, CONN_TIME_WAIT_KNOWN,
+    COUNTER_CONNECTIONS, COUNTER_COUNT, COUNTER_EMITTED, COUNTER_HIST_OVERFLOW,
+    COUNTER_READ_FAILED, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS,
+    COUNTER_TIMEWAIT_MAP_FULL, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN,
+    EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET, HIST_BUCKETS,
 };
 
 const IPPROTO_TCP: u16 = 6;
 /// A timewait timer armed longer ago than this on this CPU did not come from
 /// the hand-off being reported (which follows it within microseconds).
 const HANDOFF_WINDOW_NS: u64 = 1_000_000;
+/// A timewait socket removed within this long of a connect() on the same
+/// CPU by the same task, towards the same port, was taken over by it.
+const REUSE_WINDOW_NS: u64 = 1_000_000;
 
 /// Userspace writes the real configuration here at load time.
 #[no_mangle]
@@ -45,11 +64,16 @@ static CONFIG: ProbeConfig = ProbeConfig::empty();
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
-/// One record per live socket, keyed by its kernel address; deleted at the
-/// socket's final CLOSE because the address is soon reused. LRU so that a
-/// full map evicts the oldest record instead of refusing new sockets.
+/// One record per live full socket, keyed by its kernel address; deleted at
+/// the socket's final CLOSE because the address is soon reused. LRU so that
+/// a full map evicts the oldest record instead of refusing new sockets.
 #[map]
 static SOCKETS: LruHashMap<u64, SocketRecord> = LruHashMap::with_max_entries(131_072, 0);
+
+/// The same records, moved over at the hand-off, for connections living in
+/// a timewait socket (keyed by its address). LRU for the same reason.
+#[map]
+static TIMEWAITS: LruHashMap<u64, SocketRecord> = LruHashMap::with_max_entries(131_072, 0);
 
 /// Owner of each listening port (filled at listen() and by userspace at
 /// start-up for listeners that already existed).
@@ -65,6 +89,22 @@ static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 static ARMED_TIMEWAIT: PerCpuArray<ArmedTimewait> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static PENDING_CANCEL: PerCpuArray<PendingCancel> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static RECENT_CONNECT: PerCpuArray<RecentConnect> = PerCpuArray::with_max_entries(1, 0);
+
+/// Duration histograms, per metric and `--by` key; per CPU so that no
+/// update needs an atomic. Sized by userspace; once full, new keys go to
+/// the metric's "other" histogram.
+#[map]
+static HISTOGRAMS: PerCpuHashMap<HistKey, HistValue> = PerCpuHashMap::with_max_entries(1024, 0);
+
+/// A zeroed histogram to insert from (too big for the BPF stack).
+#[map]
+static HIST_ZERO: PerCpuArray<HistValue> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn config_flags() -> u32 {
@@ -102,6 +142,12 @@ fn count(index: u32) {
     }
 }
 
+/// Reads a field of a kernel object at an offset userspace took from BTF.
+#[inline(always)]
+fn read_field<T>(base: u64, offset: &u32) -> Result<T, i64> {
+    Ok(unsafe { bpf_probe_read_kernel((base + config_u32(offset) as u64) as *const T)? })
+}
+
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     if try_inet_sock_set_state(&ctx).is_err() {
@@ -117,27 +163,368 @@ pub fn timer_start(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+#[btf_tracepoint(function = "timer_cancel")]
+pub fn timer_cancel(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_timer_cancel(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb(ctx: BtfTracePointContext) -> u32 {
+    resolve_pending_cancel(0);
+    let _ = try_kfree_skb(&ctx);
+    0
+}
+
+/// The timewait socket a timer belongs to, if it is a timewait timer.
+#[inline(always)]
+fn timewait_of(timer: u64) -> Result<Option<u64>, i64> {
+    let function: u64 = read_field(timer, &CONFIG.offsets.timer_function)?;
+    if function != config_u64(&CONFIG.tw_timer_handler) {
+        return Ok(None);
+    }
+    Ok(Some(timer - config_u32(&CONFIG.offsets.tw_timer) as u64))
+}
+
 fn try_timer_start(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let timer: u64 = ctx.arg(0);
+    resolve_pending_cancel(timer);
+    let Some(tw) = timewait_of(timer)? else {
+        return Ok(());
+    };
     let offsets = &CONFIG.offsets;
-    let function: u64 = read_field(timer, &offsets.timer_function)?;
-    if function != config_u64(&CONFIG.tw_timer_handler) {
+    let substate: u8 = read_field(tw, &offsets.tw_substate)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(record) = TIMEWAITS.get_ptr_mut(tw) {
+        // Re-armed: the peer's FIN may just have moved it to TIME_WAIT
+        // (kfree_skb usually sees that first).
+        let record = unsafe { &mut *record };
+        if record.state == FIN_WAIT2 && substate == TIME_WAIT {
+            enter_time_wait(tw, record, now)?;
+        }
         return Ok(());
     }
-    let tw = timer - config_u32(&offsets.tw_timer) as u64;
     let lport: u16 = read_field(tw, &offsets.tw_num)?;
     let dport: u16 = read_field(tw, &offsets.tw_dport)?;
     if let Some(slot) = ARMED_TIMEWAIT.get_ptr_mut(0) {
         unsafe {
             *slot = ArmedTimewait {
-                ktime_ns: bpf_ktime_get_ns(),
+                ktime_ns: now,
+                tw,
                 lport,
                 rport: u16::from_be(dport),
-                _pad: 0,
+                substate,
+                _pad: [0; 3],
             };
         }
     }
     Ok(())
+}
+
+fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let timer: u64 = ctx.arg(0);
+    resolve_pending_cancel(0);
+    let Some(tw) = timewait_of(timer)? else {
+        return Ok(());
+    };
+    let offsets = &CONFIG.offsets;
+    let expires: u64 = read_field(timer, &offsets.timer_expires)?;
+    let substate: u8 = read_field(tw, &offsets.tw_substate)?;
+    let endpoints = timewait_endpoints(tw)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    // The timer wheel never runs a timer before its expiry: detached at or
+    // after it, this is the expiry itself.
+    let jiffies = unsafe { bpf_jiffies64() };
+    if jiffies.wrapping_sub(expires) as i64 >= 0 {
+        let reason = if substate == FIN_WAIT2 {
+            end_reason::FIN_TIMEOUT
+        } else {
+            end_reason::EXPIRED
+        };
+        end_timewait(tw, substate, reason, &endpoints, now);
+        return Ok(());
+    }
+    let reason = if reused_by_connect(now, endpoints.rport) {
+        end_reason::REUSED
+    } else {
+        end_reason::KILLED
+    };
+    if let Some(slot) = PENDING_CANCEL.get_ptr_mut(0) {
+        unsafe {
+            *slot = PendingCancel {
+                tw,
+                timer,
+                ktime_ns: now,
+                reason,
+                substate,
+                _pad: [0; 6],
+                endpoints,
+            };
+        }
+    }
+    Ok(())
+}
+
+/// Settles a cancel seen earlier on this CPU. `timer` is the timer now being
+/// started (0 for any other event): starting the cancelled one again is a
+/// re-arm, anything else means the timewait socket is gone.
+#[inline(never)]
+fn resolve_pending_cancel(timer: u64) {
+    if config_flags() & CONFIG_TIMEWAIT_HOOK == 0 {
+        return;
+    }
+    let Some(slot) = PENDING_CANCEL.get_ptr_mut(0) else {
+        return;
+    };
+    let pending = unsafe { &mut *slot };
+    if pending.tw == 0 {
+        return;
+    }
+    let tw = pending.tw;
+    pending.tw = 0;
+    if pending.timer == timer {
+        return;
+    }
+    end_timewait(
+        tw,
+        pending.substate,
+        pending.reason,
+        &pending.endpoints,
+        pending.ktime_ns,
+    );
+}
+
+/// Whether the task removing a timewait socket is in the connect() that
+/// reuses it (tcp_tw_reuse): the same task went CLOSE -> SYN_SENT on this
+/// CPU just before, towards the same remote port.
+#[inline(always)]
+fn reused_by_connect(now: u64, rport: u16) -> bool {
+    let Some(slot) = RECENT_CONNECT.get_ptr(0) else {
+        return false;
+    };
+    let recent = unsafe { &*slot };
+    recent.ktime_ns != 0
+        && now.wrapping_sub(recent.ktime_ns) < REUSE_WINDOW_NS
+        && recent.pid_tgid == bpf_get_current_pid_tgid()
+        && recent.rport == rport
+}
+
+fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    // kfree_skb(skb, location, reason, rx_sk): rx_sk is the socket that
+    // received the packet, if any.
+    let rx_sk: u64 = ctx.arg(3);
+    if rx_sk == 0 {
+        return Ok(());
+    }
+    let state: u8 = read_field(rx_sk, &CONFIG.offsets.skc_state)?;
+    if state != TIME_WAIT {
+        return Ok(());
+    }
+    let Some(record) = TIMEWAITS.get_ptr_mut(rx_sk) else {
+        return Ok(());
+    };
+    let record = unsafe { &mut *record };
+    if record.state != FIN_WAIT2 {
+        return Ok(());
+    }
+    let substate: u8 = read_field(rx_sk, &CONFIG.offsets.tw_substate)?;
+    if substate == TIME_WAIT {
+        enter_time_wait(rx_sk, record, unsafe { bpf_ktime_get_ns() })?;
+    }
+    Ok(())
+}
+
+/// An orphaned connection's timewait socket got the peer's FIN:
+/// FIN_WAIT2 -> TIME_WAIT, the moment `netstat` starts showing TIME_WAIT.
+#[inline(always)]
+fn enter_time_wait(tw: u64, record: &mut SocketRecord, now: u64) -> Result<(), i64> {
+    let in_fin_wait2 = now.wrapping_sub(record.state_since_ns);
+    let known = record.flags & EVENT_IN_OLD_KNOWN != 0;
+    record.state = TIME_WAIT;
+    record.state_since_ns = now;
+    record.time_wait_at_ns = now;
+    record.flags |= EVENT_IN_OLD_KNOWN;
+    let endpoints = timewait_endpoints(tw)?;
+    let flags = config_flags();
+    if known && flags & CONFIG_HISTOGRAMS != 0 {
+        record_duration(metric::FIN_WAIT2, in_fin_wait2, record, &endpoints);
+    }
+    if flags & CONFIG_EMIT_TRANSITIONS != 0 && flags & CONFIG_TIMEWAIT_EVENTS != 0 {
+        let in_old = if known { Some(in_fin_wait2) } else { None };
+        emit_timewait_transition(
+            tw,
+            record,
+            &endpoints,
+            FIN_WAIT2,
+            TIME_WAIT,
+            in_old,
+            end_reason::NONE,
+            now,
+        );
+    }
+    Ok(())
+}
+
+/// The end of a timewait socket: its connection is over.
+#[inline(always)]
+fn end_timewait(tw: u64, substate: u8, reason: u8, endpoints: &Endpoints, now: u64) {
+    let flags = config_flags();
+    let record = match TIMEWAITS.get_ptr(tw) {
+        Some(record) => unsafe { *record },
+        // Born before tracing started: what it is, from the socket itself.
+        None => SocketRecord {
+            first_seen_ns: now,
+            state_since_ns: now,
+            established_at_ns: 0,
+            closing_at_ns: 0,
+            time_wait_at_ns: 0,
+            pid: 0,
+            flags: 0,
+            closer: closer::LOCAL,
+            state: substate,
+            _pad: 0,
+            comm: [0; COMM_LEN],
+        },
+    };
+    let _ = TIMEWAITS.remove(tw);
+    let old = if record.state == TIME_WAIT {
+        TIME_WAIT
+    } else {
+        FIN_WAIT2
+    };
+    let dwell = now.wrapping_sub(record.state_since_ns);
+    let known = record.flags & EVENT_IN_OLD_KNOWN != 0;
+    if flags & CONFIG_HISTOGRAMS != 0 && known {
+        let which = if old == TIME_WAIT {
+            metric::TIME_WAIT
+        } else {
+            metric::FIN_WAIT2
+        };
+        record_duration(which, dwell, &record, endpoints);
+    }
+    connection_over(&record, endpoints, reason, now);
+    if flags & CONFIG_EMIT_TRANSITIONS != 0 && flags & CONFIG_TIMEWAIT_EVENTS != 0 {
+        let in_old = if known { Some(dwell) } else { None };
+        emit_timewait_transition(tw, &record, endpoints, old, CLOSE, in_old, reason, now);
+    }
+}
+
+/// Namespace, family, ports and addresses of a timewait socket.
+#[inline(always)]
+fn timewait_endpoints(tw: u64) -> Result<Endpoints, i64> {
+    let offsets = &CONFIG.offsets;
+    let family: u16 = read_field(tw, &offsets.sk_family)?;
+    let lport: u16 = read_field(tw, &offsets.tw_num)?;
+    let dport: u16 = read_field(tw, &offsets.tw_dport)?;
+    let mut endpoints = Endpoints {
+        netns: netns_of(tw)?,
+        family,
+        lport,
+        rport: u16::from_be(dport),
+        _pad: 0,
+        laddr: [0; 16],
+        raddr: [0; 16],
+    };
+    if family == AF_INET6 {
+        endpoints.laddr = read_field(tw, &offsets.sk_v6_saddr)?;
+        endpoints.raddr = read_field(tw, &offsets.sk_v6_daddr)?;
+    } else {
+        let l: [u8; 4] = read_field(tw, &offsets.tw_saddr)?;
+        let r: [u8; 4] = read_field(tw, &offsets.tw_daddr)?;
+        endpoints.laddr[..4].copy_from_slice(&l);
+        endpoints.raddr[..4].copy_from_slice(&r);
+    }
+    Ok(endpoints)
+}
+
+/// Inode number of the network namespace of a socket (full or timewait).
+#[inline(always)]
+fn netns_of(sk: u64) -> Result<u32, i64> {
+    let net: u64 = read_field(sk, &CONFIG.offsets.skc_net)?;
+    read_field(net, &CONFIG.offsets.net_inum)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn emit_timewait_transition(
+    tw: u64,
+    record: &SocketRecord,
+    endpoints: &Endpoints,
+    old: u8,
+    new: u8,
+    in_old_ns: Option<u64>,
+    reason: u8,
+    now: u64,
+) {
+    let owner_known = record.flags & EVENT_OWNER_KNOWN != 0;
+    if !passes_filters(endpoints, owner_known, record.pid) {
+        return;
+    }
+    let mut event_flags = EVENT_TIMEWAIT_SOCKET | (record.flags & EVENT_OWNER_KNOWN);
+    if in_old_ns.is_some() {
+        event_flags |= EVENT_IN_OLD_KNOWN;
+    }
+    if record.flags & EVENT_AGE_KNOWN != 0 {
+        event_flags |= EVENT_AGE_KNOWN;
+    }
+    emit_transition(&TransitionEvent {
+        ktime_ns: now,
+        skaddr: tw,
+        in_old_ns: in_old_ns.unwrap_or(0),
+        age_ns: now.wrapping_sub(record.first_seen_ns),
+        pid: record.pid,
+        netns: endpoints.netns,
+        family: endpoints.family,
+        lport: endpoints.lport,
+        rport: endpoints.rport,
+        old,
+        new,
+        flags: event_flags,
+        reason,
+        _pad: [0; 6],
+        comm: record.comm,
+        laddr: endpoints.laddr,
+        raddr: endpoints.raddr,
+    });
+}
+
+/// The filters every record passes before it reaches userspace.
+#[inline(always)]
+fn passes_filters(endpoints: &Endpoints, owner_known: bool, pid: u32) -> bool {
+    let flags = config_flags();
+    let family_ok = match endpoints.family {
+        AF_INET => flags & CONFIG_IPV4 != 0,
+        AF_INET6 => flags & CONFIG_IPV6 != 0,
+        _ => false,
+    };
+    if !family_ok {
+        return false;
+    }
+    let (sport, dport) = (endpoints.lport, endpoints.rport);
+    if flags & CONFIG_PORT_EITHER != 0 {
+        if !port_allowed(&CONFIG.lports, sport) && !port_allowed(&CONFIG.rports, dport) {
+            return false;
+        }
+    } else {
+        if flags & CONFIG_LPORT_FILTER != 0 && !port_allowed(&CONFIG.lports, sport) {
+            return false;
+        }
+        if flags & CONFIG_RPORT_FILTER != 0 && !port_allowed(&CONFIG.rports, dport) {
+            return false;
+        }
+    }
+    !(flags & CONFIG_PID_FILTER != 0 && (!owner_known || pid != config_u32(&CONFIG.pid)))
+}
+
+#[inline(always)]
+fn emit_transition(event: &TransitionEvent) {
+    let Some(mut entry) = EVENTS.reserve::<TransitionEvent>(0) else {
+        count(COUNTER_RING_FULL);
+        return;
+    };
+    entry.write(*event);
+    entry.submit(wakeup_flag(event.ktime_ns));
+    count(COUNTER_EMITTED);
 }
 
 /// Wake-ups cost a context switch each; under load one per event would
@@ -161,21 +548,21 @@ fn wakeup_flag(now: u64) -> u64 {
     }
 }
 
-/// Whether this ->CLOSE is tcp_time_wait() handing the connection over.
+/// The timewait socket this ->CLOSE hands the connection to, if it is
+/// tcp_time_wait() handing over: (address, sub-state).
 #[inline(always)]
-fn is_timewait_handoff(now: u64, lport: u16, rport: u16) -> bool {
-    let Some(slot) = ARMED_TIMEWAIT.get_ptr_mut(0) else {
-        return false;
-    };
+fn timewait_handoff(now: u64, lport: u16, rport: u16) -> Option<(u64, u8)> {
+    let slot = ARMED_TIMEWAIT.get_ptr_mut(0)?;
     let slot = unsafe { &mut *slot };
     let matched = slot.ktime_ns != 0
         && now.wrapping_sub(slot.ktime_ns) < HANDOFF_WINDOW_NS
         && slot.lport == lport
         && slot.rport == rport;
-    if matched {
-        slot.ktime_ns = 0;
+    if !matched {
+        return None;
     }
-    matched
+    slot.ktime_ns = 0;
+    Some((slot.tw, slot.substate))
 }
 
 /// Transitions that only a system call of the owning process performs
@@ -185,28 +572,233 @@ fn runs_in_owner_context(old: u8, new: u8) -> bool {
     (old == CLOSE && (new == SYN_SENT || new == LISTEN)) || new == FIN_WAIT1 || new == LAST_ACK
 }
 
-/// Reads a field of a kernel object at an offset userspace took from BTF.
+/// What the time spent in `state` counts towards, if anything.
 #[inline(always)]
-fn read_field<T>(base: u64, offset: &u32) -> Result<T, i64> {
-    Ok(unsafe { bpf_probe_read_kernel((base + config_u32(offset) as u64) as *const T)? })
+fn dwell_metric(state: u8) -> Option<u8> {
+    match state {
+        SYN_SENT | SYN_RECV => Some(metric::HANDSHAKE),
+        ESTABLISHED => Some(metric::ESTABLISHED),
+        CLOSE_WAIT => Some(metric::CLOSE_WAIT),
+        FIN_WAIT2 => Some(metric::FIN_WAIT2),
+        LAST_ACK => Some(metric::LAST_ACK),
+        _ => None,
+    }
+}
+
+/// Floor of log2, 0 for 0 and 1 (BPF has no count-leading-zeros).
+#[inline(always)]
+fn log2(mut v: u64) -> usize {
+    let mut r = 0usize;
+    let mut shift = 32u32;
+    while shift > 0 {
+        if v >> shift != 0 {
+            v >>= shift;
+            r += shift as usize;
+        }
+        shift >>= 1;
+    }
+    r
+}
+
+/// Adds one duration to its histogram (per metric and `--by` key).
+#[inline(never)]
+fn record_duration(which: u8, ns: u64, record: &SocketRecord, endpoints: &Endpoints) {
+    if !passes_filters(endpoints, record.flags & EVENT_OWNER_KNOWN != 0, record.pid) {
+        return;
+    }
+    let mut key = HistKey {
+        metric: which,
+        family: 0,
+        other: 0,
+        _pad: [0; 5],
+        value: [0; 16],
+    };
+    match config_u32(&CONFIG.hist_by) {
+        hist_by::LPORT => key.value[..2].copy_from_slice(&endpoints.lport.to_ne_bytes()),
+        hist_by::RPORT => key.value[..2].copy_from_slice(&endpoints.rport.to_ne_bytes()),
+        hist_by::RADDR => {
+            key.family = endpoints.family as u8;
+            key.value = endpoints.raddr;
+        }
+        hist_by::COMM => key.value = record.comm,
+        hist_by::PID => key.value[..4].copy_from_slice(&record.pid.to_ne_bytes()),
+        _ => {}
+    }
+    let value = match HISTOGRAMS.get_ptr_mut(key) {
+        Some(value) => value,
+        None => {
+            let Some(zero) = HIST_ZERO.get_ptr(0) else {
+                return;
+            };
+            let zero = unsafe { &*zero };
+            if HISTOGRAMS.insert(key, zero, BPF_NOEXIST as u64).is_err() {
+                // Full: this key's durations go to the metric's "other".
+                count(COUNTER_HIST_OVERFLOW);
+                key = HistKey {
+                    metric: which,
+                    family: 0,
+                    other: 1,
+                    _pad: [0; 5],
+                    value: [0; 16],
+                };
+                let _ = HISTOGRAMS.insert(key, zero, BPF_NOEXIST as u64);
+            }
+            match HISTOGRAMS.get_ptr_mut(key) {
+                Some(value) => value,
+                None => return,
+            }
+        }
+    };
+    let value = unsafe { &mut *value };
+    let bucket = log2(ns);
+    if bucket < HIST_BUCKETS {
+        value.buckets[bucket] += 1;
+    }
+    value.count += 1;
+    value.sum_ns += ns;
+    if ns > value.max_ns {
+        value.max_ns = ns;
+    }
+}
+
+/// A connection is over: its lifetime histogram and its `life` record.
+#[inline(never)]
+fn connection_over(record: &SocketRecord, endpoints: &Endpoints, end: u8, now: u64) {
+    let flags = config_flags();
+    let start_seen = record.flags & EVENT_AGE_KNOWN != 0;
+    let lifetime = now.wrapping_sub(record.first_seen_ns);
+    if flags & CONFIG_HISTOGRAMS != 0 && start_seen {
+        record_duration(metric::LIFETIME, lifetime, record, endpoints);
+    }
+    if flags & CONFIG_EMIT_CONNECTIONS == 0 {
+        return;
+    }
+    let owner_known = record.flags & EVENT_OWNER_KNOWN != 0;
+    if !passes_filters(endpoints, owner_known, record.pid) {
+        return;
+    }
+    let mut conn_flags = 0u8;
+    if owner_known {
+        conn_flags |= CONN_OWNER_KNOWN;
+    }
+    if start_seen {
+        conn_flags |= CONN_START_SEEN;
+    }
+    let (est, closing, tw) = (
+        record.established_at_ns,
+        record.closing_at_ns,
+        record.time_wait_at_ns,
+    );
+    let mut handshake_ns = 0;
+    if start_seen && est != 0 {
+        handshake_ns = est.wrapping_sub(record.first_seen_ns);
+        conn_flags |= CONN_HANDSHAKE_KNOWN;
+    }
+    let mut established_ns = 0;
+    if est != 0 && closing != 0 {
+        established_ns = closing.wrapping_sub(est);
+        conn_flags |= CONN_ESTABLISHED_KNOWN;
+    }
+    let mut closing_ns = 0;
+    if closing != 0 {
+        let closing_end = if tw != 0 { tw } else { now };
+        closing_ns = closing_end.wrapping_sub(closing);
+        conn_flags |= CONN_CLOSING_KNOWN;
+    }
+    let mut time_wait_ns = 0;
+    if tw != 0 {
+        time_wait_ns = now.wrapping_sub(tw);
+        conn_flags |= CONN_TIME_WAIT_KNOWN;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ConnectionEvent>(0) else {
+        count(COUNTER_RING_FULL);
+        return;
+    };
+    entry.write(ConnectionEvent {
+        ktime_ns: now,
+        handshake_ns,
+        established_ns,
+        closing_ns,
+        time_wait_ns,
+        lifetime_ns: lifetime,
+        pid: record.pid,
+        netns: endpoints.netns,
+        family: endpoints.family,
+        lport: endpoints.lport,
+        rport: endpoints.rport,
+        closer: record.closer,
+        flags: conn_flags,
+        end,
+        _pad: [0; 7],
+        comm: record.comm,
+        laddr: endpoints.laddr,
+        raddr: endpoints.raddr,
+    });
+    entry.submit(wakeup_flag(now));
+    count(COUNTER_CONNECTIONS);
 }
 
 /// The socket's addresses as the tracepoint's own record would have them.
 #[inline(always)]
-fn socket_addresses(sk: u64, family: u16) -> Result<([u8; 16], [u8; 16]), i64> {
+fn socket_addresses(sk: u64, endpoints: &mut Endpoints) -> Result<(), i64> {
     let offsets = &CONFIG.offsets;
-    let mut laddr = [0u8; 16];
-    let mut raddr = [0u8; 16];
-    if family == AF_INET6 {
-        laddr = read_field(sk, &offsets.sk_v6_saddr)?;
-        raddr = read_field(sk, &offsets.sk_v6_daddr)?;
+    if endpoints.family == AF_INET6 {
+        endpoints.laddr = read_field(sk, &offsets.sk_v6_saddr)?;
+        endpoints.raddr = read_field(sk, &offsets.sk_v6_daddr)?;
     } else {
         let l: [u8; 4] = read_field(sk, &offsets.sk_saddr)?;
         let r: [u8; 4] = read_field(sk, &offsets.sk_daddr)?;
-        laddr[..4].copy_from_slice(&l);
-        raddr[..4].copy_from_slice(&r);
+        endpoints.laddr[..4].copy_from_slice(&l);
+        endpoints.raddr[..4].copy_from_slice(&r);
     }
-    Ok((laddr, raddr))
+    Ok(())
+}
+
+/// Moves a connection's record to its new timewait socket at the hand-off.
+/// `record.state_since_ns` is still when the full socket entered `old`.
+#[inline(always)]
+fn hand_off(
+    tw: u64,
+    substate: u8,
+    record: &mut SocketRecord,
+    endpoints: &Endpoints,
+    old: u8,
+    in_old_ns: Option<u64>,
+    now: u64,
+) {
+    let flags = config_flags();
+    record.state = substate;
+    if substate == TIME_WAIT {
+        // CLOSING -> TIME_WAIT, or FIN_WAIT2 -> TIME_WAIT with the peer's
+        // FIN already in: the connection is in TIME_WAIT now.
+        if let (FIN_WAIT2, Some(ns), true) = (old, in_old_ns, flags & CONFIG_HISTOGRAMS != 0) {
+            record_duration(metric::FIN_WAIT2, ns, record, endpoints);
+        }
+        record.state_since_ns = now;
+        record.time_wait_at_ns = now;
+        record.flags |= EVENT_IN_OLD_KNOWN;
+        if flags & CONFIG_EMIT_TRANSITIONS != 0 && flags & CONFIG_TIMEWAIT_EVENTS != 0 {
+            emit_timewait_transition(
+                tw,
+                record,
+                endpoints,
+                old,
+                TIME_WAIT,
+                in_old_ns,
+                end_reason::NONE,
+                now,
+            );
+        }
+    } else if old != FIN_WAIT2 {
+        record.state_since_ns = now;
+        record.flags |= EVENT_IN_OLD_KNOWN;
+    } else if in_old_ns.is_none() {
+        // FIN_WAIT2 goes on in the timewait socket, from a start not seen.
+        record.flags &= !EVENT_IN_OLD_KNOWN;
+    }
+    if TIMEWAITS.insert(tw, *record, 0).is_err() {
+        count(COUNTER_TIMEWAIT_MAP_FULL);
+    }
 }
 
 fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
@@ -221,9 +813,16 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let family: u16 = read_field(sk, &offsets.sk_family)?;
-    let sport = u16::from_be(read_field::<u16>(sk, &offsets.sk_sport)?);
-    let dport = u16::from_be(read_field::<u16>(sk, &offsets.sk_dport)?);
+    let mut endpoints = Endpoints {
+        netns: netns_of(sk)?,
+        family: read_field(sk, &offsets.sk_family)?,
+        lport: u16::from_be(read_field::<u16>(sk, &offsets.sk_sport)?),
+        rport: u16::from_be(read_field::<u16>(sk, &offsets.sk_dport)?),
+        _pad: 0,
+        laddr: [0; 16],
+        raddr: [0; 16],
+    };
+    let (sport, dport) = (endpoints.lport, endpoints.rport);
     let now = unsafe { bpf_ktime_get_ns() };
     let old = old as u8;
     let new = new as u8;
@@ -240,6 +839,36 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         pid = (bpf_get_current_pid_tgid() >> 32) as u32;
         comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
         event_flags |= EVENT_OWNER_KNOWN;
+    }
+    if old == CLOSE && new == SYN_SENT && flags & CONFIG_TIMEWAIT_HOOK != 0 {
+        if let Some(slot) = RECENT_CONNECT.get_ptr_mut(0) {
+            unsafe {
+                *slot = RecentConnect {
+                    ktime_ns: now,
+                    pid_tgid: bpf_get_current_pid_tgid(),
+                    rport: dport,
+                    _pad: [0; 6],
+                }
+            };
+        }
+    }
+
+    let closing_from_fin = new == CLOSE && (old == FIN_WAIT1 || old == FIN_WAIT2 || old == CLOSING);
+    let mut handoff = None;
+    if closing_from_fin && flags & CONFIG_TIMEWAIT_HOOK != 0 {
+        event_flags |= EVENT_TIMEWAIT_CHECKED;
+        handoff = timewait_handoff(now, sport, dport);
+        if handoff.is_some() {
+            event_flags |= EVENT_TIMEWAIT_HANDOFF;
+            count(COUNTER_TIMEWAIT_HANDOFFS);
+        }
+    }
+    // Durations and life records need the addresses whatever the filters.
+    let aggregating = flags & (CONFIG_HISTOGRAMS | CONFIG_EMIT_CONNECTIONS) != 0;
+    let mut have_addresses = false;
+    if aggregating || handoff.is_some() {
+        socket_addresses(sk, &mut endpoints)?;
+        have_addresses = true;
     }
 
     match SOCKETS.get_ptr_mut(sk) {
@@ -260,8 +889,25 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 comm = record.comm;
                 event_flags |= EVENT_OWNER_KNOWN;
             }
-            record.state_since_ns = now;
-            if new == CLOSE {
+            note_phase(record, old, new, now);
+            // FIN_WAIT2 handed to a timewait socket is measured there.
+            if flags & CONFIG_HISTOGRAMS != 0 && !(old == FIN_WAIT2 && handoff.is_some()) {
+                if let Some(which) = dwell_metric(old) {
+                    record_duration(which, in_old_ns, record, &endpoints);
+                }
+            }
+            if new != CLOSE {
+                record.state_since_ns = now;
+            } else {
+                match handoff {
+                    Some((tw, substate)) => {
+                        hand_off(tw, substate, record, &endpoints, old, Some(in_old_ns), now)
+                    }
+                    None if old != LISTEN => {
+                        connection_over(record, &endpoints, end_reason::NONE, now)
+                    }
+                    None => {}
+                }
                 // Final close: the address will soon be another socket's.
                 let _ = SOCKETS.remove(sk);
             }
@@ -284,18 +930,29 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                     event_flags |= EVENT_OWNER_KNOWN;
                 }
             }
+            let mut record = SocketRecord {
+                first_seen_ns: now,
+                state_since_ns: now,
+                established_at_ns: 0,
+                closing_at_ns: 0,
+                time_wait_at_ns: 0,
+                pid,
+                // From now on the time in each state is known.
+                flags: (event_flags & (EVENT_OWNER_KNOWN | EVENT_AGE_KNOWN)) | EVENT_IN_OLD_KNOWN,
+                closer: closer::UNKNOWN,
+                state: new,
+                _pad: 0,
+                comm,
+            };
+            note_phase(&mut record, old, new, now);
             if new != CLOSE {
-                let record = SocketRecord {
-                    first_seen_ns: now,
-                    state_since_ns: now,
-                    pid,
-                    flags: event_flags & (EVENT_OWNER_KNOWN | EVENT_AGE_KNOWN),
-                    _pad: [0; 3],
-                    comm,
-                };
                 if SOCKETS.insert(sk, record, 0).is_err() {
                     count(COUNTER_SOCKET_MAP_FULL);
                 }
+            } else if let Some((tw, substate)) = handoff {
+                hand_off(tw, substate, &mut record, &endpoints, old, None, now);
+            } else if old != LISTEN {
+                connection_over(&record, &endpoints, end_reason::NONE, now);
             }
         }
     }
@@ -312,77 +969,68 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         let _ = LISTENERS.insert(sport, owner, 0);
     }
 
-    let closing_from_fin = new == CLOSE && (old == FIN_WAIT1 || old == FIN_WAIT2 || old == CLOSING);
-    if closing_from_fin && flags & CONFIG_TIMEWAIT_HOOK != 0 {
-        event_flags |= EVENT_TIMEWAIT_CHECKED;
-        if is_timewait_handoff(now, sport, dport) {
-            event_flags |= EVENT_TIMEWAIT_HANDOFF;
-            count(COUNTER_TIMEWAIT_HANDOFFS);
-        }
-    }
-
     // Kernel-side filters: nothing filtered out reaches userspace.
-    if !wants(old, new) {
+    if flags & CONFIG_EMIT_TRANSITIONS == 0 || !wants(old, new) {
         return Ok(());
     }
-    if closing_from_fin
-        && flags & CONFIG_HANDOFF_ONLY != 0
-        && event_flags & EVENT_TIMEWAIT_CHECKED != 0
-        && event_flags & EVENT_TIMEWAIT_HANDOFF == 0
-    {
-        return Ok(());
-    }
-    let family_ok = match family {
-        AF_INET => flags & CONFIG_IPV4 != 0,
-        AF_INET6 => flags & CONFIG_IPV6 != 0,
-        _ => false,
-    };
-    if !family_ok {
-        return Ok(());
-    }
-    if flags & CONFIG_PORT_EITHER != 0 {
-        if !port_allowed(&CONFIG.lports, sport) && !port_allowed(&CONFIG.rports, dport) {
-            return Ok(());
-        }
-    } else {
-        if flags & CONFIG_LPORT_FILTER != 0 && !port_allowed(&CONFIG.lports, sport) {
-            return Ok(());
-        }
-        if flags & CONFIG_RPORT_FILTER != 0 && !port_allowed(&CONFIG.rports, dport) {
+    if closing_from_fin && event_flags & EVENT_TIMEWAIT_CHECKED != 0 {
+        let is_handoff = event_flags & EVENT_TIMEWAIT_HANDOFF != 0;
+        if (flags & CONFIG_HANDOFF_ONLY != 0 && !is_handoff)
+            || (flags & CONFIG_HIDE_HANDOFFS != 0 && is_handoff)
+        {
             return Ok(());
         }
     }
-    if flags & CONFIG_PID_FILTER != 0
-        && (event_flags & EVENT_OWNER_KNOWN == 0 || pid != config_u32(&CONFIG.pid))
-    {
+    if !passes_filters(&endpoints, event_flags & EVENT_OWNER_KNOWN != 0, pid) {
         return Ok(());
     }
-
-    let (laddr, raddr) = socket_addresses(sk, family)?;
-    let Some(mut entry) = EVENTS.reserve::<TransitionEvent>(0) else {
-        count(COUNTER_RING_FULL);
-        return Ok(());
-    };
-    entry.write(TransitionEvent {
+    if !have_addresses {
+        socket_addresses(sk, &mut endpoints)?;
+    }
+    emit_transition(&TransitionEvent {
         ktime_ns: now,
         skaddr: sk,
         in_old_ns,
         age_ns,
         pid,
-        family: family,
+        netns: endpoints.netns,
+        family: endpoints.family,
         lport: sport,
         rport: dport,
         old,
         new,
         flags: event_flags,
-        _pad: [0; 3],
+        reason: end_reason::NONE,
+        _pad: [0; 6],
         comm,
-        laddr,
-        raddr,
+        laddr: endpoints.laddr,
+        raddr: endpoints.raddr,
     });
-    entry.submit(wakeup_flag(now));
-    count(COUNTER_EMITTED);
     Ok(())
+}
+
+/// Keeps the phase boundaries `life` reports.
+#[inline(always)]
+fn note_phase(record: &mut SocketRecord, old: u8, new: u8, now: u64) {
+    record.state = new;
+    if new == ESTABLISHED {
+        record.established_at_ns = now;
+    }
+    if old == ESTABLISHED {
+        record.closing_at_ns = now;
+        record.closer = match new {
+            FIN_WAIT1 => closer::LOCAL,
+            CLOSE_WAIT => closer::REMOTE,
+            _ => closer::RESET,
+        };
+    } else if new == CLOSE && record.closer == closer::UNKNOWN {
+        // Seen only at its end (it predates tracing): what the end says.
+        record.closer = match old {
+            FIN_WAIT1 | FIN_WAIT2 | CLOSING => closer::LOCAL,
+            CLOSE_WAIT | LAST_ACK => closer::REMOTE,
+            _ => closer::RESET,
+        };
+    }
 }
 
 #[cfg(not(test))]

@@ -1,13 +1,14 @@
 //! Command line: what the user asks for, validated into a probe config.
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tcptrace_common::{
-    port_insert, ProbeConfig, CONFIG_HANDOFF_ONLY, CONFIG_IPV4, CONFIG_IPV6, CONFIG_LPORT_FILTER,
-    CONFIG_PID_FILTER, CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER,
+    port_insert, ProbeConfig, CONFIG_EMIT_TRANSITIONS, CONFIG_HANDOFF_ONLY, CONFIG_HIDE_HANDOFFS,
+    CONFIG_IPV4, CONFIG_IPV6, CONFIG_LPORT_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER,
+    CONFIG_RPORT_FILTER, CONFIG_TIMEWAIT_EVENTS,
 };
 
-use crate::{error::UsageError, state};
+use crate::{error::UsageError, probe::ProbeOptions, state};
 
 const EXAMPLES: &str = "\
 EXAMPLES:
@@ -49,6 +50,7 @@ prints a summary with event counts and any events the kernel lost.
 
 Needs root (or CAP_BPF and CAP_PERFMON) and Linux 5.8 or later with BTF.";
 
+/// The command line: the live tail by default, or one of the subcommands.
 #[derive(Parser, Debug)]
 #[command(
     name = "tcptrace",
@@ -56,17 +58,28 @@ Needs root (or CAP_BPF and CAP_PERFMON) and Linux 5.8 or later with BTF.";
     about = ABOUT,
     long_about = LONG_ABOUT,
     after_help = "Run 'tcptrace --help' for details and examples.",
-    after_long_help = EXAMPLES
+    after_long_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
 )]
-pub struct Args {
-    /// Show every transition, not just timewait hand-offs and CLOSE_WAIT -> LAST_ACK.
-    #[arg(short, long)]
-    pub all: bool,
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
 
-    /// Print JSON Lines: one object per line, each with a "type" field.
-    #[arg(short, long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub tail: TailArgs,
+}
 
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// One record per finished connection: owner, closer, time in each phase.
+    Life(crate::life::LifeArgs),
+    /// Log2 histograms of connection lifetimes and time spent per state.
+    Hist(crate::hist::HistArgs),
+}
+
+/// Which sockets a command looks at; applied in the kernel.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Filters {
     /// IPv4 only.
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
     pub ipv4: bool,
@@ -95,43 +108,10 @@ pub struct Args {
     /// owner tcptrace never saw do not match.
     #[arg(short, long, value_name = "PID")]
     pub pid: Option<u32>,
-
-    /// Stop by itself after SECONDS (fractions allowed) and print the summary.
-    #[arg(short, long, value_name = "SECONDS", value_parser = parse_seconds)]
-    pub duration: Option<Duration>,
-
-    /// Size of the BPF ring buffer: a power of two of at least 4K, with an
-    /// optional K/M/G suffix. Raise it if the summary reports ring
-    /// reservation failures.
-    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
-    pub ring_size: u32,
-
-    /// Columns wide enough for any IPv6 address (otherwise they widen when
-    /// the first long address appears).
-    #[arg(short, long)]
-    pub wide: bool,
-
-    /// Do not print the column header.
-    #[arg(long)]
-    pub no_header: bool,
-
-    /// Do not attach the timer_start hook that tells timewait hand-offs
-    /// from resets (it runs for every timer armed on the machine).
-    /// FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE are then shown unclassified.
-    #[arg(long)]
-    pub no_timewait_hook: bool,
 }
 
-impl Args {
-    /// The kernel-side filter this command line asks for.
-    pub fn probe_config(&self) -> ProbeConfig {
-        let mut config = ProbeConfig::empty();
-        if self.all {
-            state::allow_all(&mut config);
-        } else {
-            state::allow_headline(&mut config);
-            config.flags |= CONFIG_HANDOFF_ONLY;
-        }
+impl Filters {
+    pub fn apply(&self, config: &mut ProbeConfig) {
         config.flags |= match (self.ipv4, self.ipv6) {
             (true, false) => CONFIG_IPV4,
             (false, true) => CONFIG_IPV6,
@@ -154,7 +134,100 @@ impl Args {
             config.flags |= CONFIG_PID_FILTER;
             config.pid = pid;
         }
+    }
+
+    /// `--pid` names a process that exists.
+    pub fn check_pid(&self) -> Result<(), UsageError> {
+        match self.pid {
+            Some(pid) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+                Err(UsageError(format!("--pid {pid}: no such process")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How the probe is loaded, for every command that loads it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProbeArgs {
+    /// Size of the BPF ring buffer: a power of two of at least 4K, with an
+    /// optional K/M/G suffix. Raise it if the summary reports ring
+    /// reservation failures.
+    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
+    pub ring_size: u32,
+
+    /// Do not attach the hooks that follow connections into their timewait
+    /// sockets (timer_start and timer_cancel run for every timer on the
+    /// machine, kfree_skb for every dropped packet). TIME_WAIT is then not
+    /// seen, and FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE are shown unclassified.
+    #[arg(long)]
+    pub no_timewait_hook: bool,
+}
+
+impl ProbeArgs {
+    pub fn options(&self, config: ProbeConfig) -> ProbeOptions {
+        ProbeOptions {
+            config,
+            ring_size: self.ring_size,
+            timewait_hook: !self.no_timewait_hook,
+            histogram_keys: DEFAULT_HISTOGRAM_KEYS,
+        }
+    }
+}
+
+/// Histogram keys the kernel keeps before it counts new ones as "other".
+pub const DEFAULT_HISTOGRAM_KEYS: u32 = 1024;
+
+/// The live tail (no subcommand).
+#[derive(clap::Args, Debug)]
+pub struct TailArgs {
+    /// Show every transition, not just TIME_WAIT entry and end and CLOSE_WAIT -> LAST_ACK.
+    #[arg(short, long)]
+    pub all: bool,
+
+    /// Print JSON Lines: one object per line, each with a "type" field.
+    #[arg(short, long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub filters: Filters,
+
+    /// Stop by itself after SECONDS (fractions allowed) and print the summary.
+    #[arg(short, long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+
+    /// Columns wide enough for any IPv6 address (otherwise they widen when
+    /// the first long address appears).
+    #[arg(short, long)]
+    pub wide: bool,
+
+    /// Do not print the column header.
+    #[arg(long)]
+    pub no_header: bool,
+}
+
+impl TailArgs {
+    /// The kernel-side filter this command line asks for.
+    pub fn probe_config(&self) -> ProbeConfig {
+        let mut config = ProbeConfig::empty();
+        config.flags |= CONFIG_EMIT_TRANSITIONS | CONFIG_TIMEWAIT_EVENTS;
+        if self.all {
+            state::allow_all(&mut config);
+        } else {
+            // Hand-offs and resets from FIN_WAIT*/CLOSING are hidden when
+            // the hooks can tell them apart; shown unclassified otherwise.
+            state::allow_headline(&mut config);
+            config.flags |= CONFIG_HANDOFF_ONLY | CONFIG_HIDE_HANDOFFS;
+        }
+        self.filters.apply(&mut config);
         config
+    }
+
+    pub fn probe_options(&self, config: ProbeConfig) -> ProbeOptions {
+        self.probe.options(config)
     }
 }
 
@@ -163,7 +236,7 @@ impl Args {
 pub struct PortList(pub Vec<(u16, u16)>);
 
 impl PortList {
-    fn fill(&self, bitmap: &mut [u64; 1024]) {
+    pub fn fill(&self, bitmap: &mut [u64; 1024]) {
         for &(lo, hi) in &self.0 {
             for port in lo..=hi {
                 port_insert(bitmap, port);
@@ -203,7 +276,7 @@ pub fn parse_port_list(text: &str) -> Result<PortList, UsageError> {
     Ok(PortList(ranges))
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, UsageError> {
+pub fn parse_seconds(text: &str) -> Result<Duration, UsageError> {
     match text.trim().parse::<f64>() {
         Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
         _ => Err(UsageError(format!(
@@ -284,8 +357,8 @@ mod tests {
     #[test]
     fn config_from_flags() {
         let args =
-            Args::try_parse_from(["tcptrace", "-6", "--lport", "8000-8001", "--pid", "7"]).unwrap();
-        let c = args.probe_config();
+            Cli::try_parse_from(["tcptrace", "-6", "--lport", "8000-8001", "--pid", "7"]).unwrap();
+        let c = args.tail.probe_config();
         assert_eq!(c.flags & (CONFIG_IPV4 | CONFIG_IPV6), CONFIG_IPV6);
         assert!(c.flags & CONFIG_HANDOFF_ONLY != 0);
         assert!(port_in(&c.lports, 8000) && port_in(&c.lports, 8001));
@@ -294,8 +367,9 @@ mod tests {
         assert_eq!((c.flags & CONFIG_PID_FILTER != 0, c.pid), (true, 7));
         assert!(c.wants(FIN_WAIT2, CLOSE) && !c.wants(CLOSE, SYN_SENT));
 
-        let all = Args::try_parse_from(["tcptrace", "--all"])
+        let all = Cli::try_parse_from(["tcptrace", "--all"])
             .unwrap()
+            .tail
             .probe_config();
         assert!(all.wants(CLOSE, SYN_SENT) && all.flags & CONFIG_HANDOFF_ONLY == 0);
         assert_eq!(
@@ -306,17 +380,18 @@ mod tests {
 
     #[test]
     fn either_port() {
-        let c = Args::try_parse_from(["tcptrace", "--port", "8080"])
+        let c = Cli::try_parse_from(["tcptrace", "--port", "8080"])
             .unwrap()
+            .tail
             .probe_config();
         assert!(c.flags & CONFIG_PORT_EITHER != 0);
         assert!(port_in(&c.lports, 8080) && port_in(&c.rports, 8080));
-        assert!(Args::try_parse_from(["tcptrace", "--port", "1", "--lport", "2"]).is_err());
+        assert!(Cli::try_parse_from(["tcptrace", "--port", "1", "--lport", "2"]).is_err());
     }
 
     #[test]
     fn conflicting_families_are_rejected() {
-        assert!(Args::try_parse_from(["tcptrace", "-4", "-6"]).is_err());
-        assert!(Args::try_parse_from(["tcptrace", "--lport", "x"]).is_err());
+        assert!(Cli::try_parse_from(["tcptrace", "-4", "-6"]).is_err());
+        assert!(Cli::try_parse_from(["tcptrace", "--lport", "x"]).is_err());
     }
 }

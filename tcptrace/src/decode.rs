@@ -2,9 +2,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use bytes::Buf;
+
+use crate::format::Endpoints;
 use tcptrace_common::{
-    TransitionEvent, AF_INET6, COMM_LEN, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN,
-    EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF,
+    end_reason, TransitionEvent, AF_INET6, COMM_LEN, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN,
+    EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET,
 };
 
 /// What the timewait detection says about a transition.
@@ -27,6 +29,8 @@ pub struct Transition {
     pub age_ns: Option<u64>,
     /// Owner pid; `None` when the probe never saw the owner.
     pub pid: Option<u32>,
+    /// Inode of the socket's network namespace.
+    pub netns: u32,
     comm: [u8; COMM_LEN],
     pub local: IpAddr,
     pub lport: u16,
@@ -35,6 +39,21 @@ pub struct Transition {
     pub old: u8,
     pub new: u8,
     pub timewait: Timewait,
+    /// The transition happened inside a timewait socket.
+    pub timewait_socket: bool,
+    /// Why a timewait socket ended (`end_reason::*`), 0 otherwise.
+    pub end: u8,
+}
+
+/// The name of an `end_reason`, for JSON and the human view.
+pub fn end_name(reason: u8) -> Option<&'static str> {
+    match reason {
+        end_reason::EXPIRED => Some("expired"),
+        end_reason::FIN_TIMEOUT => Some("fin_timeout"),
+        end_reason::REUSED => Some("reused"),
+        end_reason::KILLED => Some("killed"),
+        _ => None,
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -52,13 +71,15 @@ impl Transition {
         let in_old_ns = data.get_u64_ne();
         let age_ns = data.get_u64_ne();
         let pid = data.get_u32_ne();
+        let netns = data.get_u32_ne();
         let family = data.get_u16_ne();
         let lport = data.get_u16_ne();
         let rport = data.get_u16_ne();
         let old = data.get_u8();
         let new = data.get_u8();
         let flags = data.get_u8();
-        data.advance(3);
+        let end = data.get_u8();
+        data.advance(6);
         let mut comm = [0u8; COMM_LEN];
         data.copy_to_slice(&mut comm);
         let mut laddr = [0u8; 16];
@@ -66,15 +87,10 @@ impl Transition {
         let mut raddr = [0u8; 16];
         data.copy_to_slice(&mut raddr);
 
-        let addr = |raw: [u8; 16]| -> IpAddr {
-            if family == AF_INET6 {
-                IpAddr::V6(Ipv6Addr::from(raw))
-            } else {
-                IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-            }
-        };
+        let addr = |raw: [u8; 16]| address(family, raw);
         let known = |bit: u8, value: u64| (flags & bit != 0).then_some(value);
-        let timewait = if !crate::state::is_timewait_candidate(old, new) {
+        let timewait_socket = flags & EVENT_TIMEWAIT_SOCKET != 0;
+        let timewait = if timewait_socket || !crate::state::is_timewait_candidate(old, new) {
             Timewait::NotApplicable
         } else if flags & EVENT_TIMEWAIT_CHECKED == 0 {
             Timewait::Unknown
@@ -89,6 +105,7 @@ impl Transition {
             in_old_ns: known(EVENT_IN_OLD_KNOWN, in_old_ns),
             age_ns: known(EVENT_AGE_KNOWN, age_ns),
             pid: (flags & EVENT_OWNER_KNOWN != 0).then_some(pid),
+            netns,
             comm,
             local: addr(laddr),
             lport,
@@ -97,6 +114,8 @@ impl Transition {
             old,
             new,
             timewait,
+            timewait_socket,
+            end,
         })
     }
 
@@ -105,13 +124,37 @@ impl Transition {
         if self.pid.is_none() {
             return &[];
         }
-        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-        &self.comm[..end]
+        comm_bytes(&self.comm)
     }
 
     pub fn is_ipv6(&self) -> bool {
         self.local.is_ipv6()
     }
+
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            local: self.local,
+            lport: self.lport,
+            remote: self.remote,
+            rport: self.rport,
+        }
+    }
+}
+
+/// An address from the probe's 16 bytes (IPv4 in the first four).
+#[inline]
+pub fn address(family: u16, raw: [u8; 16]) -> IpAddr {
+    if family == AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(raw))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    }
+}
+
+/// Bytes of a comm up to the first NUL.
+pub fn comm_bytes(comm: &[u8; COMM_LEN]) -> &[u8] {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    &comm[..end]
 }
 
 #[cfg(test)]
@@ -137,13 +180,15 @@ pub(crate) mod tests {
             in_old_ns: 1_500_000,
             age_ns: 2_000_000_000,
             pid: 4242,
+            netns: 4026531840,
             family,
             lport: 45678,
             rport: 80,
             old,
             new,
             flags,
-            _pad: [0; 3],
+            reason: 0,
+            _pad: [0; 6],
             comm,
             laddr,
             raddr,
@@ -200,6 +245,17 @@ pub(crate) mod tests {
             Transition::decode(bytes_of(&ev)).unwrap().timewait,
             Timewait::NotApplicable
         );
+    }
+
+    #[test]
+    fn timewait_socket_end() {
+        let mut ev = raw_event(AF_INET, TIME_WAIT, CLOSE, EVENT_TIMEWAIT_SOCKET);
+        ev.reason = end_reason::REUSED;
+        let t = Transition::decode(bytes_of(&ev)).unwrap();
+        assert!(t.timewait_socket);
+        assert_eq!(t.timewait, Timewait::NotApplicable);
+        assert_eq!(end_name(t.end), Some("reused"));
+        assert_eq!(t.netns, 4026531840);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::{io::Write, net::IpAddr};
 
 use crate::{
     clock::Clock,
-    decode::{Timewait, Transition},
+    decode::{end_name, Timewait, Transition},
     state,
 };
 
@@ -14,7 +14,7 @@ use crate::{
 const NARROW_ADDR: usize = 21;
 /// Width of `[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535`.
 const WIDE_ADDR: usize = 47;
-const TRANSITION_WIDTH: usize = 30;
+const TRANSITION_WIDTH: usize = 32;
 
 pub enum Format {
     Human(HumanFormat),
@@ -51,28 +51,7 @@ impl HumanFormat {
     }
 
     pub fn write_transition(&mut self, out: &mut Vec<u8>, clock: &Clock, t: &Transition) {
-        clock.write_local_time(out, t.ktime_ns);
-        out.push(b' ');
-        match t.pid {
-            Some(pid) => pad_left(out, itoa::Buffer::new().format(pid).as_bytes(), 7),
-            None => pad_left(out, b"-", 7),
-        }
-        out.push(b' ');
-        let comm = t.comm();
-        pad_right(out, if comm.is_empty() { b"-" } else { comm }, 15);
-        out.push(b' ');
-        // An address wider than the column widens it for the rest of the run
-        // so that later lines stay aligned with each other.
-        for (addr, port) in [(t.local, t.lport), (t.remote, t.rport)] {
-            let start = out.len();
-            write_endpoint(out, addr, port);
-            let len = out.len() - start;
-            if len > self.addr_width {
-                self.addr_width = WIDE_ADDR.max(len);
-            }
-            pad_to(out, start, self.addr_width);
-            out.push(b' ');
-        }
+        self.write_prefix(out, clock, t.ktime_ns, t.pid, t.comm(), t.endpoints());
         let start = out.len();
         out.extend_from_slice(state::name(t.old).as_bytes());
         out.extend_from_slice(b" -> ");
@@ -81,6 +60,11 @@ impl HumanFormat {
             Timewait::Handoff => out.extend_from_slice(b" [timewait]"),
             Timewait::Unknown => out.extend_from_slice(b" [timewait?]"),
             Timewait::NotHandoff | Timewait::NotApplicable => {}
+        }
+        if let Some(end) = end_name(t.end) {
+            out.extend_from_slice(b" (");
+            out.extend_from_slice(end.as_bytes());
+            out.push(b')');
         }
         pad_to(out, start, TRANSITION_WIDTH);
         out.push(b' ');
@@ -91,7 +75,103 @@ impl HumanFormat {
     }
 }
 
-fn write_endpoint(out: &mut Vec<u8>, addr: IpAddr, port: u16) {
+/// Who and where, shared by every per-socket record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    pub local: IpAddr,
+    pub lport: u16,
+    pub remote: IpAddr,
+    pub rport: u16,
+}
+
+impl HumanFormat {
+    /// TIME, PID, COMM and both endpoints, each followed by a space.
+    pub fn write_prefix(
+        &mut self,
+        out: &mut Vec<u8>,
+        clock: &Clock,
+        ktime_ns: u64,
+        pid: Option<u32>,
+        comm: &[u8],
+        ends: Endpoints,
+    ) {
+        clock.write_local_time(out, ktime_ns);
+        out.push(b' ');
+        match pid {
+            Some(pid) => pad_left(out, itoa::Buffer::new().format(pid).as_bytes(), 7),
+            None => pad_left(out, b"-", 7),
+        }
+        out.push(b' ');
+        pad_right(out, if comm.is_empty() { b"-" } else { comm }, 15);
+        out.push(b' ');
+        self.write_endpoints(out, ends);
+    }
+
+    /// Both endpoints, each padded to the column and followed by a space.
+    pub fn write_endpoints(&mut self, out: &mut Vec<u8>, ends: Endpoints) {
+        // An address wider than the column widens it for the rest of the run
+        // so that later lines stay aligned with each other.
+        for (addr, port) in [(ends.local, ends.lport), (ends.remote, ends.rport)] {
+            let start = out.len();
+            write_endpoint(out, addr, port);
+            let len = out.len() - start;
+            if len > self.addr_width {
+                self.addr_width = WIDE_ADDR.max(len);
+            }
+            pad_to(out, start, self.addr_width);
+            out.push(b' ');
+        }
+    }
+
+    pub fn addr_width(&self) -> usize {
+        self.addr_width
+    }
+}
+
+/// `{"type":"<kind>","time":..,"ktime_ns":..,"pid":..,"comm":..,
+/// "owner_known":..,"family":..,"laddr":..,"lport":..,"raddr":..,"rport":..,
+/// "netns":..` without the closing brace.
+#[allow(clippy::too_many_arguments)]
+pub fn write_json_prefix(
+    out: &mut Vec<u8>,
+    kind: &str,
+    clock: &Clock,
+    ktime_ns: u64,
+    pid: Option<u32>,
+    comm: &[u8],
+    ends: Endpoints,
+    netns: u32,
+) {
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"time\":\"");
+    clock.write_rfc3339(out, ktime_ns);
+    out.extend_from_slice(b"\",\"ktime_ns\":");
+    out.extend_from_slice(num.format(ktime_ns).as_bytes());
+    out.extend_from_slice(b",\"pid\":");
+    out.extend_from_slice(num.format(pid.unwrap_or(0)).as_bytes());
+    out.extend_from_slice(b",\"comm\":");
+    write_json_string(out, comm);
+    out.extend_from_slice(b",\"owner_known\":");
+    out.extend_from_slice(if pid.is_some() { b"true" } else { b"false" });
+    out.extend_from_slice(if ends.local.is_ipv6() {
+        b",\"family\":\"ipv6\",\"laddr\":\""
+    } else {
+        b",\"family\":\"ipv4\",\"laddr\":\""
+    });
+    write_addr(out, ends.local);
+    out.extend_from_slice(b"\",\"lport\":");
+    out.extend_from_slice(num.format(ends.lport).as_bytes());
+    out.extend_from_slice(b",\"raddr\":\"");
+    write_addr(out, ends.remote);
+    out.extend_from_slice(b"\",\"rport\":");
+    out.extend_from_slice(num.format(ends.rport).as_bytes());
+    out.extend_from_slice(b",\"netns\":");
+    out.extend_from_slice(num.format(netns).as_bytes());
+}
+
+pub fn write_endpoint(out: &mut Vec<u8>, addr: IpAddr, port: u16) {
     if addr.is_ipv6() {
         out.push(b'[');
         write_addr(out, addr);
@@ -103,23 +183,23 @@ fn write_endpoint(out: &mut Vec<u8>, addr: IpAddr, port: u16) {
     out.extend_from_slice(itoa::Buffer::new().format(port).as_bytes());
 }
 
-fn pad_to(out: &mut Vec<u8>, start: usize, width: usize) {
+pub fn pad_to(out: &mut Vec<u8>, start: usize, width: usize) {
     let len = out.len() - start;
     out.extend(std::iter::repeat_n(b' ', width.saturating_sub(len)));
 }
 
-fn pad_right(out: &mut Vec<u8>, text: &[u8], width: usize) {
+pub fn pad_right(out: &mut Vec<u8>, text: &[u8], width: usize) {
     let start = out.len();
     out.extend_from_slice(text);
     pad_to(out, start, width);
 }
 
-fn pad_left(out: &mut Vec<u8>, text: &[u8], width: usize) {
+pub fn pad_left(out: &mut Vec<u8>, text: &[u8], width: usize) {
     out.extend(std::iter::repeat_n(b' ', width.saturating_sub(text.len())));
     out.extend_from_slice(text);
 }
 
-fn write_duration_column(out: &mut Vec<u8>, ns: Option<u64>) {
+pub fn write_duration_column(out: &mut Vec<u8>, ns: Option<u64>) {
     let mut cell = [0u8; 16];
     let len = match ns {
         Some(ns) => {
@@ -146,29 +226,16 @@ pub fn write_duration(out: &mut impl Write, ns: u64) {
 }
 
 pub fn write_json_transition(out: &mut Vec<u8>, clock: &Clock, t: &Transition) {
-    let mut num = itoa::Buffer::new();
-    out.extend_from_slice(b"{\"type\":\"transition\",\"time\":\"");
-    clock.write_rfc3339(out, t.ktime_ns);
-    out.extend_from_slice(b"\",\"ktime_ns\":");
-    out.extend_from_slice(num.format(t.ktime_ns).as_bytes());
-    out.extend_from_slice(b",\"pid\":");
-    out.extend_from_slice(num.format(t.pid.unwrap_or(0)).as_bytes());
-    out.extend_from_slice(b",\"comm\":");
-    write_json_string(out, t.comm());
-    out.extend_from_slice(b",\"owner_known\":");
-    out.extend_from_slice(if t.pid.is_some() { b"true" } else { b"false" });
-    out.extend_from_slice(if t.is_ipv6() {
-        b",\"family\":\"ipv6\",\"laddr\":\""
-    } else {
-        b",\"family\":\"ipv4\",\"laddr\":\""
-    });
-    write_addr(out, t.local);
-    out.extend_from_slice(b"\",\"lport\":");
-    out.extend_from_slice(num.format(t.lport).as_bytes());
-    out.extend_from_slice(b",\"raddr\":\"");
-    write_addr(out, t.remote);
-    out.extend_from_slice(b"\",\"rport\":");
-    out.extend_from_slice(num.format(t.rport).as_bytes());
+    write_json_prefix(
+        out,
+        "transition",
+        clock,
+        t.ktime_ns,
+        t.pid,
+        t.comm(),
+        t.endpoints(),
+        t.netns,
+    );
     out.extend_from_slice(b",\"old\":\"");
     out.extend_from_slice(state::name(t.old).as_bytes());
     out.extend_from_slice(b"\",\"new\":\"");
@@ -183,13 +250,28 @@ pub fn write_json_transition(out: &mut Vec<u8>, clock: &Clock, t: &Transition) {
         Timewait::NotHandoff | Timewait::NotApplicable => b"false",
         Timewait::Unknown => b"null",
     });
+    out.extend_from_slice(b",\"timewait_socket\":");
+    out.extend_from_slice(if t.timewait_socket { b"true" } else { b"false" });
+    out.extend_from_slice(b",\"end\":");
+    write_json_opt_str(out, end_name(t.end));
     out.extend_from_slice(b",\"sk\":\"0x");
     write_hex(out, t.skaddr);
     out.extend_from_slice(b"\"}\n");
 }
 
+pub fn write_json_opt_str(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        Some(text) => {
+            out.push(b'"');
+            escape_into(out, text);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
 /// An address as text; IPv4 without the formatting machinery (hot path).
-fn write_addr(out: &mut Vec<u8>, addr: IpAddr) {
+pub fn write_addr(out: &mut Vec<u8>, addr: IpAddr) {
     match addr {
         IpAddr::V4(a) => {
             let mut num = itoa::Buffer::new();
@@ -223,7 +305,7 @@ fn write_hex(out: &mut Vec<u8>, value: u64) {
     out.extend_from_slice(&buf[i..]);
 }
 
-fn write_json_opt_u64(out: &mut Vec<u8>, value: Option<u64>) {
+pub fn write_json_opt_u64(out: &mut Vec<u8>, value: Option<u64>) {
     match value {
         Some(v) => out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
         None => out.extend_from_slice(b"null"),

@@ -9,9 +9,12 @@ pub mod clock;
 pub mod decode;
 pub mod error;
 pub mod format;
+pub mod hist;
+pub mod life;
 pub mod owners;
 pub mod preflight;
 pub mod probe;
+pub mod session;
 pub mod state;
 pub mod summary;
 pub mod tail;
@@ -22,7 +25,7 @@ use clap::{error::ErrorKind, Parser};
 
 /// The whole program; `main` only calls this.
 pub fn main() -> ExitCode {
-    let args = match cli::Args::try_parse() {
+    let cli = match cli::Cli::try_parse() {
         Ok(args) => args,
         Err(err)
             if matches!(
@@ -47,7 +50,15 @@ pub fn main() -> ExitCode {
             .enable_time()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(tail::run(args)))
+            .and_then(|runtime| {
+                runtime.block_on(async {
+                    match cli.command {
+                        None => tail::run(cli.tail).await,
+                        Some(cli::Command::Life(args)) => life::run(args).await,
+                        Some(cli::Command::Hist(args)) => hist::run(args).await,
+                    }
+                })
+            })
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,16 +1,29 @@
 //! Loading and attaching the probe, and reading what it counts.
 use std::os::fd::{AsFd, AsRawFd};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePoint,
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 use tcptrace_common::{
-    KernelOffsets, ListenerOwner, ProbeConfig, CONFIG_TIMEWAIT_HOOK, COUNTER_EMITTED,
-    COUNTER_READ_FAILED, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS,
+    HistKey, HistValue, KernelOffsets, ListenerOwner, ProbeConfig, CONFIG_TIMEWAIT_HOOK,
+    COUNTER_CONNECTIONS, COUNTER_EMITTED, COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED,
+    COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS,
+    COUNTER_TIMEWAIT_MAP_FULL,
 };
+
+/// What to load: the probe's configuration and its map sizes.
+#[derive(Clone, Copy)]
+pub struct ProbeOptions {
+    pub config: ProbeConfig,
+    pub ring_size: u32,
+    /// Attach the hooks that follow timewait sockets.
+    pub timewait_hook: bool,
+    /// Most histogram keys the kernel keeps (the rest go to "other").
+    pub histogram_keys: u32,
+}
 
 use crate::btf::Btf;
 
@@ -18,16 +31,29 @@ static PROBE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace-probe"));
 
 const SET_STATE_PROGRAM: &str = "inet_sock_set_state";
-const TIMER_PROGRAM: &str = "timer_start";
+const TIMER_START_PROGRAM: &str = "timer_start";
+const TIMER_CANCEL_PROGRAM: &str = "timer_cancel";
+const KFREE_SKB_PROGRAM: &str = "kfree_skb";
+/// The programs that follow timewait sockets, attached before the
+/// state-change hook so that no hand-off is classified before it can be
+/// recognised.
+const TIMEWAIT_PROGRAMS: [&str; 2] = [TIMER_START_PROGRAM, TIMER_CANCEL_PROGRAM];
 
-/// How timewait hand-offs are told apart from resets and timeouts.
+/// How closely tcptrace follows connections into their timewait sockets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TimewaitDetection {
-    /// The timer hook is attached: every FIN_WAIT*/CLOSING -> CLOSE is classified.
+    /// All hooks attached: hand-offs classified, true TIME_WAIT entry and
+    /// the end of each timewait socket reported.
     Exact,
-    /// The hook could not be attached; such transitions are shown unclassified.
+    /// Timer hooks attached, but the peer's FIN arriving at a timewait
+    /// socket (kfree_skb with rx_sk) cannot be seen: FIN_WAIT2 -> TIME_WAIT
+    /// is reported only when the kernel moves the socket's timer to another
+    /// wheel slot, often not at all.
+    Partial(String),
+    /// The hooks could not be attached: hand-offs are shown unclassified
+    /// and nothing is known of TIME_WAIT.
     Unavailable(String),
-    /// The user chose not to attach the hook (--no-timewait-hook).
+    /// The user chose not to attach the hooks (--no-timewait-hook).
     Disabled,
 }
 
@@ -35,9 +61,20 @@ impl TimewaitDetection {
     pub fn describe(&self) -> String {
         match self {
             TimewaitDetection::Exact => "exact".into(),
+            TimewaitDetection::Partial(why) => {
+                format!("partial: FIN_WAIT2 -> TIME_WAIT mostly unseen ({why})")
+            }
             TimewaitDetection::Unavailable(why) => format!("unavailable: {why}"),
             TimewaitDetection::Disabled => "disabled (--no-timewait-hook)".into(),
         }
+    }
+
+    /// Whether timewait sockets are followed at all.
+    pub fn hooked(&self) -> bool {
+        matches!(
+            self,
+            TimewaitDetection::Exact | TimewaitDetection::Partial(_)
+        )
     }
 }
 
@@ -73,14 +110,14 @@ pub struct Probe {
 
 impl Probe {
     /// Loads the probe with `config` and attaches it. Timewait detection is
-    /// set up when this kernel allows it; otherwise the reason is recorded.
-    pub fn load(config: &ProbeConfig, ring_size: u32, timewait_hook: bool) -> Result<Self> {
-        let mut config = *config;
+    /// set up as far as this kernel allows; what is missing is recorded.
+    pub fn load(options: &ProbeOptions) -> Result<Self> {
+        let mut config = options.config;
         let btf = Btf::from_sys_fs()?;
         socket_offsets(&btf, &mut config.offsets)
             .context("this kernel's struct sock is not what tcptrace knows")?;
         let kernel_btf = AyaBtf::from_sys_fs().context("reading kernel BTF")?;
-        let timewait = if !timewait_hook {
+        let timewait = if !options.timewait_hook {
             TimewaitDetection::Disabled
         } else {
             match timewait_hook_setup(&btf, &mut config.offsets) {
@@ -88,14 +125,9 @@ impl Probe {
                     let mut with_hook = config;
                     with_hook.flags |= CONFIG_TIMEWAIT_HOOK;
                     with_hook.tw_timer_handler = handler;
-                    match Self::load_with(
-                        &with_hook,
-                        ring_size,
-                        &kernel_btf,
-                        TimewaitDetection::Exact,
-                    ) {
+                    match Self::load_with(&with_hook, options, &kernel_btf, true) {
                         Ok(probe) => return Ok(probe),
-                        // Retry without the hook: if the hook was the
+                        // Retry without the hooks: if they were the
                         // problem, tracing goes on with less precision,
                         // said out loud.
                         Err(err) => TimewaitDetection::Unavailable(format!("{err:#}")),
@@ -104,40 +136,44 @@ impl Probe {
                 Err(err) => TimewaitDetection::Unavailable(format!("{err:#}")),
             }
         };
-        Self::load_with(&config, ring_size, &kernel_btf, timewait)
+        let mut probe = Self::load_with(&config, options, &kernel_btf, false)?;
+        probe.timewait = timewait;
+        Ok(probe)
     }
 
     fn load_with(
         config: &ProbeConfig,
-        ring_size: u32,
+        options: &ProbeOptions,
         btf: &AyaBtf,
-        timewait: TimewaitDetection,
+        timewait_hooks: bool,
     ) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", config, true)
-            .map_max_entries("EVENTS", ring_size)
+            .map_max_entries("EVENTS", options.ring_size)
+            .map_max_entries("HISTOGRAMS", options.histogram_keys)
             .load(PROBE_OBJECT)
             .map_err(|e| explain_load_error(e.into()))
             .context("loading the probe")?;
         let mut program_fds = Vec::new();
-        // The timer hook goes first so that no hand-off is classified before
-        // it can be recognised.
-        let mut hooks = vec![SET_STATE_PROGRAM];
-        if config.flags & CONFIG_TIMEWAIT_HOOK != 0 {
-            hooks.insert(0, TIMER_PROGRAM);
+        let mut timewait = TimewaitDetection::Disabled;
+        if timewait_hooks {
+            for name in TIMEWAIT_PROGRAMS {
+                program_fds.push((name, attach(&mut ebpf, name, btf)?));
+            }
+            // The peer's FIN at a timewait socket: kfree_skb's rx_sk
+            // argument exists on recent kernels only.
+            timewait = match attach(&mut ebpf, KFREE_SKB_PROGRAM, btf) {
+                Ok(fd) => {
+                    program_fds.push((KFREE_SKB_PROGRAM, fd));
+                    TimewaitDetection::Exact
+                }
+                Err(err) => TimewaitDetection::Partial(format!("{err:#}")),
+            };
         }
-        for name in hooks {
-            let program: &mut BtfTracePoint = program(&mut ebpf, name)?;
-            program
-                .load(name, btf)
-                .map_err(|e| explain_load_error(e.into()))
-                .with_context(|| format!("loading the {name} hook (BTF tracepoint)"))?;
-            program
-                .attach()
-                .with_context(|| format!("attaching the {name} hook"))?;
-            program_fds.push((name, program.fd()?.as_fd().as_raw_fd()));
-        }
-
+        program_fds.push((
+            SET_STATE_PROGRAM,
+            attach(&mut ebpf, SET_STATE_PROGRAM, btf)?,
+        ));
         Ok(Probe {
             ebpf,
             timewait,
@@ -172,10 +208,10 @@ impl Probe {
         let (mut recursion_misses, mut timewait_hook_misses) = (0, 0);
         for &(name, fd) in &self.program_fds {
             let misses = program_info(fd)?.recursion_misses;
-            if name == TIMER_PROGRAM {
-                timewait_hook_misses += misses;
-            } else {
+            if name == SET_STATE_PROGRAM {
                 recursion_misses += misses;
+            } else {
+                timewait_hook_misses += misses;
             }
         }
         Ok(LossCounters {
@@ -183,8 +219,45 @@ impl Probe {
             recursion_misses,
             timewait_hook_misses,
             read_failures: self.counter(COUNTER_READ_FAILED)?,
-            socket_map_full: self.counter(COUNTER_SOCKET_MAP_FULL)?,
+            socket_map_full: self.counter(COUNTER_SOCKET_MAP_FULL)?
+                + self.counter(COUNTER_TIMEWAIT_MAP_FULL)?,
         })
+    }
+
+    /// Connection records the probe wrote into the ring (`life`).
+    pub fn connections_emitted(&self) -> Result<u64> {
+        self.counter(COUNTER_CONNECTIONS)
+    }
+
+    /// Histogram keys that did not fit and were counted under "other".
+    pub fn histogram_overflow(&self) -> Result<u64> {
+        self.counter(COUNTER_HIST_OVERFLOW)
+    }
+
+    /// Every histogram the probe keeps, summed over CPUs.
+    pub fn histograms(&self) -> Result<Vec<(HistKey, HistValue)>> {
+        let map: PerCpuHashMap<_, HistKey, HistValue> =
+            PerCpuHashMap::try_from(self.ebpf.map("HISTOGRAMS").context("no HISTOGRAMS map")?)?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (key, per_cpu) = entry.context("reading the histograms")?;
+            let mut sum = HistValue {
+                count: 0,
+                sum_ns: 0,
+                max_ns: 0,
+                buckets: [0; tcptrace_common::HIST_BUCKETS],
+            };
+            for value in per_cpu.iter() {
+                sum.count += value.count;
+                sum.sum_ns += value.sum_ns;
+                sum.max_ns = sum.max_ns.max(value.max_ns);
+                for (total, n) in sum.buckets.iter_mut().zip(value.buckets.iter()) {
+                    *total += n;
+                }
+            }
+            out.push((key, sum));
+        }
+        Ok(out)
     }
 
     /// Timewait hand-offs the probe recognised (whether or not filtered out).
@@ -214,6 +287,19 @@ impl Probe {
     }
 }
 
+/// Loads and attaches one BTF tracepoint program; returns its fd.
+fn attach(ebpf: &mut Ebpf, name: &'static str, btf: &AyaBtf) -> Result<i32> {
+    let program: &mut BtfTracePoint = program(ebpf, name)?;
+    program
+        .load(name, btf)
+        .map_err(|e| explain_load_error(e.into()))
+        .with_context(|| format!("loading the {name} hook (BTF tracepoint)"))?;
+    program
+        .attach()
+        .with_context(|| format!("attaching the {name} hook"))?;
+    Ok(program.fd()?.as_fd().as_raw_fd())
+}
+
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
@@ -236,21 +322,35 @@ fn socket_offsets(btf: &Btf, offsets: &mut KernelOffsets) -> Result<()> {
     offsets.sk_daddr = field("skc_daddr")?;
     offsets.sk_v6_saddr = field("skc_v6_rcv_saddr")?;
     offsets.sk_v6_daddr = field("skc_v6_daddr")?;
+    offsets.skc_state = field("skc_state")?;
+    offsets.skc_net = field("skc_net")?;
+    offsets.net_inum = btf.member_offset("net", "ns")? + btf.member_offset("ns_common", "inum")?;
     // inet_sock begins with its struct sock.
     offsets.sk_sport = btf.member_offset("inet_sock", "inet_sport")?;
     offsets.sk_saddr = btf.member_offset("inet_sock", "inet_saddr")?;
     Ok(())
 }
 
-/// The address of tw_timer_handler and the struct offsets the timer hook
-/// needs, or why they cannot be had on this kernel.
+/// The address of tw_timer_handler and the struct offsets the timewait
+/// hooks need, or why they cannot be had on this kernel.
 fn timewait_hook_setup(btf: &Btf, offsets: &mut KernelOffsets) -> Result<u64> {
     let handler = kallsyms_address("tw_timer_handler")?;
     let common = btf.member_offset("inet_timewait_sock", "__tw_common")?;
+    if common != btf.member_offset("sock", "__sk_common")? {
+        // The probe reads family and IPv6 addresses of both kinds of
+        // socket at the same offsets.
+        bail!("struct sock and struct inet_timewait_sock do not start alike");
+    }
+    let field =
+        |name: &str| -> Result<u32> { Ok(common + btf.member_offset("sock_common", name)?) };
     offsets.timer_function = btf.member_offset("timer_list", "function")?;
+    offsets.timer_expires = btf.member_offset("timer_list", "expires")?;
     offsets.tw_timer = btf.member_offset("inet_timewait_sock", "tw_timer")?;
-    offsets.tw_dport = common + btf.member_offset("sock_common", "skc_dport")?;
-    offsets.tw_num = common + btf.member_offset("sock_common", "skc_num")?;
+    offsets.tw_substate = btf.member_offset("inet_timewait_sock", "tw_substate")?;
+    offsets.tw_dport = field("skc_dport")?;
+    offsets.tw_num = field("skc_num")?;
+    offsets.tw_saddr = field("skc_rcv_saddr")?;
+    offsets.tw_daddr = field("skc_daddr")?;
     Ok(handler)
 }
 

@@ -68,6 +68,8 @@ pub struct RunContext<'a> {
     pub probe_handoffs: u64,
     /// Events the probe wrote into the ring; all of them should have been read.
     pub probe_emitted: u64,
+    /// Connection records the probe wrote into the ring (`life`).
+    pub probe_connections: u64,
     /// (program, runs, run time ns) while kernel BPF stats are enabled.
     pub run_stats: Vec<(&'static str, u64, u64)>,
 }
@@ -82,30 +84,79 @@ pub fn write_json_summary(out: &mut Vec<u8>, clock: &Clock, stats: &RunStats, ct
             )
         })
         .collect();
-    let mut time = Vec::new();
-    clock.write_rfc3339(&mut time, Clock::now_ktime_ns());
-    let record = json!({
+    let mut record = json!({
         "type": "summary",
-        "time": String::from_utf8_lossy(&time),
         "duration_ns": stats.started.elapsed().as_nanos() as u64,
         "events": stats.events,
         "transitions": transitions,
         "timewait_handoffs": stats.timewait_handoffs,
         "timewait_handoffs_seen_by_probe": ctx.probe_handoffs,
+        "bad_records": stats.bad_records,
+        "emitted_by_probe": ctx.probe_emitted,
+    });
+    add_loss_fields(&mut record, clock, ctx);
+    let _ = serde_json::to_writer(&mut *out, &record);
+    out.push(b'\n');
+}
+
+/// The loss counters and probe statistics every summary carries.
+pub fn add_loss_fields(record: &mut serde_json::Value, clock: &Clock, ctx: &RunContext) {
+    let mut time = Vec::new();
+    clock.write_rfc3339(&mut time, Clock::now_ktime_ns());
+    let fields = json!({
+        "time": String::from_utf8_lossy(&time),
         "ring_reservation_failures": ctx.losses.ring_full,
         "recursion_misses": ctx.losses.recursion_misses,
         "timewait_hook_misses": ctx.losses.timewait_hook_misses,
         "read_failures": ctx.losses.read_failures,
         "socket_map_full": ctx.losses.socket_map_full,
-        "bad_records": stats.bad_records,
-        "emitted_by_probe": ctx.probe_emitted,
         "timewait_detection": ctx.timewait_detection,
         "probe_stats": ctx.run_stats.iter().map(|&(program, runs, ns)| {
             json!({"program": program, "runs": runs, "run_time_ns": ns})
         }).collect::<Vec<_>>(),
     });
-    let _ = serde_json::to_writer(&mut *out, &record);
-    out.push(b'\n');
+    if let (Some(record), serde_json::Value::Object(fields)) = (record.as_object_mut(), fields) {
+        record.extend(fields);
+    }
+}
+
+/// The loss lines of a human summary.
+pub fn write_human_losses(out: &mut impl Write, ctx: &RunContext) {
+    let _ = writeln!(
+        out,
+        "  lost: {} ring reservation failures, {} recursion misses",
+        ctx.losses.ring_full, ctx.losses.recursion_misses
+    );
+    if ctx.losses.read_failures > 0 {
+        let _ = writeln!(
+            out,
+            "  lost to failed socket reads: {}",
+            ctx.losses.read_failures
+        );
+    }
+    if ctx.losses.timewait_hook_misses > 0 {
+        let _ = writeln!(
+            out,
+            "  timewait hooks skipped {} times (hand-offs then look like resets, \
+             TIME_WAIT changes go unseen)",
+            ctx.losses.timewait_hook_misses
+        );
+    }
+    if ctx.losses.socket_map_full > 0 {
+        let _ = writeln!(
+            out,
+            "  socket records refused: {}",
+            ctx.losses.socket_map_full
+        );
+    }
+    let _ = writeln!(out, "  timewait detection: {}", ctx.timewait_detection);
+    for &(program, runs, ns) in ctx.run_stats.iter().filter(|s| s.1 > 0) {
+        let per_run = ns as f64 / runs as f64;
+        let _ = writeln!(
+            out,
+            "  probe {program}: {runs} runs, {per_run:.0} ns per run"
+        );
+    }
 }
 
 pub fn write_human_summary(out: &mut impl Write, stats: &RunStats, ctx: &RunContext) {
@@ -122,32 +173,6 @@ pub fn write_human_summary(out: &mut impl Write, stats: &RunStats, ctx: &RunCont
             "of which timewait hand-offs", stats.timewait_handoffs
         );
     }
-    let _ = writeln!(
-        out,
-        "  lost: {} ring reservation failures, {} recursion misses",
-        ctx.losses.ring_full, ctx.losses.recursion_misses
-    );
-    if ctx.losses.read_failures > 0 {
-        let _ = writeln!(
-            out,
-            "  lost to failed socket reads: {}",
-            ctx.losses.read_failures
-        );
-    }
-    if ctx.losses.timewait_hook_misses > 0 {
-        let _ = writeln!(
-            out,
-            "  timewait hook skipped {} times (hand-offs then look like resets)",
-            ctx.losses.timewait_hook_misses
-        );
-    }
-    if ctx.losses.socket_map_full > 0 {
-        let _ = writeln!(
-            out,
-            "  socket records refused: {}",
-            ctx.losses.socket_map_full
-        );
-    }
     let read = stats.events + stats.bad_records;
     if ctx.probe_emitted != read {
         let _ = writeln!(
@@ -159,14 +184,7 @@ pub fn write_human_summary(out: &mut impl Write, stats: &RunStats, ctx: &RunCont
     if stats.bad_records > 0 {
         let _ = writeln!(out, "  malformed ring records: {}", stats.bad_records);
     }
-    let _ = writeln!(out, "  timewait detection: {}", ctx.timewait_detection);
-    for &(program, runs, ns) in ctx.run_stats.iter().filter(|s| s.1 > 0) {
-        let per_run = ns as f64 / runs as f64;
-        let _ = writeln!(
-            out,
-            "  probe {program}: {runs} runs, {per_run:.0} ns per run"
-        );
-    }
+    write_human_losses(out, ctx);
 }
 
 /// A `lost` record for losses that grew since the previous check.
@@ -229,6 +247,7 @@ mod tests {
             timewait_detection: "exact",
             probe_handoffs: 5,
             probe_emitted: 3,
+            probe_connections: 0,
             run_stats: vec![("inet_sock_set_state", 10, 2000)],
         };
         let mut out = Vec::new();

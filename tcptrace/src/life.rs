@@ -1,0 +1,317 @@
+//! `tcptrace life`: one record per finished connection (each end of it),
+//! with who owned it, which side closed first, and the time it spent in each
+//! phase. The probe assembles the record in the kernel and writes it once,
+//! when the connection's last socket is gone: for the side that closed
+//! first that is the end of TIME_WAIT, normally 60 s after the close.
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+use tcptrace_common::{
+    closer, ConnectionEvent, ProbeConfig, CONFIG_EMIT_CONNECTIONS, CONN_CLOSING_KNOWN,
+    CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN, CONN_START_SEEN,
+    CONN_TIME_WAIT_KNOWN,
+};
+
+use crate::{
+    cli::{parse_seconds, Filters, ProbeArgs},
+    clock::Clock,
+    decode::{address, comm_bytes, end_name},
+    error::note,
+    format::{
+        pad_left, pad_right, pad_to, write_duration, write_duration_column, write_json_opt_str,
+        write_json_opt_u64, write_json_prefix, Endpoints, HumanFormat,
+    },
+    session::{self, SessionOptions, View},
+    summary::{self, RunContext},
+};
+
+#[derive(Args, Debug)]
+#[command(long_about = "\
+One record per finished connection (each end of it), like tcplife, but with
+the owner seen in its own context, which side closed first (local, remote or
+reset) and the time in each phase: handshake, ESTABLISHED, closing
+(FIN_WAIT1/FIN_WAIT2/CLOSING, or CLOSE_WAIT/LAST_ACK) and TIME_WAIT.
+
+A connection is reported when its last socket is gone. For the side that
+closed first that is the end of TIME_WAIT, normally 60 s after the close
+(or earlier when the socket is reused or killed); --no-timewait-hook reports
+it at the close instead, without TIME_WAIT. Connections opened before
+tcptrace started are reported with what is known (start_seen false, unknown
+phases null), never with invented durations.")]
+pub struct LifeArgs {
+    /// Print JSON Lines ({"type":"connection",...}).
+    #[arg(short, long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub filters: Filters,
+
+    /// Stop by itself after SECONDS and print the summary.
+    #[arg(short, long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+
+    /// Columns wide enough for any IPv6 address.
+    #[arg(short, long)]
+    pub wide: bool,
+
+    /// Do not print the column header.
+    #[arg(long)]
+    pub no_header: bool,
+}
+
+/// A decoded `ConnectionEvent`.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection {
+    pub event: ConnectionEvent,
+}
+
+impl Connection {
+    pub fn decode(data: &[u8]) -> Option<Self> {
+        if data.len() < ConnectionEvent::SIZE {
+            return None;
+        }
+        // SAFETY: ConnectionEvent is plain integers and byte arrays: any
+        // bytes are a valid value; read_unaligned copes with alignment.
+        let event = unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<ConnectionEvent>()) };
+        Some(Connection { event })
+    }
+
+    fn known(&self, bit: u8, value: u64) -> Option<u64> {
+        (self.event.flags & bit != 0).then_some(value)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.known(CONN_OWNER_KNOWN, 0).map(|_| self.event.pid)
+    }
+
+    pub fn comm(&self) -> &[u8] {
+        if self.pid().is_none() {
+            return &[];
+        }
+        comm_bytes(&self.event.comm)
+    }
+
+    pub fn endpoints(&self) -> Endpoints {
+        let e = &self.event;
+        Endpoints {
+            local: address(e.family, e.laddr),
+            lport: e.lport,
+            remote: address(e.family, e.raddr),
+            rport: e.rport,
+        }
+    }
+
+    pub fn closer(&self) -> Option<&'static str> {
+        match self.event.closer {
+            closer::LOCAL => Some("local"),
+            closer::REMOTE => Some("remote"),
+            closer::RESET => Some("reset"),
+            _ => None,
+        }
+    }
+
+    pub fn start_seen(&self) -> bool {
+        self.event.flags & CONN_START_SEEN != 0
+    }
+
+    pub fn handshake_ns(&self) -> Option<u64> {
+        self.known(CONN_HANDSHAKE_KNOWN, self.event.handshake_ns)
+    }
+
+    pub fn established_ns(&self) -> Option<u64> {
+        self.known(CONN_ESTABLISHED_KNOWN, self.event.established_ns)
+    }
+
+    pub fn closing_ns(&self) -> Option<u64> {
+        self.known(CONN_CLOSING_KNOWN, self.event.closing_ns)
+    }
+
+    pub fn time_wait_ns(&self) -> Option<u64> {
+        self.known(CONN_TIME_WAIT_KNOWN, self.event.time_wait_ns)
+    }
+
+    /// The whole lifetime, when its start was seen.
+    pub fn lifetime_ns(&self) -> Option<u64> {
+        self.known(CONN_START_SEEN, self.event.lifetime_ns)
+    }
+}
+
+struct LifeView {
+    json: bool,
+    human: HumanFormat,
+    connections: u64,
+    per_closer: [u64; 4],
+    start_unseen: u64,
+    bad_records: u64,
+}
+
+impl LifeView {
+    fn write_human(&mut self, out: &mut Vec<u8>, clock: &Clock, c: &Connection) {
+        self.human.write_prefix(
+            out,
+            clock,
+            c.event.ktime_ns,
+            c.pid(),
+            c.comm(),
+            c.endpoints(),
+        );
+        pad_right(out, c.closer().unwrap_or("-").as_bytes(), 6);
+        for phase in [
+            c.handshake_ns(),
+            c.established_ns(),
+            c.closing_ns(),
+            c.time_wait_ns(),
+        ] {
+            out.push(b' ');
+            write_duration_column(out, phase);
+        }
+        out.push(b' ');
+        match c.lifetime_ns() {
+            Some(ns) => write_duration_column(out, Some(ns)),
+            // Seen for this long, but it started before tracing did.
+            None => {
+                let mut cell = vec![b'>'];
+                write_duration(&mut cell, c.event.lifetime_ns);
+                pad_left(out, &cell, 9);
+            }
+        }
+        if let Some(end) = end_name(c.event.end) {
+            out.push(b' ');
+            out.extend_from_slice(end.as_bytes());
+        }
+        out.push(b'\n');
+    }
+
+    fn write_header(&self, out: &mut Vec<u8>) {
+        let w = self.human.addr_width();
+        let start = out.len();
+        out.extend_from_slice(format!("{:<15} {:>7} {:<15} ", "TIME", "PID", "COMM").as_bytes());
+        out.extend_from_slice(format!("{:<w$} {:<w$} ", "LADDR:LPORT", "RADDR:RPORT").as_bytes());
+        out.extend_from_slice(
+            format!(
+                "{:<6} {:>9} {:>9} {:>9} {:>9} {:>9} END",
+                "CLOSER", "HANDSHAKE", "ESTAB", "CLOSING", "TIMEWAIT", "LIFETIME"
+            )
+            .as_bytes(),
+        );
+        pad_to(out, start, 0);
+        out.push(b'\n');
+    }
+}
+
+/// `{"type":"connection",...}`
+pub fn write_json_connection(out: &mut Vec<u8>, clock: &Clock, c: &Connection) {
+    write_json_prefix(
+        out,
+        "connection",
+        clock,
+        c.event.ktime_ns,
+        c.pid(),
+        c.comm(),
+        c.endpoints(),
+        c.event.netns,
+    );
+    out.extend_from_slice(b",\"closer\":");
+    write_json_opt_str(out, c.closer());
+    out.extend_from_slice(b",\"start_seen\":");
+    out.extend_from_slice(if c.start_seen() { b"true" } else { b"false" });
+    for (name, value) in [
+        (&b",\"handshake_ns\":"[..], c.handshake_ns()),
+        (b",\"established_ns\":", c.established_ns()),
+        (b",\"closing_ns\":", c.closing_ns()),
+        (b",\"time_wait_ns\":", c.time_wait_ns()),
+        (b",\"lifetime_ns\":", c.lifetime_ns()),
+        (b",\"seen_for_ns\":", Some(c.event.lifetime_ns)),
+    ] {
+        out.extend_from_slice(name);
+        write_json_opt_u64(out, value);
+    }
+    out.extend_from_slice(b",\"end\":");
+    write_json_opt_str(out, end_name(c.event.end));
+    out.extend_from_slice(b"}\n");
+}
+
+impl View for LifeView {
+    fn record(&mut self, data: &[u8], clock: &Clock, out: &mut Vec<u8>) {
+        let Some(c) = Connection::decode(data) else {
+            self.bad_records += 1;
+            return;
+        };
+        self.connections += 1;
+        self.per_closer[(c.event.closer as usize).min(3)] += 1;
+        if !c.start_seen() {
+            self.start_unseen += 1;
+        }
+        if self.json {
+            write_json_connection(out, clock, &c);
+        } else {
+            self.write_human(out, clock, &c);
+        }
+    }
+
+    fn finish(&mut self, ctx: &RunContext, clock: &Clock, out: &mut Vec<u8>) -> Result<()> {
+        let [unknown, local, remote, reset] = self.per_closer;
+        if self.json {
+            let mut record = json!({
+                "type": "summary",
+                "connections": self.connections,
+                "closer": {"local": local, "remote": remote, "reset": reset, "unknown": unknown},
+                "start_unseen": self.start_unseen,
+                "connections_emitted_by_probe": ctx.probe_connections,
+                "bad_records": self.bad_records,
+            });
+            summary::add_loss_fields(&mut record, clock, ctx);
+            let _ = serde_json::to_writer(&mut *out, &record);
+            out.push(b'\n');
+        } else {
+            note!(
+                "tcptrace: {} connections ({local} closed locally first, {remote} by the peer, \
+                 {reset} reset; {} started before tracing)",
+                self.connections,
+                self.start_unseen
+            );
+            summary::write_human_losses(&mut std::io::stderr(), ctx);
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(args: LifeArgs) -> Result<()> {
+    args.filters.check_pid()?;
+    let mut config = ProbeConfig::empty();
+    config.flags |= CONFIG_EMIT_CONNECTIONS;
+    args.filters.apply(&mut config);
+    let probe = session::start_probe(&args.probe.options(config))?;
+    let mut view = LifeView {
+        json: args.json,
+        human: HumanFormat::new(args.wide || args.filters.ipv6),
+        connections: 0,
+        per_closer: [0; 4],
+        start_unseen: 0,
+        bad_records: 0,
+    };
+    if !args.json && !args.no_header {
+        let mut header = Vec::new();
+        view.write_header(&mut header);
+        session::write_stdout(&header)?;
+    }
+    session::run(
+        probe,
+        &mut view,
+        SessionOptions {
+            json: args.json,
+            duration: args.duration,
+            banner: Some(
+                "tcptrace: reporting finished connections (Ctrl-C to stop; connections that \
+                 closed first appear when their TIME_WAIT ends)"
+                    .into(),
+            ),
+        },
+    )
+    .await
+}

@@ -1,0 +1,260 @@
+//! One tracing session: a tokio loop woken by the ring buffer's fd, shared
+//! by every view (tail, life, hist, stuck, census, doctor).
+//!
+//! Reading is driven by epoll readiness of the ring. Each wake drains a
+//! bounded batch and writes it with one write(2); a full batch leaves the fd
+//! marked ready so that signals and timers still get their turn under load.
+//!
+//! Under load the probe announces at most one event per millisecond (a
+//! wake-up per event would cost more than the event). So after a wake that
+//! found events, one catch-up read follows a couple of milliseconds later to
+//! collect events submitted without a wake-up; it re-arms only while it
+//! finds events, so an idle tracer sleeps. The once-a-second timer reads the
+//! loss counters; a view may ask for its own refresh timer.
+use std::{fs::File, io::Write, os::fd::AsFd, time::Duration};
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+    time::{interval, sleep, Instant, MissedTickBehavior},
+};
+
+use crate::{
+    clock::Clock,
+    error::note,
+    owners,
+    probe::{LossCounters, Probe, ProbeOptions, TimewaitDetection},
+    summary::{self, RunContext},
+};
+
+/// Records handled per wake before other work gets a turn.
+const BATCH: usize = 4096;
+/// The probe wakes the reader at most this often under load (see
+/// `wakeup_flag` in the probe), or when an eighth of the ring is full.
+pub const WAKE_INTERVAL: Duration = Duration::from_millis(1);
+/// When the catch-up read follows a wake that found events.
+const CATCH_UP: Duration = Duration::from_millis(2);
+
+/// What a command does with the records and the clock ticks of a session.
+pub trait View {
+    /// Handles one ring-buffer record, appending any output to `out`.
+    fn record(&mut self, data: &[u8], clock: &Clock, out: &mut Vec<u8>);
+
+    /// How often `refresh` runs; `None`: never.
+    fn refresh_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Periodic output (a redrawn table, histograms).
+    fn refresh(&mut self, _probe: &Probe, _clock: &Clock, _out: &mut Vec<u8>) -> Result<()> {
+        Ok(())
+    }
+
+    /// A last look at the kernel's maps (histograms) before they go.
+    fn before_detach(&mut self, _probe: &Probe) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether the view has said all it had to say (e.g. `--once`).
+    fn done(&self) -> bool {
+        false
+    }
+
+    /// Final output and the summary, once the probe is detached.
+    fn finish(&mut self, ctx: &RunContext, clock: &Clock, out: &mut Vec<u8>) -> Result<()>;
+}
+
+/// How a session runs, whatever the view.
+pub struct SessionOptions {
+    /// Loss reports go to stdout as JSON records instead of stderr lines.
+    pub json: bool,
+    pub duration: Option<Duration>,
+    /// The line announcing the start (stderr); `None` to stay silent.
+    pub banner: Option<String>,
+}
+
+/// Loads and attaches the probe, says what precision is missing, and gives
+/// it the owners of listeners that already exist.
+pub fn start_probe(options: &ProbeOptions) -> Result<Probe> {
+    let mut options = *options;
+    options.config.wake_interval_ns = WAKE_INTERVAL.as_nanos() as u64;
+    options.config.wake_bytes = u64::from(options.ring_size / 8);
+    let mut probe = Probe::load(&options)?;
+    match &probe.timewait {
+        TimewaitDetection::Unavailable(why) => note!(
+            "tcptrace: warning: timewait sockets cannot be followed here ({why}); \
+             FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE are shown unclassified, marked \
+             [timewait?], and TIME_WAIT itself is not seen"
+        ),
+        TimewaitDetection::Partial(why) => note!(
+            "tcptrace: warning: the peer's FIN reaching a timewait socket cannot be seen \
+             here ({why}); FIN_WAIT2 -> TIME_WAIT is reported only when the kernel re-arms \
+             the socket's timer, usually not"
+        ),
+        TimewaitDetection::Exact | TimewaitDetection::Disabled => {}
+    }
+    if let Err(err) = probe.seed_listeners(&owners::existing_listeners()) {
+        note!("tcptrace: warning: owners of existing listeners unknown: {err:#}");
+    }
+    Ok(probe)
+}
+
+/// Writes directly to stdout (headers before the loop starts).
+pub fn write_stdout(bytes: &[u8]) -> Result<()> {
+    std::io::stdout()
+        .write_all(bytes)
+        .and_then(|()| std::io::stdout().flush())
+        .context("writing to stdout")
+}
+
+struct Sink {
+    out: File,
+    buf: Vec<u8>,
+}
+
+impl Sink {
+    fn flush(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.out.write_all(&self.buf).context("writing to stdout")?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Runs `view` on the probe's records until Ctrl-C, SIGTERM, the duration
+/// or the view itself ends it; then drains the ring and lets the view
+/// write its summary.
+pub async fn run(mut probe: Probe, view: &mut impl View, options: SessionOptions) -> Result<()> {
+    let ring = probe.take_ring()?;
+    // SAFETY: the ring owns its fd and keeps it open until it is dropped,
+    // which happens after the AsyncFd (it is the AsyncFd's inner value).
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("registering the ring buffer with epoll")?;
+
+    let clock = Clock::new();
+    let stdout = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating stdout")?;
+    let mut sink = Sink {
+        out: File::from(stdout),
+        buf: Vec::with_capacity(BATCH * 200),
+    };
+
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let deadline = sleep(
+        options
+            .duration
+            .unwrap_or(Duration::from_secs(u32::MAX as u64)),
+    );
+    tokio::pin!(deadline);
+    let catch_up = sleep(CATCH_UP);
+    tokio::pin!(catch_up);
+    let mut catch_up_armed = false;
+    let mut loss_check = interval(Duration::from_secs(1));
+    loss_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loss_check.reset_at(Instant::now() + Duration::from_secs(1));
+    let refresh_every = view.refresh_interval();
+    let mut refresh = interval(refresh_every.unwrap_or(Duration::from_secs(3600)));
+    refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    refresh.reset_at(Instant::now() + refresh_every.unwrap_or_default());
+
+    let mut losses = LossCounters::default();
+    if let Some(banner) = &options.banner {
+        note!("{banner}");
+    }
+
+    while !view.done() {
+        tokio::select! {
+            biased;
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut deadline => break,
+            _ = loss_check.tick() => {
+                losses = report_losses(&probe, &clock, &mut sink, options.json, losses)?;
+            }
+            _ = refresh.tick(), if refresh_every.is_some() => {
+                // Everything already in the ring counts in the refresh.
+                while drain(ring.get_mut(), &clock, view, &mut sink)? == BATCH {}
+                view.refresh(&probe, &clock, &mut sink.buf)?;
+                sink.flush()?;
+            }
+            _ = &mut catch_up, if catch_up_armed => {
+                let drained = drain(ring.get_mut(), &clock, view, &mut sink)?;
+                catch_up_armed = drained > 0;
+                if catch_up_armed {
+                    catch_up.as_mut().reset(Instant::now() + CATCH_UP);
+                }
+            }
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                let drained = drain(guard.get_inner_mut(), &clock, view, &mut sink)?;
+                if drained < BATCH {
+                    guard.clear_ready();
+                }
+                if drained > 0 && !catch_up_armed {
+                    catch_up.as_mut().reset(Instant::now() + CATCH_UP);
+                    catch_up_armed = true;
+                }
+            }
+        }
+    }
+
+    // Detached from now on: what is already in the ring still gets out.
+    while drain(ring.get_mut(), &clock, view, &mut sink)? == BATCH {}
+    losses = report_losses(&probe, &clock, &mut sink, options.json, losses)?;
+    let timewait_detection = probe.timewait.describe();
+    let ctx = RunContext {
+        losses,
+        timewait_detection: &timewait_detection,
+        probe_handoffs: probe.timewait_handoffs().unwrap_or(0),
+        probe_emitted: probe.emitted().unwrap_or(0),
+        probe_connections: probe.connections_emitted().unwrap_or(0),
+        run_stats: probe.run_stats().unwrap_or_default(),
+    };
+    view.before_detach(&probe)?;
+    drop(ring);
+    drop(probe);
+    view.finish(&ctx, &clock, &mut sink.buf)?;
+    sink.flush()
+}
+
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    clock: &Clock,
+    view: &mut impl View,
+    sink: &mut Sink,
+) -> Result<usize> {
+    let mut drained = 0;
+    while drained < BATCH {
+        let Some(item) = ring.next() else { break };
+        view.record(&item, clock, &mut sink.buf);
+        drained += 1;
+    }
+    sink.flush()?;
+    Ok(drained)
+}
+
+fn report_losses(
+    probe: &Probe,
+    clock: &Clock,
+    sink: &mut Sink,
+    json: bool,
+    before: LossCounters,
+) -> Result<LossCounters> {
+    let now = probe.loss_counters()?;
+    if now.total() > before.total() || now.timewait_hook_misses > before.timewait_hook_misses {
+        if json {
+            summary::write_json_lost(&mut sink.buf, clock, &before, &now);
+            sink.flush()?;
+        } else {
+            note!("{}", summary::human_lost_line(&before, &now));
+        }
+    }
+    Ok(now)
+}
