@@ -249,6 +249,8 @@ pub const CONFIG_HANDOFF_ONLY: u32 = 1 << 5;
 /// hides every FIN_WAIT*/CLOSING -> CLOSE the hooks could classify, and
 /// shows them, unclassified, when the hooks are missing.
 pub const CONFIG_HIDE_HANDOFFS: u32 = 1 << 12;
+/// `--netns`: only sockets of the network namespace `ProbeConfig::netns`.
+pub const CONFIG_NETNS_FILTER: u32 = 1 << 13;
 /// The timer hooks that follow timewait sockets are attached.
 pub const CONFIG_TIMEWAIT_HOOK: u32 = 1 << 6;
 /// `--port`: pass when the local port is in `lports` OR the remote port is
@@ -315,7 +317,9 @@ pub struct ProbeConfig {
     pub tw_timer_handler: u64,
     /// `hist_by::*`.
     pub hist_by: u32,
-    pub _pad: u32,
+    /// With CONFIG_NETNS_FILTER: the inode of the only network namespace
+    /// to report.
+    pub netns: u32,
     /// Wake the reader when this long has passed since the last wake-up...
     pub wake_interval_ns: u64,
     /// ...or when this many bytes wait in the ring; otherwise submit
@@ -336,7 +340,7 @@ impl ProbeConfig {
             pid: 0,
             tw_timer_handler: 0,
             hist_by: 0,
-            _pad: 0,
+            netns: 0,
             wake_interval_ns: 0,
             wake_bytes: 0,
             offsets: KernelOffsets {

@@ -39,13 +39,14 @@ use tcptrace_common::{
     HistKey, HistValue, ListenerOwner, PendingCancel, ProbeConfig, RecentConnect, SocketRecord,
     TransitionEvent, AF_INET, AF_INET6, COMM_LEN, CONFIG_EMIT_CONNECTIONS, CONFIG_EMIT_TRANSITIONS,
     CONFIG_HANDOFF_ONLY, CONFIG_HIDE_HANDOFFS, CONFIG_HISTOGRAMS, CONFIG_IPV4, CONFIG_IPV6,
-    CONFIG_LPORT_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER,
-    CONFIG_TIMEWAIT_EVENTS, CONFIG_TIMEWAIT_HOOK, CONN_CLOSING_KNOWN, CONN_ESTABLISHED_KNOWN,
-    CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN, CONN_START_SEEN, CONN_TIME_WAIT_KNOWN,
-    COUNTER_CONNECTIONS, COUNTER_COUNT, COUNTER_EMITTED, COUNTER_HIST_OVERFLOW,
-    COUNTER_READ_FAILED, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS,
-    COUNTER_TIMEWAIT_MAP_FULL, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN,
-    EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET, HIST_BUCKETS,
+    CONFIG_LPORT_FILTER, CONFIG_NETNS_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER,
+    CONFIG_RPORT_FILTER, CONFIG_TIMEWAIT_EVENTS, CONFIG_TIMEWAIT_HOOK, CONN_CLOSING_KNOWN,
+    CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN, CONN_START_SEEN,
+    CONN_TIME_WAIT_KNOWN, COUNTER_CONNECTIONS, COUNTER_COUNT, COUNTER_EMITTED,
+    COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL,
+    COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN,
+    EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET,
+    HIST_BUCKETS,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -500,6 +501,9 @@ fn passes_filters(endpoints: &Endpoints, owner_known: bool, pid: u32) -> bool {
     if !family_ok {
         return false;
     }
+    if flags & CONFIG_NETNS_FILTER != 0 && endpoints.netns != config_u32(&CONFIG.netns) {
+        return false;
+    }
     let (sport, dport) = (endpoints.lport, endpoints.rport);
     if flags & CONFIG_PORT_EITHER != 0 {
         if !port_allowed(&CONFIG.lports, sport) && !port_allowed(&CONFIG.rports, dport) {
@@ -631,21 +635,26 @@ fn record_duration(which: u8, ns: u64, record: &SocketRecord, endpoints: &Endpoi
                 return;
             };
             let zero = unsafe { &*zero };
-            if HISTOGRAMS.insert(key, zero, BPF_NOEXIST as u64).is_err() {
-                // Full: this key's durations go to the metric's "other".
-                count(COUNTER_HIST_OVERFLOW);
-                key = HistKey {
-                    metric: which,
-                    family: 0,
-                    other: 1,
-                    _pad: [0; 5],
-                    value: [0; 16],
-                };
-                let _ = HISTOGRAMS.insert(key, zero, BPF_NOEXIST as u64);
-            }
+            // Another CPU may insert the same key first: that is fine.
+            let _ = HISTOGRAMS.insert(key, zero, BPF_NOEXIST as u64);
             match HISTOGRAMS.get_ptr_mut(key) {
                 Some(value) => value,
-                None => return,
+                None => {
+                    // Full: this key's durations go to the metric's "other".
+                    count(COUNTER_HIST_OVERFLOW);
+                    key = HistKey {
+                        metric: which,
+                        family: 0,
+                        other: 1,
+                        _pad: [0; 5],
+                        value: [0; 16],
+                    };
+                    let _ = HISTOGRAMS.insert(key, zero, BPF_NOEXIST as u64);
+                    match HISTOGRAMS.get_ptr_mut(key) {
+                        Some(value) => value,
+                        None => return,
+                    }
+                }
             }
         }
     };

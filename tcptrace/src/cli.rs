@@ -4,8 +4,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tcptrace_common::{
     port_insert, ProbeConfig, CONFIG_EMIT_TRANSITIONS, CONFIG_HANDOFF_ONLY, CONFIG_HIDE_HANDOFFS,
-    CONFIG_IPV4, CONFIG_IPV6, CONFIG_LPORT_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER,
-    CONFIG_RPORT_FILTER, CONFIG_TIMEWAIT_EVENTS,
+    CONFIG_IPV4, CONFIG_IPV6, CONFIG_LPORT_FILTER, CONFIG_NETNS_FILTER, CONFIG_PID_FILTER,
+    CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER, CONFIG_TIMEWAIT_EVENTS,
 };
 
 use crate::{error::UsageError, probe::ProbeOptions, state};
@@ -108,6 +108,25 @@ pub struct Filters {
     /// owner tcptrace never saw do not match.
     #[arg(short, long, value_name = "PID")]
     pub pid: Option<u32>,
+
+    /// Only sockets in one network namespace: a namespace file such as
+    /// /proc/PID/ns/net or /run/netns/NAME, or `self` for tcptrace's own.
+    /// (By default every namespace is traced, as the kernel hook sees them all.)
+    #[arg(long, value_name = "PATH", value_parser = parse_netns)]
+    pub netns: Option<u32>,
+}
+
+/// The inode of a network namespace file.
+pub fn parse_netns(text: &str) -> Result<u32, UsageError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = match text {
+        "self" => "/proc/self/ns/net".to_string(),
+        name if !name.contains('/') => format!("/run/netns/{name}"),
+        path => path.to_string(),
+    };
+    let meta =
+        std::fs::metadata(&path).map_err(|e| UsageError(format!("--netns {text}: {path}: {e}")))?;
+    Ok(meta.ino() as u32)
 }
 
 impl Filters {
@@ -133,6 +152,10 @@ impl Filters {
         if let Some(pid) = self.pid {
             config.flags |= CONFIG_PID_FILTER;
             config.pid = pid;
+        }
+        if let Some(inode) = self.netns {
+            config.flags |= CONFIG_NETNS_FILTER;
+            config.netns = inode;
         }
     }
 

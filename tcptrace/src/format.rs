@@ -427,7 +427,7 @@ mod tests {
         assert_eq!(
             line,
             "17:58:01.000000    4242 curl            127.0.0.1:45678       10.1.2.3:80           \
-             FIN_WAIT2 -> CLOSE [timewait]     1.50ms    2.000s\n"
+             FIN_WAIT2 -> CLOSE [timewait]       1.50ms    2.000s\n"
         );
     }
 

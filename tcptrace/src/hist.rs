@@ -247,7 +247,8 @@ impl Histogram {
                 let hi = hi.min(self.max_ns.saturating_add(1)).max(lo);
                 let within = (rank - seen as f64) / n as f64;
                 let value = lo as f64 + within * (hi - lo) as f64;
-                return (value as u64).min(self.max_ns);
+                // Inside the bucket: [lo, hi).
+                return (value as u64).min(hi.saturating_sub(1)).min(self.max_ns);
             }
             seen += n;
         }

@@ -18,7 +18,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
-    time::{interval, sleep, Instant, MissedTickBehavior},
+    time::{sleep, Instant},
 };
 
 use crate::{
@@ -109,6 +109,67 @@ pub fn write_stdout(bytes: &[u8]) -> Result<()> {
         .context("writing to stdout")
 }
 
+/// A periodic timer on a timerfd: the kernel wakes the loop exactly once
+/// per period. (tokio's timer wheel would wake it two or three times per
+/// second-long timer, cascading it down its levels.)
+struct Ticker {
+    fd: AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl Ticker {
+    fn new(period: Duration) -> Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain timerfd_create; the fd is owned at once.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error()).context("timerfd_create");
+        }
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let spec = libc::timespec {
+            tv_sec: period.as_secs() as libc::time_t,
+            tv_nsec: period.subsec_nanos() as libc::c_long,
+        };
+        let value = libc::itimerspec {
+            it_interval: spec,
+            it_value: spec,
+        };
+        // SAFETY: valid timerfd and itimerspec.
+        if unsafe { libc::timerfd_settime(raw, 0, &value, std::ptr::null_mut()) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("timerfd_settime");
+        }
+        // SAFETY: the OwnedFd keeps the timerfd open for as long as the
+        // AsyncFd that owns it is registered.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .context("registering a timerfd with epoll")?;
+        Ok(Ticker { fd })
+    }
+
+    async fn tick(&self) -> Result<()> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let mut expirations = [0u8; 8];
+            // SAFETY: reading 8 bytes into an 8-byte buffer.
+            let n = unsafe {
+                libc::read(
+                    std::os::fd::AsRawFd::as_raw_fd(self.fd.get_ref()),
+                    expirations.as_mut_ptr().cast(),
+                    8,
+                )
+            };
+            if n == 8 {
+                return Ok(());
+            }
+            guard.clear_ready();
+        }
+    }
+}
+
 struct Sink {
     out: File,
     buf: Vec<u8>,
@@ -156,13 +217,9 @@ pub async fn run(mut probe: Probe, view: &mut impl View, options: SessionOptions
     let catch_up = sleep(CATCH_UP);
     tokio::pin!(catch_up);
     let mut catch_up_armed = false;
-    let mut loss_check = interval(Duration::from_secs(1));
-    loss_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loss_check.reset_at(Instant::now() + Duration::from_secs(1));
+    let loss_check = Ticker::new(Duration::from_secs(1))?;
     let refresh_every = view.refresh_interval();
-    let mut refresh = interval(refresh_every.unwrap_or(Duration::from_secs(3600)));
-    refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    refresh.reset_at(Instant::now() + refresh_every.unwrap_or_default());
+    let refresh = Ticker::new(refresh_every.unwrap_or(Duration::from_secs(3600)))?;
 
     let mut losses = LossCounters::default();
     if let Some(banner) = &options.banner {
@@ -175,10 +232,12 @@ pub async fn run(mut probe: Probe, view: &mut impl View, options: SessionOptions
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
-            _ = loss_check.tick() => {
+            tick = loss_check.tick() => {
+                tick?;
                 losses = report_losses(&probe, &clock, &mut sink, options.json, losses)?;
             }
-            _ = refresh.tick(), if refresh_every.is_some() => {
+            tick = refresh.tick(), if refresh_every.is_some() => {
+                tick?;
                 // Everything already in the ring counts in the refresh.
                 while drain(ring.get_mut(), &clock, view, &mut sink)? == BATCH {}
                 view.refresh(&probe, &clock, &mut sink.buf)?;

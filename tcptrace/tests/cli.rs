@@ -167,21 +167,26 @@ fn human_output_has_columns_and_a_summary() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
     assert!(lines[0].starts_with("TIME") && lines[0].contains("TRANSITION"));
-    let handoff = format!("127.0.0.1:{client_port}");
-    assert!(lines[1].contains(&client_pid.to_string()) && lines[1].contains("peer-client"));
+    // The server closes, then its FIN puts the client in TIME_WAIT.
+    let client_end = format!("127.0.0.1:{client_port}");
     assert!(
-        lines[1].contains(&handoff) && lines[1].contains("FIN_WAIT2 -> CLOSE [timewait]"),
+        lines[1].contains("peer-server") && lines[1].contains("CLOSE_WAIT -> LAST_ACK"),
         "{}",
         lines[1]
     );
+    assert!(lines[2].contains(&client_pid.to_string()) && lines[2].contains("peer-client"));
     assert!(
-        lines[2].contains("peer-server") && lines[2].contains("CLOSE_WAIT -> LAST_ACK"),
+        lines[2].contains(&client_end) && lines[2].contains("FIN_WAIT2 -> TIME_WAIT"),
         "{}",
         lines[2]
     );
     assert!(rest.contains("tcptrace: 2 events in"), "{rest}");
+    // Recursion misses count runs skipped for any socket on the host
+    // (other tests run beside this one): only the wording is fixed.
     assert!(
-        rest.contains("0 ring reservation failures, 0 recursion misses"),
+        rest.lines()
+            .any(|l| l.starts_with("  lost: 0 ring reservation failures, ")
+                && l.ends_with(" recursion misses")),
         "{rest}"
     );
 }

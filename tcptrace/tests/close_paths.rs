@@ -9,6 +9,10 @@ use serde_json::Value;
 const MS: u64 = 1_000_000;
 /// Upper bound on scheduling delay added to a hold time.
 const SLACK: u64 = 1_000 * MS;
+/// FIN_WAIT2 begins when the ACK of our FIN arrives, which the peer's
+/// kernel may delay (up to its delayed-ACK timeout, 40 ms) past the moment
+/// the peer application saw the FIN and started its hold.
+const ACK_DELAY: u64 = 50 * MS;
 
 fn assert_owner(t: &Value, peer_pid: u32, comm: &str) {
     assert_eq!(t["pid"], peer_pid, "owner pid of {t}");
@@ -24,15 +28,18 @@ fn assert_endpoints(t: &Value, family: &str, addr: &str, lport: u16, rport: u16)
     assert_eq!(t["rport"], rport);
 }
 
-/// One connection where `first` closes first and the other side holds
-/// CLOSE_WAIT for `hold_ms`; checks the default view exactly.
-fn close_sequence(addr: &str, family: &str, client_first: bool, signal: i32) {
+/// One connection where one side closes first (`closer_mode`: close() or
+/// shutdown(SHUT_WR)) and the other holds CLOSE_WAIT for 150 ms. The default
+/// view shows exactly the closer's true TIME_WAIT entry and the other
+/// side's CLOSE_WAIT -> LAST_ACK; --all shows where the timewait hand-off
+/// happened.
+fn close_sequence(addr: &str, family: &str, client_first: bool, closer_mode: &str, signal: i32) {
     let netns = Netns::new();
-    let hold_ms = 120;
+    let hold_ms = 150;
     let (server_mode, client_mode) = if client_first {
-        ("close-second", "close-first")
+        ("close-second", closer_mode)
     } else {
-        ("close-first", "close-second")
+        (closer_mode, "close-second")
     };
     let endpoint = |port: u16| std::net::SocketAddr::new(addr.parse().unwrap(), port).to_string();
     let (server_hold, client_hold) = if client_first {
@@ -41,13 +48,16 @@ fn close_sequence(addr: &str, family: &str, client_first: bool, signal: i32) {
         (50, hold_ms)
     };
     let (server, port) = Peer::server(&netns, &endpoint(0), server_mode, server_hold);
-    let tracer = Tracer::start(&netns, &["--json", "--port", &port.to_string()]);
+    let p = port.to_string();
+    let tracer = Tracer::start(&netns, &["--json", "--port", &p]);
+    let all = Tracer::start(&netns, &["--json", "--all", "--port", &p]);
     let client = Peer::client(&netns, &endpoint(port), client_mode, client_hold);
     let (client_pid, server_pid) = (client.pid(), server.pid());
     let (client_port, _) = client.finish();
     let (server_port, server_peer) = server.finish();
     assert_eq!((server_port, server_peer), (port, client_port));
     let records = tracer.stop_with(signal);
+    let all = all.stop_with(signal);
 
     assert_eq!(
         records.transitions().len(),
@@ -66,15 +76,42 @@ fn close_sequence(addr: &str, family: &str, client_first: bool, signal: i32) {
         (client_port, port, client_pid, "peer-client")
     };
 
-    let handoff = records.find(closer_port, "FIN_WAIT2", "CLOSE");
+    // TIME_WAIT begins when the peer's FIN arrives, hold_ms after the close.
+    let time_wait = records.find(closer_port, "FIN_WAIT2", "TIME_WAIT");
+    assert_eq!(time_wait["timewait_socket"], true, "{time_wait}");
+    assert_owner(time_wait, closer_pid, closer_comm);
+    assert_endpoints(time_wait, family, addr, closer_port, closer_rport);
+    let in_fin_wait2 = ns(&time_wait["in_old_ns"]);
+    assert!(
+        (hold_ms * MS - ACK_DELAY..hold_ms * MS + SLACK).contains(&in_fin_wait2),
+        "{closer} spent {in_fin_wait2} ns in FIN_WAIT2, the peer closed after {hold_ms} ms"
+    );
+    assert!(ns(&time_wait["age_ns"]) > in_fin_wait2, "{time_wait}");
+
+    let handoff = all.find(closer_port, "FIN_WAIT2", "CLOSE");
     assert_eq!(
         handoff["timewait"], true,
         "{closer}'s FIN_WAIT2 -> CLOSE is the timewait hand-off"
     );
     assert_owner(handoff, closer_pid, closer_comm);
-    assert_endpoints(handoff, family, addr, closer_port, closer_rport);
-    assert!(ns(&handoff["in_old_ns"]) > 0);
-    assert!(ns(&handoff["age_ns"]) >= 50 * MS, "{handoff}");
+    let entered = all.find(closer_port, "FIN_WAIT2", "TIME_WAIT");
+    let after_handoff =
+        ns(&entered["ktime_ns"]) - ns(&handoff["ktime_ns"]).min(ns(&entered["ktime_ns"]));
+    let held = hold_ms * MS - ACK_DELAY..hold_ms * MS + SLACK;
+    if after_handoff < 5 * MS {
+        // The full socket stayed in FIN_WAIT2 until the peer's FIN
+        // (shutdown(SHUT_WR), or an orphan whose ACK arrived while close()
+        // still held the socket lock): the hand-off is the TIME_WAIT entry.
+        assert!(held.contains(&ns(&handoff["in_old_ns"])), "{handoff}");
+    } else {
+        // Orphaned and handed over at once: the rest of FIN_WAIT2 passed
+        // in the timewait socket.
+        assert_eq!(closer_mode, "close-first");
+        assert!(
+            held.contains(&after_handoff),
+            "TIME_WAIT {after_handoff} ns after the hand-off, expected {hold_ms} ms"
+        );
+    }
 
     let last_ack = records.find(waiter_port, "CLOSE_WAIT", "LAST_ACK");
     assert_eq!(last_ack["timewait"], false);
@@ -89,26 +126,31 @@ fn close_sequence(addr: &str, family: &str, client_first: bool, signal: i32) {
 
     let summary = records.summary();
     assert_eq!(summary["events"], 2);
-    assert_eq!(summary["transitions"]["FIN_WAIT2->CLOSE"], 1);
+    assert_eq!(summary["transitions"]["FIN_WAIT2->TIME_WAIT"], 1);
     assert_eq!(summary["transitions"]["CLOSE_WAIT->LAST_ACK"], 1);
-    assert_eq!(summary["timewait_handoffs"], 1);
     assert_eq!(summary["timewait_detection"], "exact");
+    assert_eq!(all.summary()["timewait_handoffs"], 1);
     assert!(summary["recursion_misses"].is_u64());
 }
 
 #[test]
 fn client_closes_first() {
-    close_sequence("127.0.0.1", "ipv4", true, libc::SIGINT);
+    close_sequence("127.0.0.1", "ipv4", true, "close-first", libc::SIGINT);
 }
 
 #[test]
 fn server_closes_first() {
-    close_sequence("127.0.0.1", "ipv4", false, libc::SIGINT);
+    close_sequence("127.0.0.1", "ipv4", false, "close-first", libc::SIGINT);
+}
+
+#[test]
+fn client_shuts_down_first() {
+    close_sequence("127.0.0.1", "ipv4", true, "shutdown-first", libc::SIGINT);
 }
 
 #[test]
 fn ipv6_client_closes_first_and_sigterm_detaches() {
-    close_sequence("::1", "ipv6", true, libc::SIGTERM);
+    close_sequence("::1", "ipv6", true, "close-first", libc::SIGTERM);
 }
 
 #[test]
@@ -244,7 +286,13 @@ fn all_reports_the_whole_life_of_one_connection_in_order() {
     }
     let close_wait = ns(&records.find(port, "CLOSE_WAIT", "LAST_ACK")["in_old_ns"]);
     assert!((30 * MS..30 * MS + SLACK).contains(&close_wait));
-    assert_eq!(records.summary()["events"], 12);
+    // The connection lives on in a timewait socket: TIME_WAIT when the
+    // server's FIN arrives.
+    let time_wait = records.find(client_port, "FIN_WAIT2", "TIME_WAIT");
+    assert_eq!(time_wait["timewait_socket"], true);
+    assert_owner(time_wait, client_pid, "peer-client");
+    assert_ne!(time_wait["sk"], established["sk"], "a different socket");
+    assert_eq!(records.summary()["events"], 13);
 }
 
 #[test]
@@ -269,8 +317,9 @@ fn port_pid_and_family_filters_drop_exactly_what_they_should() {
 
     let both = both.stop();
     let all_events = both.transitions();
-    // 5 per connected socket, and the listener closing when the server exits.
-    assert_eq!(all_events.len(), 11, "{:#?}", both.records);
+    // 5 per connected socket, the client's TIME_WAIT entry, and the
+    // listener closing when the server exits.
+    assert_eq!(all_events.len(), 12, "{:#?}", both.records);
     let keys = |events: Vec<&Value>| -> Vec<String> {
         let mut k: Vec<String> = events
             .iter()
@@ -294,7 +343,7 @@ fn port_pid_and_family_filters_drop_exactly_what_they_should() {
 
     let remote = remote.stop();
     assert_eq!(keys(remote.transitions()), expect(&|t| t["rport"] == port));
-    assert_eq!(remote.transitions().len(), 5);
+    assert_eq!(remote.transitions().len(), 6);
 
     let by_pid = by_pid.stop();
     assert_eq!(
@@ -357,16 +406,16 @@ fn connections_older_than_the_tracer_have_unknown_age_but_known_closers() {
     server.finish();
     let records = tracer.stop();
 
-    let handoff = records.find(client_port, "FIN_WAIT2", "CLOSE");
-    assert_eq!(handoff["timewait"], true);
-    assert_owner(handoff, client_pid, "peer-client");
+    let time_wait = records.find(client_port, "FIN_WAIT2", "TIME_WAIT");
+    assert_eq!(time_wait["timewait_socket"], true);
+    assert_owner(time_wait, client_pid, "peer-client");
     assert!(
-        handoff["age_ns"].is_null(),
-        "born before tracing: {handoff}"
+        time_wait["age_ns"].is_null(),
+        "born before tracing: {time_wait}"
     );
     assert!(
-        ns(&handoff["in_old_ns"]) > 0,
-        "FIN_WAIT2 began while tracing"
+        (50 * MS - ACK_DELAY..50 * MS + SLACK).contains(&ns(&time_wait["in_old_ns"])),
+        "FIN_WAIT2 began while tracing: {time_wait}"
     );
 
     let last_ack = records.find(port, "CLOSE_WAIT", "LAST_ACK");
@@ -376,4 +425,102 @@ fn connections_older_than_the_tracer_have_unknown_age_but_known_closers() {
         "born before tracing: {last_ack}"
     );
     assert!((50 * MS..50 * MS + SLACK).contains(&ns(&last_ack["in_old_ns"])));
+}
+
+#[test]
+fn time_wait_taken_over_by_a_new_connection_from_the_same_port_ends_as_reused() {
+    let netns = Netns::new();
+    netns.sysctl("net.ipv4.tcp_tw_reuse", "1");
+    let (server, port) = Peer::server_with(
+        &netns,
+        "127.0.0.1:0",
+        "close-second",
+        0,
+        &["--connections", "2"],
+    );
+    let tracer = Tracer::start(&netns, &["--json", "--port", &port.to_string()]);
+    let source = (common::FIXED_PORT + 1).to_string();
+    let target = format!("127.0.0.1:{port}");
+    let first = Peer::client_with(
+        &netns,
+        &target,
+        "close-first",
+        0,
+        &["--source-port", &source],
+    );
+    let first_pid = first.pid();
+    let (first_port, _) = first.finish();
+    // The server closes at once: the first connection is in TIME_WAIT when
+    // the second connect() from the same port takes it over.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let second = Peer::client_with(
+        &netns,
+        &target,
+        "close-first",
+        0,
+        &["--source-port", &source],
+    );
+    let (second_port, _) = second.finish();
+    assert_eq!(
+        (first_port, second_port),
+        (common::FIXED_PORT + 1, common::FIXED_PORT + 1)
+    );
+    server.finish_all();
+    let records = tracer.stop();
+
+    let ends: Vec<&Value> = records
+        .transitions()
+        .into_iter()
+        .filter(|t| t["old"] == "TIME_WAIT" && t["new"] == "CLOSE")
+        .collect();
+    assert_eq!(ends.len(), 1, "{:#?}", records.records);
+    let end = ends[0];
+    assert_eq!(end["end"], "reused", "{end}");
+    assert_eq!(end["timewait_socket"], true);
+    assert_eq!(end["lport"], first_port);
+    assert_owner(end, first_pid, "peer-client");
+    let in_time_wait = ns(&end["in_old_ns"]);
+    assert!(
+        (250 * MS..300 * MS + SLACK).contains(&in_time_wait),
+        "TIME_WAIT lasted {in_time_wait} ns until the reconnect"
+    );
+    let entries = records
+        .transitions()
+        .into_iter()
+        .filter(|t| t["old"] == "FIN_WAIT2" && t["new"] == "TIME_WAIT")
+        .count();
+    assert_eq!(entries, 2, "both connections reached TIME_WAIT");
+}
+
+#[test]
+fn orphaned_fin_wait2_ends_by_tcp_fin_timeout() {
+    let netns = Netns::new();
+    netns.sysctl("net.ipv4.tcp_fin_timeout", "2");
+    // The server never closes while the client's orphaned FIN_WAIT2 lasts.
+    let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 4000);
+    let tracer = Tracer::start(&netns, &["--json", "--port", &port.to_string()]);
+    let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", 0);
+    let client_pid = client.pid();
+    let (client_port, _) = client.finish();
+    server.finish();
+    let records = tracer.stop();
+
+    let end = records.find(client_port, "FIN_WAIT2", "CLOSE");
+    assert_eq!(end["end"], "fin_timeout", "{end}");
+    assert_eq!(end["timewait_socket"], true);
+    assert_owner(end, client_pid, "peer-client");
+    let in_fin_wait2 = ns(&end["in_old_ns"]);
+    assert!(
+        (2_000 * MS..2_000 * MS + SLACK).contains(&in_fin_wait2),
+        "FIN_WAIT2 lasted {in_fin_wait2} ns with tcp_fin_timeout 2 s"
+    );
+    assert!(
+        records
+            .transitions()
+            .iter()
+            .all(|t| t["new"] != "TIME_WAIT"),
+        "the peer's FIN came after the socket was gone: {:#?}",
+        records.records
+    );
+    records.find(port, "CLOSE_WAIT", "LAST_ACK");
 }

@@ -84,6 +84,15 @@ struct Script {
     hold_ms: u64,
     #[arg(long, default_value_t = 1)]
     connections: u32,
+    /// Client only: connect from this local port every time (bound with
+    /// SO_REUSEADDR), so a connection can take over the previous one's
+    /// TIME_WAIT.
+    #[arg(long)]
+    source_port: Option<u16>,
+    /// Client only: milliseconds to pause after each connection, so that
+    /// the server is done with it before the next one.
+    #[arg(long, default_value_t = 0)]
+    gap_ms: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -159,9 +168,91 @@ fn serve(addr: SocketAddr, script: &Script) -> std::io::Result<()> {
 
 fn dial(addr: SocketAddr, script: &Script) -> std::io::Result<()> {
     for _ in 0..script.connections {
-        finish(TcpStream::connect(addr)?, script)?;
+        let stream = match script.source_port {
+            Some(port) => connect_from(addr, port)?,
+            None => TcpStream::connect(addr)?,
+        };
+        finish(stream, script)?;
+        sleep(Duration::from_millis(script.gap_ms));
     }
     Ok(())
+}
+
+/// connect() from a fixed local port on the loopback address of `addr`'s
+/// family.
+fn connect_from(addr: SocketAddr, port: u16) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    let family = if addr.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    // SAFETY: plain socket(2); the fd is owned by the TcpStream at once.
+    let fd = check(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: valid fd, option value of the size given.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    let local = SocketAddr::new(
+        if addr.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        },
+        port,
+    );
+    for (target, is_bind) in [(local, true), (addr, false)] {
+        let (storage, len) = sockaddr(target);
+        let ptr = (&storage as *const libc::sockaddr_storage).cast();
+        // SAFETY: storage holds a sockaddr of length len for this family.
+        check(unsafe {
+            if is_bind {
+                libc::bind(fd, ptr, len)
+            } else {
+                libc::connect(fd, ptr, len)
+            }
+        })?;
+    }
+    Ok(stream)
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+            let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
 }
 
 fn finish(mut stream: TcpStream, script: &Script) -> std::io::Result<()> {

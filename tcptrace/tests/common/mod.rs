@@ -45,6 +45,24 @@ impl Netns {
 
     /// `program` to be run inside the namespace (the pid stays the same:
     /// `ip netns exec` execs it).
+    /// Inode of the namespace, as tcptrace reports it ("netns").
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .expect("the namespace's bind mount")
+            .ino()
+    }
+
+    /// Sets a (per-namespace) sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let status = self
+            .command("sysctl")
+            .args(["-q", "-w", &format!("{key}={value}")])
+            .status()
+            .expect("sysctl");
+        assert!(status.success(), "sysctl {key}={value} failed");
+    }
+
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name, program]);
@@ -82,8 +100,28 @@ impl Tracer {
     }
 
     /// Starts tcptrace in `netns` with `args`; returns once it is tracing.
+    /// A tracer in the test's namespace, reporting only that namespace (the
+    /// kernel hooks see every namespace, and other tests run beside).
     pub fn start(netns: &Netns, args: &[&str]) -> Tracer {
-        let mut child = Tracer::spawn(netns, args);
+        let mut all = args.to_vec();
+        all.extend(["--netns", "self"]);
+        Tracer::started(Tracer::spawn(netns, &all))
+    }
+
+    /// A tracer in the host's namespace: the test's namespace can then go
+    /// away while it traces (which kills the namespace's timewait sockets).
+    pub fn start_in_host(netns: &Netns, args: &[&str]) -> Tracer {
+        let child = Command::new(TRACER)
+            .args(args)
+            .args(["--netns", &format!("/run/netns/{}", netns.name)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting tcptrace");
+        Tracer::started(child)
+    }
+
+    fn started(mut child: Child) -> Tracer {
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         thread::spawn(move || {
@@ -97,7 +135,13 @@ impl Tracer {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("tcptrace: tracing") => break,
+                Ok(line)
+                    if line.starts_with("tcptrace: tracing")
+                        || line.starts_with("tcptrace: reporting")
+                        || line.starts_with("tcptrace: aggregating") =>
+                {
+                    break
+                }
                 Ok(line) if line.contains("warning") => panic!("unexpected warning: {line}"),
                 Ok(_) => continue,
                 Err(_) => {
@@ -246,10 +290,61 @@ impl Peer {
     }
 
     pub fn client(netns: &Netns, addr: &str, mode: &str, hold_ms: u64) -> Peer {
-        Peer::spawn(
-            netns,
-            &args("peer-client", "client", "--connect", addr, mode, hold_ms),
-        )
+        Peer::client_with(netns, addr, mode, hold_ms, &[])
+    }
+
+    /// A client with extra tcptrace-peer options (`--connections`, ...).
+    pub fn client_with(
+        netns: &Netns,
+        addr: &str,
+        mode: &str,
+        hold_ms: u64,
+        extra: &[&str],
+    ) -> Peer {
+        let mut all = args("peer-client", "client", "--connect", addr, mode, hold_ms);
+        all.extend(extra.iter().map(|s| s.to_string()));
+        Peer::spawn(netns, &all)
+    }
+
+    /// A server with extra tcptrace-peer options; returns it and its port.
+    pub fn server_with(
+        netns: &Netns,
+        addr: &str,
+        mode: &str,
+        hold_ms: u64,
+        extra: &[&str],
+    ) -> (Peer, u16) {
+        let mut all = args("peer-server", "server", "--listen", addr, mode, hold_ms);
+        all.extend(extra.iter().map(|s| s.to_string()));
+        let mut peer = Peer::spawn(netns, &all);
+        let line = peer.next_line();
+        let port = line
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("unexpected {line:?}"))
+            .parse()
+            .unwrap();
+        (peer, port)
+    }
+
+    /// Waits for a peer that made several connections; returns the
+    /// (local, remote) ports of each.
+    pub fn finish_all(mut self) -> Vec<(u16, u16)> {
+        let mut connections = Vec::new();
+        loop {
+            let line = self.next_line();
+            if line == "done" {
+                break;
+            }
+            let mut parts = line
+                .strip_prefix("connection ")
+                .unwrap_or_else(|| panic!("unexpected {line:?}"))
+                .split(' ');
+            let local = parts.next().unwrap().parse().unwrap();
+            let remote = parts.next().unwrap().parse().unwrap();
+            connections.push((local, remote));
+        }
+        assert!(self.child.wait().unwrap().success());
+        connections
     }
 
     pub fn pid(&self) -> u32 {
