@@ -13,7 +13,7 @@ use crate::{error::UsageError, probe::ProbeOptions, state};
 const EXAMPLES: &str = "\
 EXAMPLES:
     tcptrace
-        Live tail of timewait hand-offs and CLOSE_WAIT -> LAST_ACK.
+        Live tail of true TIME_WAIT entries and ends, and CLOSE_WAIT -> LAST_ACK.
     tcptrace --all --port 8080
         Every transition of both ends of connections to or from port 8080.
     tcptrace --lport 8080
@@ -22,8 +22,12 @@ EXAMPLES:
         JSON Lines for connections to PostgreSQL and Redis.
     tcptrace --pid 1234 --duration 60
         One minute of transitions of sockets owned by process 1234.
-    tcptrace -6 --wide
-        IPv6 only, with columns wide enough for any address.";
+    tcptrace --netns /run/netns/blue -6 --wide
+        IPv6 only, in one network namespace, with wide address columns.
+    tcptrace life --port 443
+        One line per finished connection to or from port 443.
+    tcptrace hist --by rport --interval 10
+        Lifetime and per-state histograms per remote port, every 10 s.";
 
 const ABOUT: &str = "Trace TCP state transitions live, with the process that owns each socket";
 
@@ -33,20 +37,28 @@ Trace TCP state transitions live, with the process that owns each socket.
 A probe on the kernel's sock:inet_sock_set_state tracepoint reports each
 transition with its owner (the process that connected, accepted or closed the
 socket, never whatever task the kernel happened to be running), the time the
-socket spent in its previous state, and its age.
+socket spent in its previous state, and its age. Three more hooks follow the
+connection into the kernel's timewait socket, which the tracepoint never sees.
 
-By default tcptrace shows the two transitions behind piles of TIME_WAIT and
-CLOSE_WAIT sockets:
+By default tcptrace shows what piles of TIME_WAIT and CLOSE_WAIT sockets are
+made of:
 
-  * the hand-off of a closing connection to a timewait socket: the kernel
-    reports FIN_WAIT2 -> CLOSE (or CLOSING / FIN_WAIT1 -> CLOSE), marked
-    [timewait]; resets and timeouts from the same states are not shown;
+  * FIN_WAIT2 -> TIME_WAIT (or CLOSING -> TIME_WAIT): the moment the
+    connection truly enters TIME_WAIT (for an application that closed first,
+    when the peer's FIN arrives), with the time spent in FIN_WAIT2;
+  * TIME_WAIT -> CLOSE (expired | reused | killed), and an orphaned
+    FIN_WAIT2 ending by tcp_fin_timeout: FIN_WAIT2 -> CLOSE (fin_timeout);
   * CLOSE_WAIT -> LAST_ACK, with how long the application took to close
     after its peer did.
 
---all shows every transition. Filters run in the kernel: nothing filtered
-out is copied to userspace. On exit (Ctrl-C, SIGTERM, --duration) tcptrace
-prints a summary with event counts and any events the kernel lost.
+--all shows every transition, including the hand-off of a closing full
+socket to its timewait socket (FIN_WAIT2 -> CLOSE [timewait]). Filters run
+in the kernel: nothing filtered out is copied to userspace. On exit (Ctrl-C,
+SIGTERM, --duration) tcptrace prints a summary with event counts and any
+events the kernel lost.
+
+Subcommands: life (one record per finished connection), hist (histograms of
+lifetimes and time per state, aggregated in the kernel).
 
 Needs root (or CAP_BPF and CAP_PERFMON) and Linux 5.8 or later with BTF.";
 
