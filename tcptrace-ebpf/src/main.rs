@@ -143,6 +143,16 @@ fn count(index: u32) {
     }
 }
 
+/// Loads a field of the socket a BTF tracepoint was handed, directly: the
+/// verifier knows the pointer's BTF type and the offset (a frozen
+/// read-only global), checks the access against `struct sock`, and makes
+/// the load fault-safe. Cheaper than a bpf_probe_read_kernel call; only for
+/// fields inside `struct sock` itself.
+#[inline(always)]
+fn load_sock_field<T: Copy>(sk: u64, offset: &u32) -> T {
+    unsafe { core::ptr::read_volatile((sk + config_u32(offset) as u64) as *const T) }
+}
+
 /// Reads a field of a kernel object at an offset userspace took from BTF.
 #[inline(always)]
 fn read_field<T>(base: u64, offset: &u32) -> Result<T, i64> {
@@ -352,16 +362,15 @@ fn enter_time_wait(tw: u64, record: &mut SocketRecord, now: u64) -> Result<(), i
     }
     if flags & CONFIG_EMIT_TRANSITIONS != 0 && flags & CONFIG_TIMEWAIT_EVENTS != 0 {
         let in_old = if known { Some(in_fin_wait2) } else { None };
-        emit_timewait_transition(
+        let change = TimewaitChange {
             tw,
-            record,
-            &endpoints,
-            FIN_WAIT2,
-            TIME_WAIT,
-            in_old,
-            end_reason::NONE,
             now,
-        );
+            in_old_ns: in_old,
+            old: FIN_WAIT2,
+            new: TIME_WAIT,
+            reason: end_reason::NONE,
+        };
+        emit_timewait_transition(&change, record, &endpoints);
     }
     Ok(())
 }
@@ -406,7 +415,15 @@ fn end_timewait(tw: u64, substate: u8, reason: u8, endpoints: &Endpoints, now: u
     connection_over(&record, endpoints, reason, now);
     if flags & CONFIG_EMIT_TRANSITIONS != 0 && flags & CONFIG_TIMEWAIT_EVENTS != 0 {
         let in_old = if known { Some(dwell) } else { None };
-        emit_timewait_transition(tw, &record, endpoints, old, CLOSE, in_old, reason, now);
+        let change = TimewaitChange {
+            tw,
+            now,
+            in_old_ns: in_old,
+            old,
+            new: CLOSE,
+            reason,
+        };
+        emit_timewait_transition(&change, &record, endpoints);
     }
 }
 
@@ -445,18 +462,28 @@ fn netns_of(sk: u64) -> Result<u32, i64> {
     read_field(net, &CONFIG.offsets.net_inum)
 }
 
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn emit_timewait_transition(
+/// What happened in a timewait socket, for `emit_timewait_transition`.
+struct TimewaitChange {
     tw: u64,
-    record: &SocketRecord,
-    endpoints: &Endpoints,
+    now: u64,
+    /// Time in `old`, when known.
+    in_old_ns: Option<u64>,
     old: u8,
     new: u8,
-    in_old_ns: Option<u64>,
     reason: u8,
-    now: u64,
-) {
+}
+
+/// Not inlined: its event would otherwise share the caller's BPF stack.
+#[inline(never)]
+fn emit_timewait_transition(change: &TimewaitChange, record: &SocketRecord, endpoints: &Endpoints) {
+    let TimewaitChange {
+        tw,
+        now,
+        in_old_ns,
+        old,
+        new,
+        reason,
+    } = *change;
     let owner_known = record.flags & EVENT_OWNER_KNOWN != 0;
     if !passes_filters(endpoints, owner_known, record.pid) {
         return;
@@ -752,11 +779,11 @@ fn connection_over(record: &SocketRecord, endpoints: &Endpoints, end: u8, now: u
 fn socket_addresses(sk: u64, endpoints: &mut Endpoints) -> Result<(), i64> {
     let offsets = &CONFIG.offsets;
     if endpoints.family == AF_INET6 {
-        endpoints.laddr = read_field(sk, &offsets.sk_v6_saddr)?;
-        endpoints.raddr = read_field(sk, &offsets.sk_v6_daddr)?;
+        endpoints.laddr = load_sock_field(sk, &offsets.sk_v6_saddr);
+        endpoints.raddr = load_sock_field(sk, &offsets.sk_v6_daddr);
     } else {
         let l: [u8; 4] = read_field(sk, &offsets.sk_saddr)?;
-        let r: [u8; 4] = read_field(sk, &offsets.sk_daddr)?;
+        let r: [u8; 4] = load_sock_field(sk, &offsets.sk_daddr);
         endpoints.laddr[..4].copy_from_slice(&l);
         endpoints.raddr[..4].copy_from_slice(&r);
     }
@@ -787,16 +814,15 @@ fn hand_off(
         record.time_wait_at_ns = now;
         record.flags |= EVENT_IN_OLD_KNOWN;
         if flags & CONFIG_EMIT_TRANSITIONS != 0 && flags & CONFIG_TIMEWAIT_EVENTS != 0 {
-            emit_timewait_transition(
+            let change = TimewaitChange {
                 tw,
-                record,
-                endpoints,
-                old,
-                TIME_WAIT,
-                in_old_ns,
-                end_reason::NONE,
                 now,
-            );
+                in_old_ns,
+                old,
+                new: TIME_WAIT,
+                reason: end_reason::NONE,
+            };
+            emit_timewait_transition(&change, record, endpoints);
         }
     } else if old != FIN_WAIT2 {
         record.state_since_ns = now;
@@ -818,15 +844,17 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     let offsets = &CONFIG.offsets;
-    let protocol: u16 = read_field(sk, &offsets.sk_protocol)?;
+    let protocol: u16 = load_sock_field(sk, &offsets.sk_protocol);
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
+    let net: u64 = load_sock_field(sk, &offsets.skc_net);
     let mut endpoints = Endpoints {
-        netns: netns_of(sk)?,
-        family: read_field(sk, &offsets.sk_family)?,
+        netns: load_sock_field(net, &offsets.net_inum),
+        family: load_sock_field(sk, &offsets.sk_family),
+        // inet_sock.inet_sport lies beyond struct sock: a helper read.
         lport: u16::from_be(read_field::<u16>(sk, &offsets.sk_sport)?),
-        rport: u16::from_be(read_field::<u16>(sk, &offsets.sk_dport)?),
+        rport: u16::from_be(load_sock_field::<u16>(sk, &offsets.sk_dport)),
         _pad: 0,
         laddr: [0; 16],
         raddr: [0; 16],
