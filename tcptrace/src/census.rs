@@ -247,7 +247,12 @@ pub fn json_record(
     clock.write_rfc3339(&mut time, now);
     let states: serde_json::Map<String, Value> = STATES
         .iter()
-        .map(|&s| (state::name(s).to_string(), json!(counts.per_state[s as usize])))
+        .map(|&s| {
+            (
+                state::name(s).to_string(),
+                json!(counts.per_state[s as usize]),
+            )
+        })
         .collect();
     let mut record = json!({
         "type": "census",
@@ -296,7 +301,9 @@ impl CensusView {
         let now = Clock::now_ktime_ns();
         let table = &self.tracked.table;
         let counts = Counts::of(table);
-        let keys = self.by.map(|by| (by, top(table, by, &self.states, self.top)));
+        let keys = self
+            .by
+            .map(|by| (by, top(table, by, &self.states, self.top)));
         if self.json {
             let record = json_record(
                 clock,

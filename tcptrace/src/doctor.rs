@@ -674,7 +674,9 @@ mod tests {
             .iter()
             .find(|x| x.topic == "ip_local_port_range")
             .unwrap();
-        assert!(ports.text.contains("10 toward 10.0.0.2:80 (10.0% of the range)"));
+        assert!(ports
+            .text
+            .contains("10 toward 10.0.0.2:80 (10.0% of the range)"));
         assert!(found[0].text.contains("removed in Linux 4.12"));
 
         let busy = tracked_with_time_wait(60, 80);

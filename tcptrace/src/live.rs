@@ -226,11 +226,18 @@ pub fn ss_name(state: u8) -> &'static str {
 
 /// Re-reads the timewait sockets from the kernel when the hooks that
 /// follow them are not attached.
+/// Also re-reads the timewait sockets found in FIN_WAIT2 by the start-up
+/// walk, whose move to TIME_WAIT the probe cannot see (it has no record of
+/// them), until none is left.
 pub fn resync_timewait(tracked: &mut Tracked) {
-    if tracked.timewait_followed {
+    if tracked.timewait_followed && !tracked.table.has_walked_fin_wait2() {
         return;
     }
     if let Ok(walked) = socket_table::walk(tracked.table.scope()) {
-        tracked.table.replace_timewait(&walked);
+        if tracked.timewait_followed {
+            tracked.table.update_walked_fin_wait2(&walked);
+        } else {
+            tracked.table.replace_timewait(&walked);
+        }
     }
 }

@@ -430,7 +430,10 @@ impl SocketTable {
             .collect();
         self.conns.retain(|_, e| !e.timewait);
         let scope = self.scope;
-        for w in walked.iter().filter(|w| w.timewait && scope.covers(w.tuple.netns)) {
+        for w in walked
+            .iter()
+            .filter(|w| w.timewait && scope.covers(w.tuple.netns))
+        {
             let entry = match old.get(&w.tuple) {
                 Some(e) if e.state == w.state => *e,
                 previous => Entry {
@@ -444,6 +447,36 @@ impl SocketTable {
                 self.insert(w.tuple, entry);
             }
         }
+    }
+
+    /// Whether timewait sockets found by the walk are still in sub-state
+    /// FIN_WAIT2: the probe has no record of them, so it cannot report the
+    /// peer's FIN moving them to TIME_WAIT.
+    pub fn has_walked_fin_wait2(&self) -> bool {
+        self.conns
+            .values()
+            .any(|e| e.timewait && e.since_ns.is_none() && e.state == FIN_WAIT2)
+    }
+
+    /// Updates those from a new walk: now in TIME_WAIT, or gone.
+    pub fn update_walked_fin_wait2(&mut self, walked: &[Walked]) {
+        let now: HashMap<&Tuple, &Walked> = walked
+            .iter()
+            .filter(|w| w.timewait)
+            .map(|w| (&w.tuple, w))
+            .collect();
+        self.conns.retain(|tuple, e| {
+            if !(e.timewait && e.since_ns.is_none() && e.state == FIN_WAIT2) {
+                return true;
+            }
+            match now.get(tuple) {
+                Some(w) => {
+                    e.state = w.state;
+                    true
+                }
+                None => false,
+            }
+        });
     }
 
     /// Full sockets in these states whose owner is unknown.
@@ -539,7 +572,11 @@ fn parse_endpoint(text: &str) -> Option<(IpAddr, u16)> {
     let (addr, port) = text.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let word = |i: usize| -> Option<[u8; 4]> {
-        Some(u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?.to_ne_bytes())
+        Some(
+            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
     };
     let addr = match addr.len() {
         8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
@@ -623,8 +660,8 @@ fn read_tables(dir: &Path, netns: u32) -> Result<Vec<Walked>> {
 fn read_tables_in(ns_path: &Path, netns: u32) -> Result<Vec<Walked>> {
     let ns_path = ns_path.to_path_buf();
     std::thread::spawn(move || -> Result<Vec<Walked>> {
-        let file = fs::File::open(&ns_path)
-            .with_context(|| format!("opening {}", ns_path.display()))?;
+        let file =
+            fs::File::open(&ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
         // SAFETY: a valid namespace fd; only this thread changes namespace.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(std::io::Error::last_os_error())
@@ -714,11 +751,7 @@ fn comm_of(pid: u32) -> [u8; COMM_LEN] {
 /// Walks `scope` and finds the owner of every full socket.
 pub fn walk_with_owners(scope: Scope) -> Result<(Vec<Walked>, HashMap<u64, Owner>)> {
     let walked = walk(scope)?;
-    let inodes = walked
-        .iter()
-        .map(|w| w.inode)
-        .filter(|&i| i != 0)
-        .collect();
+    let inodes = walked.iter().map(|w| w.inode).filter(|&i| i != 0).collect();
     let owners = inode_owners(&inodes);
     Ok((walked, owners))
 }
@@ -816,11 +849,17 @@ mod tests {
         let handoff = EVENT_TIMEWAIT_CHECKED | EVENT_TIMEWAIT_HANDOFF;
         t.apply(&event(FIN_WAIT2, CLOSE, handoff, 12));
         let (_, e) = t.connections().next().unwrap();
-        assert_eq!((e.state, e.timewait, e.since_ns), (FIN_WAIT2, true, Some(10)));
+        assert_eq!(
+            (e.state, e.timewait, e.since_ns),
+            (FIN_WAIT2, true, Some(10))
+        );
         assert_eq!(e.owner.unwrap().pid, 4242, "last known owner kept");
         t.apply(&event(FIN_WAIT2, TIME_WAIT, EVENT_TIMEWAIT_SOCKET, 50));
         let (_, e) = t.connections().next().unwrap();
-        assert_eq!((e.state, e.timewait, e.since_ns), (TIME_WAIT, true, Some(50)));
+        assert_eq!(
+            (e.state, e.timewait, e.since_ns),
+            (TIME_WAIT, true, Some(50))
+        );
         t.apply(&event(TIME_WAIT, CLOSE, EVENT_TIMEWAIT_SOCKET, 60));
         assert!(t.is_empty());
     }

@@ -413,7 +413,9 @@ mod tests {
             pid: 42,
             comm: *b"server\0\0\0\0\0\0\0\0\0\0",
         };
-        tracked.table.seed(&walked, &HashMap::from([(5, owner)]), 100, 200);
+        tracked
+            .table
+            .seed(&walked, &HashMap::from([(5, owner)]), 100, 200);
         let rows = rows(&tracked, 1_100, Duration::from_secs(5));
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].state, CLOSE_WAIT);
@@ -425,7 +427,13 @@ mod tests {
         assert_eq!(counts[&None], [0, 0, 0, 1]);
 
         let mut out = Vec::new();
-        write_json(&mut out, &Clock::new(), 1_100, Duration::from_secs(5), &rows);
+        write_json(
+            &mut out,
+            &Clock::new(),
+            1_100,
+            Duration::from_secs(5),
+            &rows,
+        );
         let lines: Vec<serde_json::Value> = out
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
