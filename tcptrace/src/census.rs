@@ -213,8 +213,11 @@ impl Key {
     }
 }
 
+/// Per state, its top keys with their counts.
+pub type TopKeys = Vec<(u8, Vec<(Key, u64)>)>;
+
 /// The `n` keys with the most sockets in each of `states`, most first.
-pub fn top(table: &SocketTable, by: By, states: &[u8], n: usize) -> Vec<(u8, Vec<(Key, u64)>)> {
+pub fn top(table: &SocketTable, by: By, states: &[u8], n: usize) -> TopKeys {
     let mut counts: HashMap<(u8, Key), u64> = HashMap::new();
     table.for_each(|tuple, e| {
         if states.contains(&e.state) {
@@ -241,7 +244,7 @@ pub fn json_record(
     now: u64,
     scope: Scope,
     counts: &Counts,
-    top_keys: Option<(By, &[(u8, Vec<(Key, u64)>)])>,
+    top_keys: Option<(By, &TopKeys)>,
 ) -> Value {
     let mut time = Vec::new();
     clock.write_rfc3339(&mut time, now);
@@ -310,7 +313,7 @@ impl CensusView {
                 now,
                 table.scope(),
                 &counts,
-                keys.as_ref().map(|(by, k)| (*by, k.as_slice())),
+                keys.as_ref().map(|(by, k)| (*by, k)),
             );
             let _ = serde_json::to_writer(&mut *out, &record);
             out.push(b'\n');

@@ -98,7 +98,7 @@ impl Drop for View {
     }
 }
 
-fn row<'a>(rows: &'a [Value], lport: u16, rport: u16) -> Option<&'a Value> {
+fn row(rows: &[Value], lport: u16, rport: u16) -> Option<&Value> {
     rows.iter()
         .find(|r| r["lport"] == lport && r["rport"] == rport)
 }
