@@ -384,8 +384,8 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
     if let Some(v) = s.tcp_fin_timeout {
         let mut text = format!(
             "net.ipv4.tcp_fin_timeout is {v} s: a connection closed here first waits at most \
-             that long in FIN_WAIT2 for the peer's FIN; {} orphaned connections wait so now \
-             ({} more in FIN_WAIT2 held by their application).",
+             that long in FIN_WAIT2 for the peer's FIN; {} orphaned connections are waiting for \
+             it now ({} more are in FIN_WAIT2 with their application still holding them).",
             c.timewait_fin_wait2, c.fin_wait2_full
         );
         let mut advice = None;
