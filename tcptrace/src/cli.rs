@@ -87,6 +87,12 @@ pub enum Command {
     Life(crate::life::LifeArgs),
     /// Log2 histograms of connection lifetimes and time spent per state.
     Hist(crate::hist::HistArgs),
+    /// Sockets stuck in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK, with their owners.
+    Stuck(crate::stuck::StuckArgs),
+    /// Counts of sockets per state, now and live, with the top peers.
+    Census(crate::census::CensusArgs),
+    /// The TIME_WAIT sysctls, checked against what this host's sockets do.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// Which sockets a command looks at; applied in the kernel.

@@ -4,18 +4,23 @@
 //! kernel side, `tail` runs the ring-buffer loop, `decode` and `format` turn
 //! records into lines, `summary` keeps the tally and the loss counts.
 pub mod btf;
+pub mod census;
 pub mod cli;
 pub mod clock;
 pub mod decode;
+pub mod doctor;
 pub mod error;
 pub mod format;
 pub mod hist;
 pub mod life;
+pub mod live;
 pub mod owners;
 pub mod preflight;
 pub mod probe;
 pub mod session;
+pub mod socket_table;
 pub mod state;
+pub mod stuck;
 pub mod summary;
 pub mod tail;
 
@@ -56,6 +61,9 @@ pub fn main() -> ExitCode {
                         None => tail::run(cli.tail).await,
                         Some(cli::Command::Life(args)) => life::run(args).await,
                         Some(cli::Command::Hist(args)) => hist::run(args).await,
+                        Some(cli::Command::Stuck(args)) => stuck::run(args).await,
+                        Some(cli::Command::Census(args)) => census::run(args).await,
+                        Some(cli::Command::Doctor(args)) => doctor::run(args).await,
                     }
                 })
             })

@@ -1,0 +1,503 @@
+//! `tcptrace census`: how many sockets are in each state, right now and
+//! then every second, as `netstat -n | awk '/^tcp/ {print $6}' | sort |
+//! uniq -c` meant to show, with TIME_WAIT's two sub-states told apart and
+//! the top peers, ports or programs behind each state.
+use std::{collections::HashMap, io::Write, net::IpAddr, time::Duration};
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use serde_json::{json, Value};
+use tcptrace_common::tcp_state::*;
+
+use crate::{
+    cli::{parse_seconds, ProbeArgs},
+    clock::Clock,
+    error::UsageError,
+    live::{self, Screen, Tracked},
+    probe::Probe,
+    session::{self, SessionOptions, View},
+    socket_table::{Entry, Scope, SocketTable, Tuple},
+    state,
+    summary::RunContext,
+};
+
+/// The states counted, in netstat's order of interest.
+pub const STATES: [u8; 10] = [
+    ESTABLISHED,
+    SYN_SENT,
+    SYN_RECV,
+    FIN_WAIT1,
+    FIN_WAIT2,
+    TIME_WAIT,
+    CLOSE_WAIT,
+    LAST_ACK,
+    LISTEN,
+    CLOSING,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum By {
+    Rport,
+    Raddr,
+    Lport,
+    Comm,
+}
+
+impl By {
+    fn name(self) -> &'static str {
+        match self {
+            By::Rport => "rport",
+            By::Raddr => "raddr",
+            By::Lport => "lport",
+            By::Comm => "comm",
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(long_about = "\
+Counts of TCP sockets per state: first from the kernel's own table (as ss
+and netstat read it), then kept up to date from the event stream and
+printed every --interval (redrawn in place on a terminal).
+
+Timewait sockets, which hold a connection after its application closed it,
+are in one of two sub-states: FIN_WAIT2 (closed first, the peer's FIN not
+in yet) or TIME_WAIT. ss and netstat show the first as FIN-WAIT-2, mixed
+with full sockets in FIN_WAIT2; the census counts them under FIN_WAIT2 too
+and says how many of each there are.
+
+--by shows which remote port, remote address, local port or program
+(owner, or last owner for a closed connection) has the most sockets in
+the states of --states (TIME_WAIT by default).
+
+By default tcptrace's own network namespace is counted (like ss and
+netstat); --all-netns counts every namespace. Request sockets (half-open
+connections) are counted from the start-up walk only: the probe does not
+see them.")]
+pub struct CensusArgs {
+    /// Print the counts once (from the kernel's table) and exit.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Print the counts every SECONDS.
+    #[arg(short, long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
+    pub interval: Duration,
+
+    /// Top keys per state: remote port, remote address, local port or
+    /// owner's command.
+    #[arg(long, value_enum)]
+    pub by: Option<By>,
+
+    /// States for --by (comma-separated state names, or "all").
+    #[arg(long, value_name = "LIST", default_value = "TIME_WAIT", value_parser = parse_states)]
+    pub states: StateList,
+
+    /// How many keys --by shows per state.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub top: usize,
+
+    /// Print JSON Lines ({"type":"census",...}).
+    #[arg(short, long)]
+    pub json: bool,
+
+    /// Every network namespace, not only tcptrace's own.
+    #[arg(long)]
+    pub all_netns: bool,
+
+    /// Stop by itself after SECONDS.
+    #[arg(short, long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateList(pub Vec<u8>);
+
+pub fn parse_states(text: &str) -> Result<StateList, UsageError> {
+    if text.trim().eq_ignore_ascii_case("all") {
+        return Ok(StateList(STATES.to_vec()));
+    }
+    text.split(',')
+        .map(|name| {
+            let name = name.trim().to_ascii_uppercase().replace('-', "_");
+            STATES
+                .iter()
+                .copied()
+                .find(|&s| state::name(s) == name)
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "unknown state '{}' (one of: {}, or all)",
+                        name,
+                        STATES.map(state::name).join(", ")
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(StateList)
+}
+
+/// Sockets per state, as ss shows them, and the timewait sockets apart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub per_state: [u64; COUNT],
+    /// Full sockets in FIN_WAIT2 (the application still holds them, or is
+    /// closing them).
+    pub fin_wait2_full: u64,
+    /// Timewait sockets in sub-state FIN_WAIT2 and TIME_WAIT.
+    pub timewait_fin_wait2: u64,
+    pub timewait_time_wait: u64,
+}
+
+impl Counts {
+    pub fn of(table: &SocketTable) -> Counts {
+        let mut c = Counts::default();
+        table.for_each(|_, e| c.add(e));
+        c
+    }
+
+    fn add(&mut self, e: &Entry) {
+        if let Some(n) = self.per_state.get_mut(e.state as usize) {
+            *n += 1;
+        }
+        match (e.timewait, e.state) {
+            (true, FIN_WAIT2) => self.timewait_fin_wait2 += 1,
+            (true, _) => self.timewait_time_wait += 1,
+            (false, FIN_WAIT2) => self.fin_wait2_full += 1,
+            _ => {}
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        STATES.iter().map(|&s| self.per_state[s as usize]).sum()
+    }
+
+    pub fn timewait_sockets(&self) -> u64 {
+        self.timewait_fin_wait2 + self.timewait_time_wait
+    }
+}
+
+/// A --by key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Key {
+    Port(u16),
+    Addr(IpAddr),
+    Comm(String),
+}
+
+impl Key {
+    fn of(by: By, tuple: &Tuple, e: &Entry) -> Key {
+        match by {
+            By::Rport => Key::Port(tuple.rport),
+            By::Lport => Key::Port(tuple.lport),
+            By::Raddr => Key::Addr(tuple.remote),
+            By::Comm => Key::Comm(e.owner.map_or("-".into(), |o| o.comm_str())),
+        }
+    }
+
+    fn json(&self) -> Value {
+        match self {
+            Key::Port(p) => json!(p),
+            Key::Addr(a) => json!(a.to_string()),
+            Key::Comm(c) => json!(c),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Key::Port(p) => p.to_string(),
+            Key::Addr(a) => a.to_string(),
+            Key::Comm(c) => c.clone(),
+        }
+    }
+}
+
+/// Per state, its top keys with their counts.
+pub type TopKeys = Vec<(u8, Vec<(Key, u64)>)>;
+
+/// The `n` keys with the most sockets in each of `states`, most first.
+pub fn top(table: &SocketTable, by: By, states: &[u8], n: usize) -> TopKeys {
+    let mut counts: HashMap<(u8, Key), u64> = HashMap::new();
+    table.for_each(|tuple, e| {
+        if states.contains(&e.state) {
+            *counts.entry((e.state, Key::of(by, tuple, e))).or_default() += 1;
+        }
+    });
+    states
+        .iter()
+        .map(|&s| {
+            let mut keys: Vec<(Key, u64)> = counts
+                .iter()
+                .filter(|((state, _), _)| *state == s)
+                .map(|((_, k), &c)| (k.clone(), c))
+                .collect();
+            keys.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            keys.truncate(n);
+            (s, keys)
+        })
+        .collect()
+}
+
+pub fn json_record(
+    clock: &Clock,
+    now: u64,
+    scope: Scope,
+    counts: &Counts,
+    top_keys: Option<(By, &TopKeys)>,
+) -> Value {
+    let mut time = Vec::new();
+    clock.write_rfc3339(&mut time, now);
+    let states: serde_json::Map<String, Value> = STATES
+        .iter()
+        .map(|&s| {
+            (
+                state::name(s).to_string(),
+                json!(counts.per_state[s as usize]),
+            )
+        })
+        .collect();
+    let mut record = json!({
+        "type": "census",
+        "time": String::from_utf8_lossy(&time),
+        "netns": match scope { Scope::Netns(n) => json!(n), Scope::All => Value::Null },
+        "total": counts.total(),
+        "states": states,
+        "fin_wait2": {"full": counts.fin_wait2_full, "timewait": counts.timewait_fin_wait2},
+        "timewait_sockets": {
+            "total": counts.timewait_sockets(),
+            "FIN_WAIT2": counts.timewait_fin_wait2,
+            "TIME_WAIT": counts.timewait_time_wait,
+        },
+    });
+    if let Some((by, keys)) = top_keys {
+        let top: serde_json::Map<String, Value> = keys
+            .iter()
+            .map(|(s, keys)| {
+                let list: Vec<Value> = keys
+                    .iter()
+                    .map(|(k, c)| json!({"key": k.json(), "count": c}))
+                    .collect();
+                (state::name(*s).to_string(), json!(list))
+            })
+            .collect();
+        record["by"] = json!(by.name());
+        record["top"] = Value::Object(top);
+    }
+    record
+}
+
+struct CensusView {
+    tracked: Tracked,
+    json: bool,
+    once: bool,
+    done: bool,
+    interval: Duration,
+    by: Option<By>,
+    states: Vec<u8>,
+    top: usize,
+    screen: Screen,
+}
+
+impl CensusView {
+    fn print(&mut self, clock: &Clock, out: &mut Vec<u8>) {
+        let now = Clock::now_ktime_ns();
+        let table = &self.tracked.table;
+        let counts = Counts::of(table);
+        let keys = self
+            .by
+            .map(|by| (by, top(table, by, &self.states, self.top)));
+        if self.json {
+            let record = json_record(
+                clock,
+                now,
+                table.scope(),
+                &counts,
+                keys.as_ref().map(|(by, k)| (*by, k)),
+            );
+            let _ = serde_json::to_writer(&mut *out, &record);
+            out.push(b'\n');
+            return;
+        }
+        self.screen.begin(out);
+        let mut local_time = Vec::new();
+        clock.write_local_time(&mut local_time, now);
+        let _ = writeln!(
+            out,
+            "{}  TCP sockets{}",
+            String::from_utf8_lossy(&local_time),
+            match table.scope() {
+                Scope::All => " in every network namespace".to_string(),
+                Scope::Netns(n) => format!(" in network namespace {n}"),
+            }
+        );
+        let _ = writeln!(out, "{:<12} {:>9}", "STATE", "COUNT");
+        for s in STATES {
+            let n = counts.per_state[s as usize];
+            let _ = write!(out, "{:<12} {n:>9}", state::name(s));
+            if s == FIN_WAIT2 && n > 0 {
+                let _ = write!(
+                    out,
+                    "  ({} full sockets, {} orphaned in timewait sockets)",
+                    counts.fin_wait2_full, counts.timewait_fin_wait2
+                );
+            }
+            out.push(b'\n');
+        }
+        let _ = writeln!(out, "{:<12} {:>9}", "total", counts.total());
+        let _ = writeln!(
+            out,
+            "timewait sockets: {} (sub-state TIME_WAIT {}, FIN_WAIT2 {})",
+            counts.timewait_sockets(),
+            counts.timewait_time_wait,
+            counts.timewait_fin_wait2
+        );
+        if let Some((by, keys)) = keys {
+            for (s, keys) in keys {
+                let _ = writeln!(out, "\nTOP {} BY {}", state::name(s), by.name());
+                if keys.is_empty() {
+                    let _ = writeln!(out, "  (none)");
+                }
+                for (k, c) in keys {
+                    let _ = writeln!(out, "{c:>9}  {}", k.label());
+                }
+            }
+        }
+    }
+}
+
+impl View for CensusView {
+    fn record(&mut self, data: &[u8], _clock: &Clock, _out: &mut Vec<u8>) {
+        self.tracked.record(data);
+    }
+
+    fn refresh_interval(&self) -> Option<Duration> {
+        Some(live::refresh_every(self.once, self.interval))
+    }
+
+    fn refresh(&mut self, _probe: &Probe, clock: &Clock, out: &mut Vec<u8>) -> Result<()> {
+        live::resync_timewait(&mut self.tracked);
+        if self.by == Some(By::Comm) {
+            self.tracked.find_missing_owners(&self.states);
+        }
+        self.print(clock, out);
+        self.done = self.once;
+        Ok(())
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn finish(&mut self, ctx: &RunContext, clock: &Clock, out: &mut Vec<u8>) -> Result<()> {
+        self.screen.end(out);
+        if !self.once {
+            live::finish(self.json, &self.tracked, ctx, clock, out);
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(args: CensusArgs) -> Result<()> {
+    let scope = live::scope(args.all_netns)?;
+    let (probe, tracked) = live::start(&args.probe, scope).await?;
+    let mut view = CensusView {
+        tracked,
+        json: args.json,
+        once: args.once,
+        done: false,
+        interval: args.interval,
+        by: args.by,
+        states: args.states.0.clone(),
+        top: args.top.max(1),
+        screen: Screen::new(args.json),
+    };
+    let banner = (!args.once)
+        .then(|| "tcptrace: tracing socket counts per state (Ctrl-C to stop)".to_string());
+    session::run(
+        probe,
+        &mut view,
+        SessionOptions {
+            json: args.json,
+            duration: args.duration,
+            banner,
+        },
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socket_table::{Owner, Walked};
+
+    fn walked(lport: u16, rport: u16, state: u8, timewait: bool) -> Walked {
+        Walked {
+            tuple: Tuple {
+                netns: 1,
+                local: "10.0.0.1".parse().unwrap(),
+                lport,
+                remote: "10.0.0.2".parse().unwrap(),
+                rport,
+            },
+            state,
+            timewait,
+            inode: u64::from(lport),
+        }
+    }
+
+    #[test]
+    fn counts_and_top_keys() {
+        let mut table = SocketTable::new(Scope::Netns(1), 100);
+        let sockets = [
+            walked(80, 0, LISTEN, false),
+            walked(80, 0, LISTEN, false),
+            walked(40000, 443, TIME_WAIT, true),
+            walked(40001, 443, TIME_WAIT, true),
+            walked(40002, 8080, TIME_WAIT, true),
+            walked(40003, 8080, FIN_WAIT2, true),
+            walked(40004, 8080, FIN_WAIT2, false),
+            walked(80, 5555, ESTABLISHED, false),
+        ];
+        let owner = Owner {
+            pid: 1,
+            comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        table.seed(&sockets, &HashMap::from([(40004, owner)]), 0, 1);
+        let c = Counts::of(&table);
+        assert_eq!(c.per_state[LISTEN as usize], 2);
+        assert_eq!(c.per_state[TIME_WAIT as usize], 3);
+        assert_eq!(c.per_state[FIN_WAIT2 as usize], 2);
+        assert_eq!((c.fin_wait2_full, c.timewait_fin_wait2), (1, 1));
+        assert_eq!((c.timewait_sockets(), c.total()), (4, 8));
+
+        let keys = top(&table, By::Rport, &[TIME_WAIT], 1);
+        assert_eq!(keys, vec![(TIME_WAIT, vec![(Key::Port(443), 2)])]);
+        let keys = top(&table, By::Comm, &[FIN_WAIT2], 5);
+        assert_eq!(
+            keys[0].1,
+            vec![(Key::Comm("-".into()), 1), (Key::Comm("nginx".into()), 1)]
+        );
+        let record = json_record(
+            &Clock::new(),
+            0,
+            Scope::Netns(1),
+            &c,
+            Some((By::Rport, &top(&table, By::Rport, &[TIME_WAIT], 5))),
+        );
+        assert_eq!(record["states"]["TIME_WAIT"], 3);
+        assert_eq!(record["timewait_sockets"]["FIN_WAIT2"], 1);
+        assert_eq!(record["top"]["TIME_WAIT"][0]["key"], 443);
+        assert_eq!(record["top"]["TIME_WAIT"][0]["count"], 2);
+    }
+
+    #[test]
+    fn state_lists() {
+        assert_eq!(
+            parse_states("time_wait,CLOSE-WAIT").unwrap(),
+            StateList(vec![TIME_WAIT, CLOSE_WAIT])
+        );
+        assert_eq!(parse_states("all").unwrap().0.len(), STATES.len());
+        assert!(parse_states("BOGUS").is_err());
+    }
+}

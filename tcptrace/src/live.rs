@@ -1,0 +1,243 @@
+//! What `stuck`, `census` and `doctor` share: a probe that reports every
+//! transition, the socket table seeded from the kernel's and kept up to
+//! date, and a table redrawn in place on a terminal.
+use std::{
+    io::{IsTerminal, Write},
+    time::Duration,
+};
+
+use anyhow::Result;
+use tcptrace_common::{tcp_state, ProbeConfig, CONFIG_EMIT_TRANSITIONS, CONFIG_TIMEWAIT_EVENTS};
+
+use crate::{
+    cli::ProbeArgs,
+    clock::Clock,
+    decode::Transition,
+    error::note,
+    probe::Probe,
+    session,
+    socket_table::{
+        self, current_netns, walk_with_owners, Scope, SocketTable, TimewaitCounts,
+        DEFAULT_MAX_SOCKETS,
+    },
+    summary::{self, RunContext},
+};
+
+/// Every transition, with the timewait sockets' own.
+pub fn probe_config() -> ProbeConfig {
+    let mut config = ProbeConfig::empty();
+    config.flags |= CONFIG_EMIT_TRANSITIONS | CONFIG_TIMEWAIT_EVENTS;
+    crate::state::allow_all(&mut config);
+    crate::cli::Filters::default().apply(&mut config);
+    config
+}
+
+pub fn scope(all_netns: bool) -> Result<Scope> {
+    Ok(if all_netns {
+        Scope::All
+    } else {
+        Scope::Netns(current_netns()?)
+    })
+}
+
+/// The socket table and the event counts of one run.
+pub struct Tracked {
+    pub table: SocketTable,
+    pub counts: TimewaitCounts,
+    pub bad_records: u64,
+    /// Whether timewait sockets are followed (else TIME_WAIT is re-read
+    /// from the kernel's table at each refresh).
+    pub timewait_followed: bool,
+    last_owner_lookup_ns: u64,
+}
+
+impl Tracked {
+    pub fn new(table: SocketTable, timewait_followed: bool) -> Self {
+        Tracked {
+            table,
+            counts: TimewaitCounts::default(),
+            bad_records: 0,
+            timewait_followed,
+            last_owner_lookup_ns: 0,
+        }
+    }
+
+    pub fn record(&mut self, data: &[u8]) {
+        match Transition::decode(data) {
+            Ok(t) => {
+                if self.table.scope().covers(t.netns) {
+                    self.counts.note(&t);
+                    self.table.apply(&t);
+                }
+            }
+            Err(_) => self.bad_records += 1,
+        }
+    }
+
+    /// Before a refresh: owners of full sockets in `states` that the
+    /// events did not give (e.g. accepted through a listener whose owner
+    /// was unknown), looked up by inode at most every 5 s.
+    pub fn find_missing_owners(&mut self, states: &[u8]) {
+        let now = Clock::now_ktime_ns();
+        if self.table.ownerless(states) == 0
+            || now.saturating_sub(self.last_owner_lookup_ns) < 5_000_000_000
+        {
+            return;
+        }
+        self.last_owner_lookup_ns = now;
+        if let Ok((walked, owners)) = walk_with_owners(self.table.scope()) {
+            self.table.adopt_owners(&walked, &owners);
+        }
+    }
+}
+
+/// Loads the probe, then walks the kernel's socket table: whatever
+/// changes during the walk is in the ring and applied after it.
+pub async fn start(probe_args: &ProbeArgs, scope: Scope) -> Result<(Probe, Tracked)> {
+    let probe = session::start_probe(&probe_args.options(probe_config()))?;
+    let tracked = seed(scope, probe.timewait.hooked())?;
+    if !tracked.timewait_followed {
+        note!("tcptrace: warning: timewait sockets are not followed live: TIME_WAIT counts are those of the start-up walk");
+    }
+    Ok((probe, tracked))
+}
+
+/// The table from the kernel's alone (no probe).
+pub fn seed(scope: Scope, timewait_followed: bool) -> Result<Tracked> {
+    let mut table = SocketTable::new(scope, DEFAULT_MAX_SOCKETS);
+    let start_ns = Clock::now_ktime_ns();
+    let (walked, owners) = walk_with_owners(scope)?;
+    let end_ns = Clock::now_ktime_ns();
+    table.seed(&walked, &owners, start_ns, end_ns);
+    let mut tracked = Tracked::new(table, timewait_followed);
+    tracked.last_owner_lookup_ns = end_ns;
+    Ok(tracked)
+}
+
+/// Redraws in place on a terminal; elsewhere, snapshots one after the
+/// other separated by a blank line. The cursor is hidden while drawing
+/// and shown again on the way out.
+pub struct Screen {
+    tty: bool,
+    drawn: bool,
+}
+
+impl Screen {
+    pub fn new(json: bool) -> Self {
+        Screen {
+            tty: !json && std::io::stdout().is_terminal(),
+            drawn: false,
+        }
+    }
+
+    pub fn begin(&mut self, out: &mut Vec<u8>) {
+        if self.tty {
+            if !self.drawn {
+                out.extend_from_slice(b"\x1b[?25l");
+            }
+            out.extend_from_slice(b"\x1b[H\x1b[2J");
+        } else if self.drawn {
+            out.push(b'\n');
+        }
+        self.drawn = true;
+    }
+
+    pub fn end(&mut self, out: &mut Vec<u8>) {
+        if self.tty && self.drawn {
+            out.extend_from_slice(b"\x1b[?25h");
+            self.tty = false;
+        }
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        if self.tty && self.drawn {
+            let _ = std::io::stdout().write_all(b"\x1b[?25h");
+            let _ = std::io::stdout().flush();
+        }
+    }
+}
+
+/// How often a view refreshes: at once for `--once`.
+pub fn refresh_every(once: bool, interval: Duration) -> Duration {
+    if once {
+        Duration::from_millis(1)
+    } else {
+        interval
+    }
+}
+
+/// The end of a run: the JSON summary, or loss lines on stderr.
+pub fn finish(json: bool, tracked: &Tracked, ctx: &RunContext, clock: &Clock, out: &mut Vec<u8>) {
+    if json {
+        let mut record = serde_json::json!({
+            "type": "summary",
+            "events": tracked.counts.events,
+            "sockets": tracked.table.len(),
+            "sockets_dropped": tracked.table.dropped,
+            "bad_records": tracked.bad_records,
+        });
+        summary::add_loss_fields(&mut record, clock, ctx);
+        let _ = serde_json::to_writer(&mut *out, &record);
+        out.push(b'\n');
+    } else {
+        if tracked.table.dropped > 0 {
+            note!(
+                "tcptrace: {} sockets not tracked: more than {} at once",
+                tracked.table.dropped,
+                DEFAULT_MAX_SOCKETS
+            );
+        }
+        let losses = ctx.losses.ring_full + ctx.losses.recursion_misses;
+        if losses > 0 {
+            summary::write_human_losses(&mut std::io::stderr(), ctx);
+        }
+    }
+}
+
+/// `12.3s`, `4m05s`, `2h03m`
+pub fn age_text(ns: u64) -> String {
+    let s = ns / 1_000_000_000;
+    match s {
+        0..60 => format!("{:.1}s", ns as f64 / 1e9),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// ss's name of a state (`ss -tan`), for comparisons and the census.
+pub fn ss_name(state: u8) -> &'static str {
+    match state {
+        tcp_state::ESTABLISHED => "ESTAB",
+        tcp_state::SYN_SENT => "SYN-SENT",
+        tcp_state::SYN_RECV => "SYN-RECV",
+        tcp_state::FIN_WAIT1 => "FIN-WAIT-1",
+        tcp_state::FIN_WAIT2 => "FIN-WAIT-2",
+        tcp_state::TIME_WAIT => "TIME-WAIT",
+        tcp_state::CLOSE_WAIT => "CLOSE-WAIT",
+        tcp_state::LAST_ACK => "LAST-ACK",
+        tcp_state::LISTEN => "LISTEN",
+        tcp_state::CLOSING => "CLOSING",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Re-reads the timewait sockets from the kernel when the hooks that
+/// follow them are not attached.
+/// Also re-reads the timewait sockets found in FIN_WAIT2 by the start-up
+/// walk, whose move to TIME_WAIT the probe cannot see (it has no record of
+/// them), until none is left.
+pub fn resync_timewait(tracked: &mut Tracked) {
+    if tracked.timewait_followed && !tracked.table.has_walked_fin_wait2() {
+        return;
+    }
+    if let Ok(walked) = socket_table::walk(tracked.table.scope()) {
+        if tracked.timewait_followed {
+            tracked.table.update_walked_fin_wait2(&walked);
+        } else {
+            tracked.table.replace_timewait(&walked);
+        }
+    }
+}
