@@ -527,6 +527,20 @@ impl Bench {
                 .values()
                 .sum();
         round.timewait_overflow = netns.netstat("TCPTimeWaitOverflow").unwrap_or(0);
+        for (file, prefix, name) in [
+            ("snmp", "Tcp", "RetransSegs"),
+            ("netstat", "TcpExt", "TCPTimeouts"),
+            ("netstat", "TcpExt", "TCPBacklogDrop"),
+            ("netstat", "TcpExt", "ListenDrops"),
+            ("netstat", "TcpExt", "TCPAbortOnClose"),
+        ] {
+            if let Some(n @ 1..) = netns.counter(file, prefix, name) {
+                round.notes.push(format!("{name} {n}"));
+            }
+        }
+        if let Some(n @ 1..) = netns.tcp_in_use() {
+            round.notes.push(format!("{n} TCP sockets still open"));
+        }
         if round.timewait_overflow > 0 {
             round.notes.push(format!(
                 "{} timewait sockets not created (table full): hand-offs missing",
@@ -626,6 +640,26 @@ impl Bench {
             round.probe_runs += p["runs"].as_u64().unwrap_or(0);
             round.probe_ns += p["run_time_ns"].as_u64().unwrap_or(0);
             round.programs.push(p.clone());
+        }
+        let hook_misses = num("timewait_hook_misses");
+        if hook_misses > 0 {
+            round
+                .notes
+                .push(format!("timer hook skipped {hook_misses} times"));
+        }
+        // The state-change program runs for every TCP (and other inet)
+        // transition on the machine: on a quiet machine, runs + misses
+        // should equal the workload's transitions.
+        if let Some(p) = round
+            .programs
+            .iter()
+            .find(|p| p["program"] == "inet_sock_set_state")
+        {
+            let invoked = p["runs"].as_u64().unwrap_or(0) + round.recursion_misses;
+            round.notes.push(format!(
+                "state program invoked {invoked} times (runs + recursion misses) for {} transitions of the workload",
+                round.workload_transitions
+            ));
         }
         Ok(counts)
     }
@@ -1302,20 +1336,36 @@ impl Netns {
         cmd
     }
 
-    /// A TcpExt counter of the namespace.
-    fn netstat(&self, counter: &str) -> Option<u64> {
+    /// A counter of the namespace from /proc/net/FILE, on the lines that
+    /// start with `PREFIX:` (names, then values).
+    fn counter(&self, file: &str, prefix: &str, counter: &str) -> Option<u64> {
         let out = self
             .command(Path::new("cat"))
-            .arg("/proc/net/netstat")
+            .arg(format!("/proc/net/{file}"))
             .output()
             .ok()?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
-        let [names, values] = lines[..] else {
-            return None;
-        };
-        let index = names.split_whitespace().position(|n| n == counter)?;
-        values.split_whitespace().nth(index)?.parse().ok()
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.strip_prefix(prefix).is_some_and(|r| r.starts_with(':')))
+            .collect();
+        if let [names, values] = lines[..] {
+            let index = names.split_whitespace().position(|n| n == counter)?;
+            return values.split_whitespace().nth(index)?.parse().ok();
+        }
+        // sockstat: `TCP: inuse 3 orphan 0 tw 5 ...`
+        let words: Vec<&str> = lines.first()?.split_whitespace().collect();
+        let index = words.iter().position(|&w| w == counter)?;
+        words.get(index + 1)?.parse().ok()
+    }
+
+    fn netstat(&self, counter: &str) -> Option<u64> {
+        self.counter("netstat", "TcpExt", counter)
+    }
+
+    /// Full TCP sockets still open in the namespace (not timewait ones).
+    fn tcp_in_use(&self) -> Option<u64> {
+        self.counter("sockstat", "TCP", "inuse")
     }
 
     fn delete(mut self) {
