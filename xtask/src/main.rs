@@ -4,6 +4,7 @@
 //! `.tools/`, the probe object in `target/bpf/`. The only thing installed
 //! outside the tree is the nightly `rust-src` component, which rustup keeps
 //! per toolchain.
+mod bench;
 mod toolchain;
 
 use std::{
@@ -41,6 +42,10 @@ enum Cmd {
     },
     /// rustfmt check and clippy with warnings denied.
     Lint,
+    /// Benchmark under loopback churn: no tracer, tcptrace --all --json,
+    /// tcptrace's default view and libbpf-tools tcpstates, in alternating
+    /// rounds (needs root).
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +79,7 @@ fn run(cli: Cli) -> Result<()> {
                 .args(&args)
                 .run("cargo test")
         }
+        Cmd::Bench(options) => bench::run(&root, options),
         Cmd::Lint => {
             let probe = build_probe(&root)?;
             cargo(&root, &probe)

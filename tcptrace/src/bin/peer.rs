@@ -46,7 +46,8 @@ enum Role {
     },
     /// Load generator: servers and clients in this process open and close
     /// connections on loopback as fast as they can for SECONDS, then print
-    /// `connections N` (completed, both ends closed) and the rate.
+    /// `connections N` (completed, both ends closed), `served N` (closed by
+    /// the servers), `failed N` and the rate.
     Churn {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
@@ -348,10 +349,15 @@ fn churn(
     } else {
         "127.0.0.1".parse().unwrap()
     };
+    // Connections the servers have closed: with the client closing first,
+    // a client's count says nothing of the server end, which must finish
+    // (CLOSE_WAIT -> LAST_ACK -> CLOSE) before the listeners go away.
+    let served = Arc::new(AtomicU64::new(0));
     let mut addrs = Vec::new();
     for &port in ports {
         let listener = TcpListener::bind(SocketAddr::new(loopback, port))?;
         addrs.push(listener.local_addr()?);
+        let served = served.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
@@ -359,6 +365,7 @@ fn churn(
                     let _ = wait_for_eof(&mut stream);
                 }
                 drop(stream);
+                served.fetch_add(1, Ordering::Release);
             }
         });
     }
@@ -404,7 +411,14 @@ fn churn(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let n = completed.load(Ordering::Relaxed);
+    // Every completed client end was accepted; wait until the servers have
+    // closed their ends too (immediate when the server closes first).
+    let wait_until = std::time::Instant::now() + Duration::from_secs(10);
+    while served.load(Ordering::Acquire) < n && std::time::Instant::now() < wait_until {
+        sleep(Duration::from_millis(1));
+    }
     say(&format!("connections {n}"));
+    say(&format!("served {}", served.load(Ordering::Acquire)));
     say(&format!("failed {}", failed.load(Ordering::Relaxed)));
     say(&format!("rate {:.0}", n as f64 / elapsed));
     Ok(())
