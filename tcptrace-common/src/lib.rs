@@ -121,7 +121,9 @@ pub struct SocketRecord {
     pub closer: u8,
     /// The state the connection is in (for a timewait socket: its sub-state).
     pub state: u8,
-    pub _pad: u8,
+    /// 1: a timewait socket born in TIME_WAIT whose entry the hand-off has
+    /// yet to report (with what the full socket knew).
+    pub entry_pending: u8,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -412,7 +414,13 @@ pub const COUNTER_TIMEWAIT_MAP_FULL: u32 = 5;
 pub const COUNTER_HIST_OVERFLOW: u32 = 6;
 /// Connections written to the ring (`life`).
 pub const COUNTER_CONNECTIONS: u32 = 7;
-pub const COUNTER_COUNT: u32 = 8;
+/// Timewait sockets whose hand-off the state-change program never ran for
+/// (the kernel skipped it: a recursion miss, or rarely without counting).
+pub const COUNTER_HANDOFFS_UNSEEN: u32 = 8;
+/// TIME_WAIT entries lost with such a hand-off (born in TIME_WAIT, they
+/// are reported by the hand-off).
+pub const COUNTER_TIMEWAIT_ENTRIES_LOST: u32 = 9;
+pub const COUNTER_COUNT: u32 = 16;
 
 /// Timewait timer most recently armed on this CPU (per-CPU slot).
 #[repr(C)]

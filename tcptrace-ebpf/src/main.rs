@@ -43,7 +43,7 @@ use tcptrace_common::{
     CONFIG_RPORT_FILTER, CONFIG_TIMEWAIT_EVENTS, CONFIG_TIMEWAIT_HOOK, CONN_CLOSING_KNOWN,
     CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN, CONN_START_SEEN,
     CONN_TIME_WAIT_KNOWN, COUNTER_CONNECTIONS, COUNTER_COUNT, COUNTER_EMITTED,
-    COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL,
+    COUNTER_HANDOFFS_UNSEEN, COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_TIMEWAIT_ENTRIES_LOST, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL,
     COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN,
     EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET,
     HIST_BUCKETS,
@@ -143,14 +143,15 @@ fn count(index: u32) {
     }
 }
 
-/// Loads a field of the socket a BTF tracepoint was handed, directly: the
-/// verifier knows the pointer's BTF type and the offset (a frozen
-/// read-only global), checks the access against `struct sock`, and makes
-/// the load fault-safe. Cheaper than a bpf_probe_read_kernel call; only for
-/// fields inside `struct sock` itself.
+/// Loads a field of an object a BTF tracepoint was handed (or reached
+/// through one), directly: the verifier knows the pointer's BTF type and
+/// the offset (a frozen read-only global), checks the access against that
+/// type, and makes the load fault-safe. Cheaper than a
+/// bpf_probe_read_kernel call; only for fields inside the pointed-to type
+/// itself (not, say, inet_sock's fields through a struct sock pointer).
 #[inline(always)]
-fn load_sock_field<T: Copy>(sk: u64, offset: &u32) -> T {
-    unsafe { core::ptr::read_volatile((sk + config_u32(offset) as u64) as *const T) }
+fn load_btf_field<T: Copy>(base: u64, offset: &u32) -> T {
+    unsafe { core::ptr::read_volatile((base + config_u32(offset) as u64) as *const T) }
 }
 
 /// Reads a field of a kernel object at an offset userspace took from BTF.
@@ -182,42 +183,82 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> u32 {
-    resolve_pending_cancel(0);
+    let _ = resolve_pending_cancel(0);
     let _ = try_kfree_skb(&ctx);
     0
 }
 
 /// The timewait socket a timer belongs to, if it is a timewait timer.
 #[inline(always)]
-fn timewait_of(timer: u64) -> Result<Option<u64>, i64> {
-    let function: u64 = read_field(timer, &CONFIG.offsets.timer_function)?;
+fn timewait_of(timer: u64) -> Option<u64> {
+    // The tracepoint's timer_list pointer: a direct load.
+    let function: u64 = load_btf_field(timer, &CONFIG.offsets.timer_function);
     if function != config_u64(&CONFIG.tw_timer_handler) {
-        return Ok(None);
+        return None;
     }
-    Ok(Some(timer - config_u32(&CONFIG.offsets.tw_timer) as u64))
+    Some(timer - config_u32(&CONFIG.offsets.tw_timer) as u64)
 }
 
 fn try_timer_start(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let timer: u64 = ctx.arg(0);
-    resolve_pending_cancel(timer);
-    let Some(tw) = timewait_of(timer)? else {
+    let rearmed = resolve_pending_cancel(timer);
+    let Some(tw) = timewait_of(timer) else {
         return Ok(());
     };
     let offsets = &CONFIG.offsets;
     let substate: u8 = read_field(tw, &offsets.tw_substate)?;
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(record) = TIMEWAITS.get_ptr_mut(tw) {
-        // Re-armed: the peer's FIN may just have moved it to TIME_WAIT
-        // (kfree_skb usually sees that first).
-        let record = unsafe { &mut *record };
-        if record.state == FIN_WAIT2 && substate == TIME_WAIT {
-            enter_time_wait(tw, record, now)?;
+    if rearmed {
+        // The peer's FIN may just have moved it to TIME_WAIT (kfree_skb
+        // usually sees that first).
+        if let Some(record) = TIMEWAITS.get_ptr_mut(tw) {
+            let record = unsafe { &mut *record };
+            if record.state == FIN_WAIT2 && substate == TIME_WAIT {
+                enter_time_wait(tw, record, now)?;
+            }
         }
         return Ok(());
+    }
+    // A new timewait socket. Its record exists from now on, so that the
+    // peer's FIN is followed even if it arrives (on another CPU) before the
+    // full socket's hand-off fills in the owner, or if the hand-off's run
+    // is skipped: then what is known of it is only what the socket says.
+    let record = SocketRecord {
+        first_seen_ns: now,
+        state_since_ns: now,
+        established_at_ns: 0,
+        closing_at_ns: 0,
+        time_wait_at_ns: if substate == TIME_WAIT { now } else { 0 },
+        pid: 0,
+        flags: if substate == TIME_WAIT {
+            EVENT_IN_OLD_KNOWN
+        } else {
+            0
+        },
+        closer: closer::LOCAL,
+        state: substate,
+        entry_pending: (substate == TIME_WAIT) as u8,
+        comm: [0; COMM_LEN],
+    };
+    if TIMEWAITS.insert(tw, record, 0).is_err() {
+        count(COUNTER_TIMEWAIT_MAP_FULL);
     }
     let lport: u16 = read_field(tw, &offsets.tw_num)?;
     let dport: u16 = read_field(tw, &offsets.tw_dport)?;
     if let Some(slot) = ARMED_TIMEWAIT.get_ptr_mut(0) {
+        let previous = unsafe { &*slot };
+        if previous.ktime_ns != 0 {
+            // The previous timewait socket born on this CPU never saw its
+            // hand-off (which follows within microseconds, on this CPU).
+            count(COUNTER_HANDOFFS_UNSEEN);
+            if let Some(orphan) = TIMEWAITS.get_ptr_mut(previous.tw) {
+                let orphan = unsafe { &mut *orphan };
+                if orphan.entry_pending != 0 {
+                    orphan.entry_pending = 0;
+                    count(COUNTER_TIMEWAIT_ENTRIES_LOST);
+                }
+            }
+        }
         unsafe {
             *slot = ArmedTimewait {
                 ktime_ns: now,
@@ -234,12 +275,12 @@ fn try_timer_start(ctx: &BtfTracePointContext) -> Result<(), i64> {
 
 fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let timer: u64 = ctx.arg(0);
-    resolve_pending_cancel(0);
-    let Some(tw) = timewait_of(timer)? else {
+    let _ = resolve_pending_cancel(0);
+    let Some(tw) = timewait_of(timer) else {
         return Ok(());
     };
     let offsets = &CONFIG.offsets;
-    let expires: u64 = read_field(timer, &offsets.timer_expires)?;
+    let expires: u64 = load_btf_field(timer, &offsets.timer_expires);
     let substate: u8 = read_field(tw, &offsets.tw_substate)?;
     let endpoints = timewait_endpoints(tw)?;
     let now = unsafe { bpf_ktime_get_ns() };
@@ -278,23 +319,23 @@ fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<(), i64> {
 
 /// Settles a cancel seen earlier on this CPU. `timer` is the timer now being
 /// started (0 for any other event): starting the cancelled one again is a
-/// re-arm, anything else means the timewait socket is gone.
+/// re-arm (returns true), anything else means the timewait socket is gone.
 #[inline(never)]
-fn resolve_pending_cancel(timer: u64) {
+fn resolve_pending_cancel(timer: u64) -> bool {
     if config_flags() & CONFIG_TIMEWAIT_HOOK == 0 {
-        return;
+        return false;
     }
     let Some(slot) = PENDING_CANCEL.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     let pending = unsafe { &mut *slot };
     if pending.tw == 0 {
-        return;
+        return false;
     }
     let tw = pending.tw;
     pending.tw = 0;
     if pending.timer == timer {
-        return;
+        return true;
     }
     end_timewait(
         tw,
@@ -303,6 +344,7 @@ fn resolve_pending_cancel(timer: u64) {
         &pending.endpoints,
         pending.ktime_ns,
     );
+    false
 }
 
 /// Whether the task removing a timewait socket is in the connect() that
@@ -392,7 +434,7 @@ fn end_timewait(tw: u64, substate: u8, reason: u8, endpoints: &Endpoints, now: u
             flags: 0,
             closer: closer::LOCAL,
             state: substate,
-            _pad: 0,
+            entry_pending: 0,
             comm: [0; COMM_LEN],
         },
     };
@@ -779,11 +821,11 @@ fn connection_over(record: &SocketRecord, endpoints: &Endpoints, end: u8, now: u
 fn socket_addresses(sk: u64, endpoints: &mut Endpoints) -> Result<(), i64> {
     let offsets = &CONFIG.offsets;
     if endpoints.family == AF_INET6 {
-        endpoints.laddr = load_sock_field(sk, &offsets.sk_v6_saddr);
-        endpoints.raddr = load_sock_field(sk, &offsets.sk_v6_daddr);
+        endpoints.laddr = load_btf_field(sk, &offsets.sk_v6_saddr);
+        endpoints.raddr = load_btf_field(sk, &offsets.sk_v6_daddr);
     } else {
         let l: [u8; 4] = read_field(sk, &offsets.sk_saddr)?;
-        let r: [u8; 4] = load_sock_field(sk, &offsets.sk_daddr);
+        let r: [u8; 4] = load_btf_field(sk, &offsets.sk_daddr);
         endpoints.laddr[..4].copy_from_slice(&l);
         endpoints.raddr[..4].copy_from_slice(&r);
     }
@@ -803,7 +845,23 @@ fn hand_off(
     now: u64,
 ) {
     let flags = config_flags();
+    if let Some(born) = TIMEWAITS.get_ptr_mut(tw) {
+        let born = unsafe { &mut *born };
+        if substate == FIN_WAIT2 && born.state == TIME_WAIT {
+            // The peer's FIN reached the new timewait socket (on another
+            // CPU) before this hand-off: TIME_WAIT was reported already,
+            // without an owner. Keep its start, add what the full socket knew.
+            let (since, entered) = (born.state_since_ns, born.time_wait_at_ns);
+            *born = *record;
+            born.state = TIME_WAIT;
+            born.state_since_ns = since;
+            born.time_wait_at_ns = entered;
+            born.flags |= EVENT_IN_OLD_KNOWN;
+            return;
+        }
+    }
     record.state = substate;
+    record.entry_pending = 0;
     if substate == TIME_WAIT {
         // CLOSING -> TIME_WAIT, or FIN_WAIT2 -> TIME_WAIT with the peer's
         // FIN already in: the connection is in TIME_WAIT now.
@@ -844,17 +902,17 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     let offsets = &CONFIG.offsets;
-    let protocol: u16 = load_sock_field(sk, &offsets.sk_protocol);
+    let protocol: u16 = load_btf_field(sk, &offsets.sk_protocol);
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let net: u64 = load_sock_field(sk, &offsets.skc_net);
+    let net: u64 = load_btf_field(sk, &offsets.skc_net);
     let mut endpoints = Endpoints {
-        netns: load_sock_field(net, &offsets.net_inum),
-        family: load_sock_field(sk, &offsets.sk_family),
+        netns: load_btf_field(net, &offsets.net_inum),
+        family: load_btf_field(sk, &offsets.sk_family),
         // inet_sock.inet_sport lies beyond struct sock: a helper read.
         lport: u16::from_be(read_field::<u16>(sk, &offsets.sk_sport)?),
-        rport: u16::from_be(load_sock_field::<u16>(sk, &offsets.sk_dport)),
+        rport: u16::from_be(load_btf_field::<u16>(sk, &offsets.sk_dport)),
         _pad: 0,
         laddr: [0; 16],
         raddr: [0; 16],
@@ -978,7 +1036,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 flags: (event_flags & (EVENT_OWNER_KNOWN | EVENT_AGE_KNOWN)) | EVENT_IN_OLD_KNOWN,
                 closer: closer::UNKNOWN,
                 state: new,
-                _pad: 0,
+                entry_pending: 0,
                 comm,
             };
             note_phase(&mut record, old, new, now);

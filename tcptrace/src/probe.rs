@@ -8,8 +8,9 @@ use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 use tcptrace_common::{
-    HistKey, HistValue, KernelOffsets, ListenerOwner, ProbeConfig, CONFIG_TIMEWAIT_HOOK,
-    COUNTER_CONNECTIONS, COUNTER_EMITTED, COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED,
+    ArmedTimewait, HistKey, HistValue, KernelOffsets, ListenerOwner, ProbeConfig, SocketRecord,
+    CONFIG_TIMEWAIT_HOOK, COUNTER_CONNECTIONS, COUNTER_EMITTED, COUNTER_HANDOFFS_UNSEEN,
+    COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_TIMEWAIT_ENTRIES_LOST,
     COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS,
     COUNTER_TIMEWAIT_MAP_FULL,
 };
@@ -93,11 +94,17 @@ pub struct LossCounters {
     pub read_failures: u64,
     /// Socket records the map refused (never expected with an LRU map).
     pub socket_map_full: u64,
+    /// Timewait sockets whose hand-off the state-change program never ran
+    /// for: each one a FIN_WAIT2 -> CLOSE the kernel skipped (a recursion
+    /// miss above, or a skip the kernel did not count).
+    pub handoffs_unseen: u64,
+    /// TIME_WAIT entries lost with such a hand-off.
+    pub timewait_entries_lost: u64,
 }
 
 impl LossCounters {
     pub fn total(&self) -> u64 {
-        self.ring_full + self.recursion_misses + self.read_failures
+        self.ring_full + self.recursion_misses + self.read_failures + self.timewait_entries_lost
     }
 }
 
@@ -205,6 +212,11 @@ impl Probe {
     }
 
     pub fn loss_counters(&self) -> Result<LossCounters> {
+        let stale = if self.timewait.hooked() {
+            self.stale_births()?
+        } else {
+            (0, 0)
+        };
         let (mut recursion_misses, mut timewait_hook_misses) = (0, 0);
         for &(name, fd) in &self.program_fds {
             let misses = program_info(fd)?.recursion_misses;
@@ -221,7 +233,36 @@ impl Probe {
             read_failures: self.counter(COUNTER_READ_FAILED)?,
             socket_map_full: self.counter(COUNTER_SOCKET_MAP_FULL)?
                 + self.counter(COUNTER_TIMEWAIT_MAP_FULL)?,
+            handoffs_unseen: self.counter(COUNTER_HANDOFFS_UNSEEN)? + stale.0,
+            timewait_entries_lost: self.counter(COUNTER_TIMEWAIT_ENTRIES_LOST)? + stale.1,
         })
+    }
+
+    /// Births of timewait sockets still waiting, on their CPU, for a
+    /// hand-off that should have followed within a millisecond (the probe
+    /// counts them only at that CPU's next birth): (unseen, entries lost).
+    fn stale_births(&self) -> Result<(u64, u64)> {
+        let Some(map) = self.ebpf.map("ARMED_TIMEWAIT") else {
+            return Ok((0, 0));
+        };
+        let armed: PerCpuArray<_, ArmedTimewait> = PerCpuArray::try_from(map)?;
+        let timewaits: BpfHashMap<_, u64, SocketRecord> = BpfHashMap::try_from(
+            self.ebpf.map("TIMEWAITS").context("no TIMEWAITS map")?,
+        )?;
+        let now = crate::clock::Clock::now_ktime_ns();
+        let (mut unseen, mut lost) = (0, 0);
+        for slot in armed.get(&0, 0)?.iter() {
+            if slot.ktime_ns != 0 && now.saturating_sub(slot.ktime_ns) > 1_000_000 {
+                unseen += 1;
+                if timewaits
+                    .get(&slot.tw, 0)
+                    .is_ok_and(|record| record.entry_pending != 0)
+                {
+                    lost += 1;
+                }
+            }
+        }
+        Ok((unseen, lost))
     }
 
     /// Connection records the probe wrote into the ring (`life`).

@@ -110,6 +110,8 @@ pub fn add_loss_fields(record: &mut serde_json::Value, clock: &Clock, ctx: &RunC
         "timewait_hook_misses": ctx.losses.timewait_hook_misses,
         "read_failures": ctx.losses.read_failures,
         "socket_map_full": ctx.losses.socket_map_full,
+        "timewait_entries_lost": ctx.losses.timewait_entries_lost,
+        "handoffs_unseen": ctx.losses.handoffs_unseen,
         "timewait_detection": ctx.timewait_detection,
         "probe_stats": ctx.run_stats.iter().map(|&(program, runs, ns)| {
             json!({"program": program, "runs": runs, "run_time_ns": ns})
@@ -147,6 +149,13 @@ pub fn write_human_losses(out: &mut impl Write, ctx: &RunContext) {
             out,
             "  socket records refused: {}",
             ctx.losses.socket_map_full
+        );
+    }
+    if ctx.losses.handoffs_unseen > 0 {
+        let _ = writeln!(
+            out,
+            "  timewait hand-offs the kernel did not run the probe for: {} ({} TIME_WAIT entries lost with them)",
+            ctx.losses.handoffs_unseen, ctx.losses.timewait_entries_lost
         );
     }
     let _ = writeln!(out, "  timewait detection: {}", ctx.timewait_detection);
@@ -203,6 +212,7 @@ pub fn write_json_lost(
         "recursion_misses": now.recursion_misses - before.recursion_misses,
         "read_failures": now.read_failures - before.read_failures,
         "timewait_hook_misses": now.timewait_hook_misses - before.timewait_hook_misses,
+        "timewait_entries_lost": now.timewait_entries_lost - before.timewait_entries_lost,
         "total_ring_reservation_failures": now.ring_full,
         "total_recursion_misses": now.recursion_misses,
     });
