@@ -43,10 +43,10 @@ use tcptrace_common::{
     CONFIG_RPORT_FILTER, CONFIG_TIMEWAIT_EVENTS, CONFIG_TIMEWAIT_HOOK, CONN_CLOSING_KNOWN,
     CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN, CONN_START_SEEN,
     CONN_TIME_WAIT_KNOWN, COUNTER_CONNECTIONS, COUNTER_COUNT, COUNTER_EMITTED,
-    COUNTER_HANDOFFS_UNSEEN, COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_TIMEWAIT_ENTRIES_LOST, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL,
-    COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN,
-    EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET,
-    HIST_BUCKETS,
+    COUNTER_HANDOFFS_UNSEEN, COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_RING_FULL,
+    COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_ENTRIES_LOST, COUNTER_TIMEWAIT_HANDOFFS,
+    COUNTER_TIMEWAIT_MAP_FULL, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN,
+    EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET, HIST_BUCKETS,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -600,19 +600,24 @@ fn emit_transition(event: &TransitionEvent) {
     count(COUNTER_EMITTED);
 }
 
-/// Wake-ups cost a context switch each; under load one per event would
-/// cost more than the event. Wake the reader at most once per
-/// `wake_interval_ns`, or sooner when the ring fills past `wake_bytes`.
-/// An event that stays unannounced is read at the next wake-up or by the
-/// reader's catch-up read a couple of milliseconds after its last wake.
+/// Wake-ups cost a context switch each (and an IPI to the reader's CPU);
+/// under load one per event would cost more than the event. Wake the
+/// reader at most once per `wake_interval_ns`, or, when the ring fills past
+/// `wake_bytes`, at most sixteen times as often: a reader that has fallen
+/// behind is busy draining already, and waking it on every event would
+/// only interrupt it. An event that stays unannounced is read at the next
+/// wake-up or by the reader's catch-up read a couple of milliseconds after
+/// its last wake.
 #[inline(always)]
 fn wakeup_flag(now: u64) -> u64 {
     let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
         return BPF_RB_FORCE_WAKEUP as u64;
     };
     let interval = config_u64(&CONFIG.wake_interval_ns);
-    let due = now.wrapping_sub(unsafe { *last }) >= interval
-        || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config_u64(&CONFIG.wake_bytes);
+    let elapsed = now.wrapping_sub(unsafe { *last });
+    let due = elapsed >= interval
+        || (elapsed >= interval / 16
+            && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config_u64(&CONFIG.wake_bytes));
     if due {
         unsafe { *last = now };
         BPF_RB_FORCE_WAKEUP as u64

@@ -10,9 +10,8 @@ use aya::{
 use tcptrace_common::{
     ArmedTimewait, HistKey, HistValue, KernelOffsets, ListenerOwner, ProbeConfig, SocketRecord,
     CONFIG_TIMEWAIT_HOOK, COUNTER_CONNECTIONS, COUNTER_EMITTED, COUNTER_HANDOFFS_UNSEEN,
-    COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_TIMEWAIT_ENTRIES_LOST,
-    COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS,
-    COUNTER_TIMEWAIT_MAP_FULL,
+    COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL,
+    COUNTER_TIMEWAIT_ENTRIES_LOST, COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL,
 };
 
 /// What to load: the probe's configuration and its map sizes.
@@ -246,9 +245,8 @@ impl Probe {
             return Ok((0, 0));
         };
         let armed: PerCpuArray<_, ArmedTimewait> = PerCpuArray::try_from(map)?;
-        let timewaits: BpfHashMap<_, u64, SocketRecord> = BpfHashMap::try_from(
-            self.ebpf.map("TIMEWAITS").context("no TIMEWAITS map")?,
-        )?;
+        let timewaits: BpfHashMap<_, u64, SocketRecord> =
+            BpfHashMap::try_from(self.ebpf.map("TIMEWAITS").context("no TIMEWAITS map")?)?;
         let now = crate::clock::Clock::now_ktime_ns();
         let (mut unseen, mut lost) = (0, 0);
         for slot in armed.get(&0, 0)?.iter() {
