@@ -417,11 +417,7 @@ pub async fn run(args: CensusArgs) -> Result<()> {
     session::run(
         probe,
         &mut view,
-        SessionOptions {
-            json: args.json,
-            duration: args.duration,
-            banner,
-        },
+        SessionOptions::new(args.json, args.duration, banner),
     )
     .await
 }

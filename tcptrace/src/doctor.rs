@@ -597,14 +597,14 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
     session::run(
         probe,
         &mut view,
-        SessionOptions {
-            json: args.json,
-            duration: Some(window),
-            banner: Some(format!(
+        SessionOptions::new(
+            args.json,
+            Some(window),
+            Some(format!(
                 "tcptrace: tracing for {:.1} s before reporting",
                 window.as_secs_f64()
             )),
-        },
+        ),
     )
     .await
 }

@@ -416,13 +416,11 @@ impl View for HistView {
     fn finish(&mut self, ctx: &RunContext, clock: &Clock, out: &mut Vec<u8>) -> Result<()> {
         self.print(out, clock);
         if self.json {
-            let mut record = json!({
+            let record = json!({
                 "type": "summary",
                 "histograms_over_key_limit": self.overflow,
             });
-            summary::add_loss_fields(&mut record, clock, ctx);
-            let _ = serde_json::to_writer(&mut *out, &record);
-            out.push(b'\n');
+            summary::write_json_record(out, record, clock, ctx);
         } else {
             if self.overflow > 0 {
                 note!(
@@ -457,14 +455,10 @@ pub async fn run(args: HistArgs) -> Result<()> {
     session::run(
         probe,
         &mut view,
-        SessionOptions {
-            json: args.json,
-            duration: args.duration,
-            banner: Some(
+        SessionOptions::new(args.json, args.duration, Some(
                 "tcptrace: aggregating TCP state durations in the kernel (Ctrl-C to print and stop)"
                     .into(),
-            ),
-        },
+            )),
     )
     .await
 }

@@ -257,7 +257,7 @@ impl View for LifeView {
     fn finish(&mut self, ctx: &RunContext, clock: &Clock, out: &mut Vec<u8>) -> Result<()> {
         let [unknown, local, remote, reset] = self.per_closer;
         if self.json {
-            let mut record = json!({
+            let record = json!({
                 "type": "summary",
                 "connections": self.connections,
                 "closer": {"local": local, "remote": remote, "reset": reset, "unknown": unknown},
@@ -265,9 +265,7 @@ impl View for LifeView {
                 "connections_emitted_by_probe": ctx.probe_connections,
                 "bad_records": self.bad_records,
             });
-            summary::add_loss_fields(&mut record, clock, ctx);
-            let _ = serde_json::to_writer(&mut *out, &record);
-            out.push(b'\n');
+            summary::write_json_record(out, record, clock, ctx);
         } else {
             note!(
                 "tcptrace: {} connections ({local} closed locally first, {remote} by the peer, \
@@ -303,15 +301,15 @@ pub async fn run(args: LifeArgs) -> Result<()> {
     session::run(
         probe,
         &mut view,
-        SessionOptions {
-            json: args.json,
-            duration: args.duration,
-            banner: Some(
+        SessionOptions::new(
+            args.json,
+            args.duration,
+            Some(
                 "tcptrace: reporting finished connections (Ctrl-C to stop; connections that \
                  closed first appear when their TIME_WAIT ends)"
                     .into(),
             ),
-        },
+        ),
     )
     .await
 }

@@ -1,6 +1,9 @@
 //! Owners of sockets that existed before tcptrace started, from procfs
 //! (socket inode -> /proc/PID/fd, as `ss -p` does).
-use std::{collections::HashMap, fs};
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+};
 
 use tcptrace_common::{ListenerOwner, COMM_LEN};
 
@@ -23,36 +26,54 @@ pub fn parse_listeners(table: &str) -> Vec<(u16, u64)> {
         .collect()
 }
 
-/// Maps socket inodes to the first process holding them open.
-fn socket_inode_owners(wanted: &HashMap<u64, u16>) -> HashMap<u64, u32> {
+/// Every process: (pid, its /proc directory). Processes come and go while
+/// this is walked; callers skip what vanished.
+pub fn processes() -> impl Iterator<Item = (u32, std::path::PathBuf)> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flat_map(|dir| dir.flatten())
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((pid, entry.path()))
+        })
+}
+
+/// Who holds (or last held) a socket open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Owners of these socket inodes: the first process holding each open, as
+/// `ss -p` finds them.
+pub fn inode_owners(wanted: &HashSet<u64>) -> HashMap<u64, Owner> {
     let mut owners = HashMap::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
+    if wanted.is_empty() {
         return owners;
-    };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+    }
+    for (pid, dir) in processes() {
+        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
             continue;
         };
-        // Processes come and go while we walk: skip what vanished.
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
+        let mut comm = None;
         for fd in fds.flatten() {
             let Ok(target) = fs::read_link(fd.path()) else {
                 continue;
             };
-            let inode = target
+            let Some(inode) = target
                 .to_str()
                 .and_then(|t| t.strip_prefix("socket:["))
                 .and_then(|t| t.strip_suffix(']'))
-                .and_then(|t| t.parse::<u64>().ok());
-            if let Some(inode) = inode.filter(|i| wanted.contains_key(i)) {
-                owners.entry(inode).or_insert(pid);
+                .and_then(|t| t.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if !wanted.contains(&inode) || owners.contains_key(&inode) {
+                continue;
             }
+            let comm = *comm.get_or_insert_with(|| comm_of(pid));
+            owners.insert(inode, Owner { pid, comm });
         }
     }
     owners
@@ -83,15 +104,15 @@ pub fn existing_listeners() -> Vec<(u16, ListenerOwner)> {
     if by_inode.is_empty() {
         return Vec::new();
     }
-    socket_inode_owners(&by_inode)
+    inode_owners(&by_inode.keys().copied().collect())
         .into_iter()
-        .map(|(inode, pid)| {
+        .map(|(inode, owner)| {
             (
                 by_inode[&inode],
                 ListenerOwner {
-                    pid,
+                    pid: owner.pid,
                     _pad: 0,
-                    comm: comm_of(pid),
+                    comm: owner.comm,
                 },
             )
         })

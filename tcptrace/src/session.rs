@@ -75,6 +75,16 @@ pub struct SessionOptions {
     pub banner: Option<String>,
 }
 
+impl SessionOptions {
+    pub fn new(json: bool, duration: Option<Duration>, banner: Option<String>) -> Self {
+        SessionOptions {
+            json,
+            duration,
+            banner,
+        }
+    }
+}
+
 /// Loads and attaches the probe, says what precision is missing, and gives
 /// it the owners of listeners that already exist.
 pub fn start_probe(options: &ProbeOptions) -> Result<Probe> {

@@ -25,7 +25,10 @@ use std::{
 use anyhow::{Context, Result};
 use tcptrace_common::{end_reason, tcp_state::*, COMM_LEN};
 
-use crate::decode::{comm_bytes, Timewait, Transition};
+use crate::{
+    decode::{comm_bytes, Timewait, Transition},
+    owners,
+};
 
 /// Most sockets kept; more are counted in `SocketTable::dropped`.
 pub const DEFAULT_MAX_SOCKETS: usize = 1 << 20;
@@ -53,11 +56,7 @@ impl Tuple {
 }
 
 /// The process that owns (or last owned) a socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Owner {
-    pub pid: u32,
-    pub comm: [u8; COMM_LEN],
-}
+pub use crate::owners::{inode_owners, Owner};
 
 impl Owner {
     pub fn of(t: &Transition) -> Option<Owner> {
@@ -675,77 +674,9 @@ fn read_tables_in(ns_path: &Path, netns: u32) -> Result<Vec<Walked>> {
 
 /// (namespace inode, pid) for every process, one entry per process.
 fn namespaces_with_processes() -> Vec<(u32, u32)> {
-    let mut out = Vec::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(netns) = netns_inode(&entry.path().join("ns/net")) {
-            out.push((netns, pid));
-        }
-    }
-    out
-}
-
-/// Owners of these socket inodes: the first process holding each open, as
-/// `ss -p` finds them.
-pub fn inode_owners(wanted: &HashSet<u64>) -> HashMap<u64, Owner> {
-    let mut owners = HashMap::new();
-    if wanted.is_empty() {
-        return owners;
-    }
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return owners;
-    };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        let mut comm = None;
-        for fd in fds.flatten() {
-            let Ok(target) = fs::read_link(fd.path()) else {
-                continue;
-            };
-            let Some(inode) = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|t| t.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if !wanted.contains(&inode) || owners.contains_key(&inode) {
-                continue;
-            }
-            let comm = *comm.get_or_insert_with(|| comm_of(pid));
-            owners.insert(inode, Owner { pid, comm });
-        }
-    }
-    owners
-}
-
-fn comm_of(pid: u32) -> [u8; COMM_LEN] {
-    let mut comm = [0u8; COMM_LEN];
-    if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/comm")) {
-        let bytes = text.trim_end_matches('\n').as_bytes();
-        let n = bytes.len().min(COMM_LEN - 1);
-        comm[..n].copy_from_slice(&bytes[..n]);
-    }
-    comm
+    owners::processes()
+        .filter_map(|(pid, dir)| Some((netns_inode(&dir.join("ns/net")).ok()?, pid)))
+        .collect()
 }
 
 /// Walks `scope` and finds the owner of every full socket.

@@ -364,11 +364,7 @@ pub async fn run(args: StuckArgs) -> Result<()> {
     session::run(
         probe,
         &mut view,
-        SessionOptions {
-            json: args.json,
-            duration: args.duration,
-            banner,
-        },
+        SessionOptions::new(args.json, args.duration, banner),
     )
     .await
 }

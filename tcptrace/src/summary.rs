@@ -99,6 +99,19 @@ pub fn write_json_summary(out: &mut Vec<u8>, clock: &Clock, stats: &RunStats, ct
     out.push(b'\n');
 }
 
+/// A command's own summary record, with the loss counters and probe
+/// statistics every summary carries, as one JSON line.
+pub fn write_json_record(
+    out: &mut Vec<u8>,
+    mut record: serde_json::Value,
+    clock: &Clock,
+    ctx: &RunContext,
+) {
+    add_loss_fields(&mut record, clock, ctx);
+    let _ = serde_json::to_writer(&mut *out, &record);
+    out.push(b'\n');
+}
+
 /// The loss counters and probe statistics every summary carries.
 pub fn add_loss_fields(record: &mut serde_json::Value, clock: &Clock, ctx: &RunContext) {
     let mut time = Vec::new();

@@ -68,11 +68,7 @@ pub async fn run(args: TailArgs) -> Result<()> {
     session::run(
         probe,
         &mut view,
-        SessionOptions {
-            json: args.json,
-            duration: args.duration,
-            banner: Some(banner),
-        },
+        SessionOptions::new(args.json, args.duration, Some(banner)),
     )
     .await
 }

@@ -78,8 +78,11 @@ fn churn_loses_nothing_silently() {
     // Each listener is opened and closed once while tracing.
     let expected = connections * PER_CONNECTION.len() as u64 + 2 * PORTS as u64;
     let accounted = delivered + missed + ring_full;
+    // Recursion misses are the kernel's count for the program, whatever
+    // socket it was about: a miss for the host's own traffic during the
+    // churn counts too. Beyond that, more than expected is double counting.
     assert!(
-        accounted <= expected,
+        accounted <= expected + expected / 100_000,
         "more events than transitions: {summary}"
     );
     // Rarely the kernel skips the program without counting a recursion
@@ -87,7 +90,7 @@ fn churn_loses_nothing_silently() {
     // always a server's FIN_WAIT1->FIN_WAIT2 + FIN_WAIT2->CLOSE pair in
     // softirq, with classic and BTF tracepoints alike). No counter shows
     // those; everything a counter shows is accounted for exactly above.
-    let unexplained = expected - accounted;
+    let unexplained = expected.saturating_sub(accounted);
     assert!(
         unexplained <= expected / 50_000,
         "delivered {delivered} + recursion misses {missed} + ring full {ring_full} \
