@@ -420,6 +420,10 @@ pub const COUNTER_HANDOFFS_UNSEEN: u32 = 8;
 /// TIME_WAIT entries lost with such a hand-off (born in TIME_WAIT, they
 /// are reported by the hand-off).
 pub const COUNTER_TIMEWAIT_ENTRIES_LOST: u32 = 9;
+/// Records added to SOCKETS and TIMEWAITS (new keys) and removed from them:
+/// with the entries left, userspace tells how many the LRU maps evicted.
+pub const COUNTER_RECORDS_ADDED: u32 = 10;
+pub const COUNTER_RECORDS_REMOVED: u32 = 11;
 pub const COUNTER_COUNT: u32 = 16;
 
 /// Timewait timer most recently armed on this CPU (per-CPU slot).

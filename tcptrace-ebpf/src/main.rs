@@ -43,10 +43,11 @@ use tcptrace_common::{
     CONFIG_RPORT_FILTER, CONFIG_TIMEWAIT_EVENTS, CONFIG_TIMEWAIT_HOOK, CONN_CLOSING_KNOWN,
     CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN, CONN_START_SEEN,
     CONN_TIME_WAIT_KNOWN, COUNTER_CONNECTIONS, COUNTER_COUNT, COUNTER_EMITTED,
-    COUNTER_HANDOFFS_UNSEEN, COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_RING_FULL,
-    COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_ENTRIES_LOST, COUNTER_TIMEWAIT_HANDOFFS,
-    COUNTER_TIMEWAIT_MAP_FULL, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN,
-    EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET, HIST_BUCKETS,
+    COUNTER_HANDOFFS_UNSEEN, COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_RECORDS_ADDED,
+    COUNTER_RECORDS_REMOVED, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL,
+    COUNTER_TIMEWAIT_ENTRIES_LOST, COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL,
+    EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED,
+    EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET, HIST_BUCKETS,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -240,8 +241,12 @@ fn try_timer_start(ctx: &BtfTracePointContext) -> Result<(), i64> {
         entry_pending: (substate == TIME_WAIT) as u8,
         comm: [0; COMM_LEN],
     };
+    // A record left by a timewait socket whose end went unseen, at the same
+    // address, is replaced: it counts as evicted.
     if TIMEWAITS.insert(tw, record, 0).is_err() {
         count(COUNTER_TIMEWAIT_MAP_FULL);
+    } else {
+        count(COUNTER_RECORDS_ADDED);
     }
     let lport: u16 = read_field(tw, &offsets.tw_num)?;
     let dport: u16 = read_field(tw, &offsets.tw_dport)?;
@@ -438,7 +443,9 @@ fn end_timewait(tw: u64, substate: u8, reason: u8, endpoints: &Endpoints, now: u
             comm: [0; COMM_LEN],
         },
     };
-    let _ = TIMEWAITS.remove(tw);
+    if TIMEWAITS.remove(tw).is_ok() {
+        count(COUNTER_RECORDS_REMOVED);
+    }
     let old = if record.state == TIME_WAIT {
         TIME_WAIT
     } else {
@@ -850,7 +857,8 @@ fn hand_off(
     now: u64,
 ) {
     let flags = config_flags();
-    if let Some(born) = TIMEWAITS.get_ptr_mut(tw) {
+    let existing = TIMEWAITS.get_ptr_mut(tw);
+    if let Some(born) = existing {
         let born = unsafe { &mut *born };
         if substate == FIN_WAIT2 && born.state == TIME_WAIT {
             // The peer's FIN reached the new timewait socket (on another
@@ -896,6 +904,8 @@ fn hand_off(
     }
     if TIMEWAITS.insert(tw, *record, 0).is_err() {
         count(COUNTER_TIMEWAIT_MAP_FULL);
+    } else if existing.is_none() {
+        count(COUNTER_RECORDS_ADDED);
     }
 }
 
@@ -1009,7 +1019,9 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                     None => {}
                 }
                 // Final close: the address will soon be another socket's.
-                let _ = SOCKETS.remove(sk);
+                if SOCKETS.remove(sk).is_ok() {
+                    count(COUNTER_RECORDS_REMOVED);
+                }
             }
         }
         None => {
@@ -1048,6 +1060,8 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
             if new != CLOSE {
                 if SOCKETS.insert(sk, record, 0).is_err() {
                     count(COUNTER_SOCKET_MAP_FULL);
+                } else {
+                    count(COUNTER_RECORDS_ADDED);
                 }
             } else if let Some((tw, substate)) = handoff {
                 hand_off(tw, substate, &mut record, &endpoints, old, None, now);

@@ -10,8 +10,9 @@ use aya::{
 use tcptrace_common::{
     ArmedTimewait, HistKey, HistValue, KernelOffsets, ListenerOwner, ProbeConfig, SocketRecord,
     CONFIG_TIMEWAIT_HOOK, COUNTER_CONNECTIONS, COUNTER_EMITTED, COUNTER_HANDOFFS_UNSEEN,
-    COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL,
-    COUNTER_TIMEWAIT_ENTRIES_LOST, COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL,
+    COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_RECORDS_ADDED, COUNTER_RECORDS_REMOVED,
+    COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_ENTRIES_LOST,
+    COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL,
 };
 
 /// What to load: the probe's configuration and its map sizes.
@@ -261,6 +262,21 @@ impl Probe {
             }
         }
         Ok((unseen, lost))
+    }
+
+    /// Per-connection records the LRU maps evicted to make room (their
+    /// connections then look as if they predated tracing). Counts every
+    /// record, so it walks the maps: call it once, at the end.
+    pub fn records_evicted(&self) -> Result<u64> {
+        let added = self.counter(COUNTER_RECORDS_ADDED)?;
+        let removed = self.counter(COUNTER_RECORDS_REMOVED)?;
+        let mut live = 0u64;
+        for name in ["SOCKETS", "TIMEWAITS"] {
+            let map: BpfHashMap<_, u64, SocketRecord> =
+                BpfHashMap::try_from(self.ebpf.map(name).context("no record map")?)?;
+            live += map.keys().filter(|k| k.is_ok()).count() as u64;
+        }
+        Ok(added.saturating_sub(removed).saturating_sub(live))
     }
 
     /// Connection records the probe wrote into the ring (`life`).

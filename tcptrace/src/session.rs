@@ -284,6 +284,7 @@ pub async fn run(mut probe: Probe, view: &mut impl View, options: SessionOptions
         probe_handoffs: probe.timewait_handoffs().unwrap_or(0),
         probe_emitted: probe.emitted().unwrap_or(0),
         probe_connections: probe.connections_emitted().unwrap_or(0),
+        records_evicted: probe.records_evicted().unwrap_or(0),
         run_stats: probe.run_stats().unwrap_or_default(),
     };
     view.before_detach(&probe)?;

@@ -70,6 +70,8 @@ pub struct RunContext<'a> {
     pub probe_emitted: u64,
     /// Connection records the probe wrote into the ring (`life`).
     pub probe_connections: u64,
+    /// Per-connection records the kernel's LRU maps evicted.
+    pub records_evicted: u64,
     /// (program, runs, run time ns) while kernel BPF stats are enabled.
     pub run_stats: Vec<(&'static str, u64, u64)>,
 }
@@ -125,6 +127,7 @@ pub fn add_loss_fields(record: &mut serde_json::Value, clock: &Clock, ctx: &RunC
         "socket_map_full": ctx.losses.socket_map_full,
         "timewait_entries_lost": ctx.losses.timewait_entries_lost,
         "handoffs_unseen": ctx.losses.handoffs_unseen,
+        "records_evicted": ctx.records_evicted,
         "timewait_detection": ctx.timewait_detection,
         "probe_stats": ctx.run_stats.iter().map(|&(program, runs, ns)| {
             json!({"program": program, "runs": runs, "run_time_ns": ns})
@@ -162,6 +165,14 @@ pub fn write_human_losses(out: &mut impl Write, ctx: &RunContext) {
             out,
             "  socket records refused: {}",
             ctx.losses.socket_map_full
+        );
+    }
+    if ctx.records_evicted > 0 {
+        let _ = writeln!(
+            out,
+            "  connection records evicted from the full kernel maps: {} (those connections \
+             then look older than tracing)",
+            ctx.records_evicted
         );
     }
     if ctx.losses.handoffs_unseen > 0 {
@@ -271,6 +282,7 @@ mod tests {
             probe_handoffs: 5,
             probe_emitted: 3,
             probe_connections: 0,
+            records_evicted: 0,
             run_stats: vec![("inet_sock_set_state", 10, 2000)],
         };
         let mut out = Vec::new();
