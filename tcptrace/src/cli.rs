@@ -58,7 +58,9 @@ SIGTERM, --duration) tcptrace prints a summary with event counts and any
 events the kernel lost.
 
 Subcommands: life (one record per finished connection), hist (histograms of
-lifetimes and time per state, aggregated in the kernel).
+lifetimes and time per state, aggregated in the kernel), stuck (who holds
+sockets in CLOSE_WAIT, FIN_WAIT2, LAST_ACK), census (sockets per state, live)
+and doctor (the TIME_WAIT sysctls, checked against this host).
 
 Needs root (or CAP_BPF and CAP_PERFMON) and Linux 5.8 or later with BTF.";
 
@@ -219,13 +221,10 @@ impl ProbeArgs {
 /// Histogram keys the kernel keeps before it counts new ones as "other".
 pub const DEFAULT_HISTOGRAM_KEYS: u32 = 1024;
 
-/// The live tail (no subcommand).
+/// What every tracing command takes: output format, filters, run length
+/// and how the probe is loaded.
 #[derive(clap::Args, Debug)]
-pub struct TailArgs {
-    /// Show every transition, not just TIME_WAIT entry and end and CLOSE_WAIT -> LAST_ACK.
-    #[arg(short, long)]
-    pub all: bool,
-
+pub struct Common {
     /// Print JSON Lines: one object per line, each with a "type" field.
     #[arg(short, long)]
     pub json: bool,
@@ -239,7 +238,11 @@ pub struct TailArgs {
 
     #[command(flatten)]
     pub probe: ProbeArgs,
+}
 
+/// The human table's columns, for commands that print one line per socket.
+#[derive(clap::Args, Debug)]
+pub struct Columns {
     /// Columns wide enough for any IPv6 address (otherwise they widen when
     /// the first long address appears).
     #[arg(short, long)]
@@ -248,6 +251,20 @@ pub struct TailArgs {
     /// Do not print the column header.
     #[arg(long)]
     pub no_header: bool,
+}
+
+/// The live tail (no subcommand).
+#[derive(clap::Args, Debug)]
+pub struct TailArgs {
+    /// Show every transition, not just TIME_WAIT entry and end and CLOSE_WAIT -> LAST_ACK.
+    #[arg(short, long)]
+    pub all: bool,
+
+    #[command(flatten)]
+    pub common: Common,
+
+    #[command(flatten)]
+    pub columns: Columns,
 }
 
 impl TailArgs {
@@ -263,12 +280,8 @@ impl TailArgs {
             state::allow_headline(&mut config);
             config.flags |= CONFIG_HANDOFF_ONLY | CONFIG_HIDE_HANDOFFS;
         }
-        self.filters.apply(&mut config);
+        self.common.filters.apply(&mut config);
         config
-    }
-
-    pub fn probe_options(&self, config: ProbeConfig) -> ProbeOptions {
-        self.probe.options(config)
     }
 }
 

@@ -18,7 +18,7 @@ use tcptrace_common::{
 };
 
 use crate::{
-    cli::{parse_seconds, Filters, ProbeArgs},
+    cli::{parse_seconds, Common},
     clock::Clock,
     decode::comm_bytes,
     error::{note, UsageError},
@@ -83,19 +83,8 @@ pub struct HistArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_metric)]
     pub metric: Vec<u8>,
 
-    /// Print JSON Lines ({"type":"histogram",...}).
-    #[arg(short, long)]
-    pub json: bool,
-
     #[command(flatten)]
-    pub filters: Filters,
-
-    /// Stop by itself after SECONDS and print the histograms.
-    #[arg(short, long, value_name = "SECONDS", value_parser = parse_seconds)]
-    pub duration: Option<Duration>,
-
-    #[command(flatten)]
-    pub probe: ProbeArgs,
+    pub common: Common,
 
     /// Most keys the kernel keeps before counting new ones as "other".
     #[arg(long, value_name = "N", default_value_t = crate::cli::DEFAULT_HISTOGRAM_KEYS,
@@ -435,16 +424,16 @@ impl View for HistView {
 }
 
 pub async fn run(args: HistArgs) -> Result<()> {
-    args.filters.check_pid()?;
+    args.common.filters.check_pid()?;
     let mut config = ProbeConfig::empty();
     config.flags |= CONFIG_HISTOGRAMS;
     config.hist_by = args.by.map_or(hist_by::NONE, By::probe_value);
-    args.filters.apply(&mut config);
-    let mut options = args.probe.options(config);
+    args.common.filters.apply(&mut config);
+    let mut options = args.common.probe.options(config);
     options.histogram_keys = args.max_keys;
     let probe = session::start_probe(&options)?;
     let mut view = HistView {
-        json: args.json,
+        json: args.common.json,
         by: args.by,
         top: args.top.max(1),
         metrics: args.metric.clone(),
@@ -455,7 +444,7 @@ pub async fn run(args: HistArgs) -> Result<()> {
     session::run(
         probe,
         &mut view,
-        SessionOptions::new(args.json, args.duration, Some(
+        SessionOptions::new(args.common.json, args.common.duration, Some(
                 "tcptrace: aggregating TCP state durations in the kernel (Ctrl-C to print and stop)"
                     .into(),
             )),

@@ -3,7 +3,6 @@
 //! phase. The probe assembles the record in the kernel and writes it once,
 //! when the connection's last socket is gone: for the side that closed
 //! first that is the end of TIME_WAIT, normally 60 s after the close.
-use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
@@ -15,7 +14,7 @@ use tcptrace_common::{
 };
 
 use crate::{
-    cli::{parse_seconds, Filters, ProbeArgs},
+    cli::{Columns, Common},
     clock::Clock,
     decode::{address, comm_bytes, end_name},
     error::note,
@@ -41,27 +40,11 @@ it at the close instead, without TIME_WAIT. Connections opened before
 tcptrace started are reported with what is known (start_seen false, unknown
 phases null), never with invented durations.")]
 pub struct LifeArgs {
-    /// Print JSON Lines ({"type":"connection",...}).
-    #[arg(short, long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub common: Common,
 
     #[command(flatten)]
-    pub filters: Filters,
-
-    /// Stop by itself after SECONDS and print the summary.
-    #[arg(short, long, value_name = "SECONDS", value_parser = parse_seconds)]
-    pub duration: Option<Duration>,
-
-    #[command(flatten)]
-    pub probe: ProbeArgs,
-
-    /// Columns wide enough for any IPv6 address.
-    #[arg(short, long)]
-    pub wide: bool,
-
-    /// Do not print the column header.
-    #[arg(long)]
-    pub no_header: bool,
+    pub columns: Columns,
 }
 
 /// A decoded `ConnectionEvent`.
@@ -280,20 +263,20 @@ impl View for LifeView {
 }
 
 pub async fn run(args: LifeArgs) -> Result<()> {
-    args.filters.check_pid()?;
+    args.common.filters.check_pid()?;
     let mut config = ProbeConfig::empty();
     config.flags |= CONFIG_EMIT_CONNECTIONS;
-    args.filters.apply(&mut config);
-    let probe = session::start_probe(&args.probe.options(config))?;
+    args.common.filters.apply(&mut config);
+    let probe = session::start_probe(&args.common.probe.options(config))?;
     let mut view = LifeView {
-        json: args.json,
-        human: HumanFormat::new(args.wide || args.filters.ipv6),
+        json: args.common.json,
+        human: HumanFormat::new(args.columns.wide || args.common.filters.ipv6),
         connections: 0,
         per_closer: [0; 4],
         start_unseen: 0,
         bad_records: 0,
     };
-    if !args.json && !args.no_header {
+    if !args.common.json && !args.columns.no_header {
         let mut header = Vec::new();
         view.write_header(&mut header);
         session::write_stdout(&header)?;
@@ -302,8 +285,8 @@ pub async fn run(args: LifeArgs) -> Result<()> {
         probe,
         &mut view,
         SessionOptions::new(
-            args.json,
-            args.duration,
+            args.common.json,
+            args.common.duration,
             Some(
                 "tcptrace: reporting finished connections (Ctrl-C to stop; connections that \
                  closed first appear when their TIME_WAIT ends)"

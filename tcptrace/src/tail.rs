@@ -39,28 +39,30 @@ impl View for TailView {
 }
 
 pub async fn run(args: TailArgs) -> Result<()> {
-    args.filters.check_pid()?;
-    let probe = session::start_probe(&args.probe.options(args.probe_config()))?;
-    let mut format = if args.json {
+    args.common.filters.check_pid()?;
+    let probe = session::start_probe(&args.common.probe.options(args.probe_config()))?;
+    let mut format = if args.common.json {
         Format::Json
     } else {
-        Format::Human(HumanFormat::new(args.wide || args.filters.ipv6))
+        Format::Human(HumanFormat::new(
+            args.columns.wide || args.common.filters.ipv6,
+        ))
     };
     let mut header = Vec::new();
     if let Format::Human(human) = &mut format {
-        if !args.no_header {
+        if !args.columns.no_header {
             human.write_header(&mut header);
         }
     }
     session::write_stdout(&header)?;
     let mut view = TailView {
         format,
-        json: args.json,
+        json: args.common.json,
         stats: RunStats::new(),
     };
     let banner = format!(
         "tcptrace: tracing TCP state transitions{}",
-        match args.duration {
+        match args.common.duration {
             Some(d) => format!(" for {:.1} s", d.as_secs_f64()),
             None => " (Ctrl-C to stop)".into(),
         }
@@ -68,7 +70,7 @@ pub async fn run(args: TailArgs) -> Result<()> {
     session::run(
         probe,
         &mut view,
-        SessionOptions::new(args.json, args.duration, Some(banner)),
+        SessionOptions::new(args.common.json, args.common.duration, Some(banner)),
     )
     .await
 }
