@@ -17,6 +17,7 @@ pub mod live;
 pub mod owners;
 pub mod preflight;
 pub mod probe;
+pub mod ring;
 pub mod session;
 pub mod socket_table;
 pub mod state;

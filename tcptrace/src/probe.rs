@@ -3,7 +3,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap},
     programs::BtfTracePoint,
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
@@ -26,7 +26,7 @@ pub struct ProbeOptions {
     pub histogram_keys: u32,
 }
 
-use crate::btf::Btf;
+use crate::{btf::Btf, ring::RingReader};
 
 static PROBE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace-probe"));
@@ -111,6 +111,7 @@ impl LossCounters {
 /// The loaded, attached probe. Dropping it detaches everything.
 pub struct Probe {
     ebpf: Ebpf,
+    ring_size: u32,
     pub timewait: TimewaitDetection,
     program_fds: Vec<(&'static str, i32)>,
 }
@@ -183,17 +184,22 @@ impl Probe {
         ));
         Ok(Probe {
             ebpf,
+            ring_size: options.ring_size,
             timewait,
             program_fds,
         })
     }
 
-    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
+    /// The ring buffer, with a reader that frees space once per batch.
+    pub fn take_ring(&mut self) -> Result<RingReader> {
         let map = self
             .ebpf
             .take_map("EVENTS")
             .context("the probe has no EVENTS map")?;
-        Ok(RingBuf::try_from(map)?)
+        match map {
+            aya::maps::Map::RingBuf(data) => RingReader::new(data, self.ring_size),
+            _ => Err(anyhow!("the probe's EVENTS map is not a ring buffer")),
+        }
     }
 
     /// Gives the owners of listeners that existed before tracing started to

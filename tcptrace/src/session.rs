@@ -14,7 +14,6 @@
 use std::{fs::File, io::Write, os::fd::AsFd, time::Duration};
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -26,6 +25,7 @@ use crate::{
     error::note,
     owners,
     probe::{LossCounters, Probe, ProbeOptions, TimewaitDetection},
+    ring::RingReader,
     summary::{self, RunContext},
 };
 
@@ -295,17 +295,12 @@ pub async fn run(mut probe: Probe, view: &mut impl View, options: SessionOptions
 }
 
 fn drain(
-    ring: &mut RingBuf<MapData>,
+    ring: &mut RingReader,
     clock: &Clock,
     view: &mut impl View,
     sink: &mut Sink,
 ) -> Result<usize> {
-    let mut drained = 0;
-    while drained < BATCH {
-        let Some(item) = ring.next() else { break };
-        view.record(&item, clock, &mut sink.buf);
-        drained += 1;
-    }
+    let drained = ring.drain(BATCH, |record| view.record(record, clock, &mut sink.buf));
     sink.flush()?;
     Ok(drained)
 }
