@@ -524,3 +524,42 @@ fn orphaned_fin_wait2_ends_by_tcp_fin_timeout() {
     );
     records.find(port, "CLOSE_WAIT", "LAST_ACK");
 }
+
+#[test]
+fn life_reports_a_connection_older_than_the_tracer_with_what_is_known() {
+    let netns = Netns::new();
+    let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 100);
+    // Connected before the tracer starts, closed by the client later.
+    let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", 1500);
+    let server_pid = server.pid();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let tracer = Tracer::start(&netns, &["life", "--json", "--port", &port.to_string()]);
+    let (client_port, _) = client.finish();
+    server.finish();
+    let records = tracer.stop();
+
+    // The server's end is over at LAST_ACK -> CLOSE (the client's waits in
+    // TIME_WAIT for 60 s, past this test).
+    let connections: Vec<&Value> = records
+        .records
+        .iter()
+        .filter(|r| r["type"] == "connection")
+        .collect();
+    assert_eq!(connections.len(), 1, "{:#?}", records.records);
+    let c = connections[0];
+    assert_eq!(
+        (c["lport"].as_u64(), c["rport"].as_u64()),
+        (Some(port.into()), Some(client_port.into()))
+    );
+    assert_owner(c, server_pid, "peer-server");
+    assert_eq!(c["closer"], "remote");
+    assert_eq!(c["start_seen"], false, "{c}");
+    for unknown in ["handshake_ns", "established_ns", "lifetime_ns"] {
+        assert!(c[unknown].is_null(), "{unknown} is not invented: {c}");
+    }
+    // CLOSE_WAIT (held 100 ms) and LAST_ACK were seen.
+    let closing = ns(&c["closing_ns"]);
+    assert!((100 * MS..100 * MS + SLACK).contains(&closing), "{c}");
+    assert!(ns(&c["seen_for_ns"]) >= closing);
+    assert_eq!(records.summary()["connections"], 1);
+}
