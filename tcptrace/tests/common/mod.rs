@@ -276,17 +276,7 @@ impl Peer {
 
     /// A server on `addr` (port 0 for any); returns it and its port.
     pub fn server(netns: &Netns, addr: &str, mode: &str, hold_ms: u64) -> (Peer, u16) {
-        let mut peer = Peer::spawn(
-            netns,
-            &args("peer-server", "server", "--listen", addr, mode, hold_ms),
-        );
-        let line = peer.next_line();
-        let port = line
-            .strip_prefix("listening ")
-            .unwrap_or_else(|| panic!("unexpected {line:?}"))
-            .parse()
-            .unwrap();
-        (peer, port)
+        Peer::server_with(netns, addr, mode, hold_ms, &[])
     }
 
     pub fn client(netns: &Netns, addr: &str, mode: &str, hold_ms: u64) -> Peer {
