@@ -279,12 +279,14 @@ pub struct KernelOffsets {
     pub tw_timer: u32,
     /// `struct timer_list`.expires (jiffies)
     pub timer_expires: u32,
-    /// `struct inet_timewait_sock`: remote port (network order), local port
+    /// `struct inet_timewait_sock`: remote port (network order), and local
+    /// port (sock_common.skc_num, read through full sockets too)
     pub tw_dport: u32,
     pub tw_num: u32,
     /// `struct inet_timewait_sock`.tw_substate (u8)
     pub tw_substate: u32,
-    /// `struct inet_timewait_sock`: skc_rcv_saddr / skc_daddr (IPv4)
+    /// sock_common's skc_rcv_saddr (full and timewait sockets) and the
+    /// timewait socket's skc_daddr (IPv4)
     pub tw_saddr: u32,
     pub tw_daddr: u32,
     /// `struct sock_common` (at the start of sock and timewait sock alike):

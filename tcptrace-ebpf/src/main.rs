@@ -155,6 +155,21 @@ fn load_btf_field<T: Copy>(base: u64, offset: &u32) -> T {
     unsafe { core::ptr::read_volatile((base + config_u32(offset) as u64) as *const T) }
 }
 
+/// A full socket's local port: skc_num (a direct load), or at a -> CLOSE,
+/// where the kernel has cleared it already, inet_sock.inet_sport (beyond
+/// struct sock: a helper read).
+#[inline(always)]
+fn local_port(sk: u64) -> Result<u16, i64> {
+    let num: u16 = load_btf_field(sk, &CONFIG.offsets.tw_num);
+    if num != 0 {
+        return Ok(num);
+    }
+    Ok(u16::from_be(read_field::<u16>(
+        sk,
+        &CONFIG.offsets.sk_sport,
+    )?))
+}
+
 /// Reads a field of a kernel object at an offset userspace took from BTF.
 #[inline(always)]
 fn read_field<T>(base: u64, offset: &u32) -> Result<T, i64> {
@@ -836,7 +851,9 @@ fn socket_addresses(sk: u64, endpoints: &mut Endpoints) -> Result<(), i64> {
         endpoints.laddr = load_btf_field(sk, &offsets.sk_v6_saddr);
         endpoints.raddr = load_btf_field(sk, &offsets.sk_v6_daddr);
     } else {
-        let l: [u8; 4] = read_field(sk, &offsets.sk_saddr)?;
+        // The bound local address (skc_rcv_saddr, inside struct sock: a
+        // direct load) equals inet_saddr once a TCP socket has an address.
+        let l: [u8; 4] = load_btf_field(sk, &offsets.tw_saddr);
         let r: [u8; 4] = load_btf_field(sk, &offsets.sk_daddr);
         endpoints.laddr[..4].copy_from_slice(&l);
         endpoints.raddr[..4].copy_from_slice(&r);
@@ -925,8 +942,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let mut endpoints = Endpoints {
         netns: load_btf_field(net, &offsets.net_inum),
         family: load_btf_field(sk, &offsets.sk_family),
-        // inet_sock.inet_sport lies beyond struct sock: a helper read.
-        lport: u16::from_be(read_field::<u16>(sk, &offsets.sk_sport)?),
+        lport: local_port(sk)?,
         rport: u16::from_be(load_btf_field::<u16>(sk, &offsets.sk_dport)),
         _pad: 0,
         laddr: [0; 16],

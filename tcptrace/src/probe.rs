@@ -384,6 +384,9 @@ fn socket_offsets(btf: &Btf, offsets: &mut KernelOffsets) -> Result<()> {
     offsets.sk_v6_saddr = field("skc_v6_rcv_saddr")?;
     offsets.sk_v6_daddr = field("skc_v6_daddr")?;
     offsets.skc_state = field("skc_state")?;
+    // Common to full and timewait sockets (checked to start alike).
+    offsets.tw_num = field("skc_num")?;
+    offsets.tw_saddr = field("skc_rcv_saddr")?;
     offsets.skc_net = field("skc_net")?;
     offsets.net_inum = btf.member_offset("net", "ns")? + btf.member_offset("ns_common", "inum")?;
     // inet_sock begins with its struct sock.
@@ -409,8 +412,7 @@ fn timewait_hook_setup(btf: &Btf, offsets: &mut KernelOffsets) -> Result<u64> {
     offsets.tw_timer = btf.member_offset("inet_timewait_sock", "tw_timer")?;
     offsets.tw_substate = btf.member_offset("inet_timewait_sock", "tw_substate")?;
     offsets.tw_dport = field("skc_dport")?;
-    offsets.tw_num = field("skc_num")?;
-    offsets.tw_saddr = field("skc_rcv_saddr")?;
+
     offsets.tw_daddr = field("skc_daddr")?;
     Ok(handler)
 }
