@@ -127,6 +127,25 @@ pub struct SocketRecord {
     pub comm: [u8; COMM_LEN],
 }
 
+impl SocketRecord {
+    /// A record first seen at `now` in `state`, nothing else known yet.
+    pub const fn new(now: u64, state: u8, closer: u8) -> Self {
+        SocketRecord {
+            first_seen_ns: now,
+            state_since_ns: now,
+            established_at_ns: 0,
+            closing_at_ns: 0,
+            time_wait_at_ns: 0,
+            pid: 0,
+            flags: 0,
+            closer,
+            state,
+            entry_pending: 0,
+            comm: [0; COMM_LEN],
+        }
+    }
+}
+
 /// Which side closed a connection first.
 pub mod closer {
     pub const UNKNOWN: u8 = 0;

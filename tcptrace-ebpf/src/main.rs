@@ -239,23 +239,12 @@ fn try_timer_start(ctx: &BtfTracePointContext) -> Result<(), i64> {
     // peer's FIN is followed even if it arrives (on another CPU) before the
     // full socket's hand-off fills in the owner, or if the hand-off's run
     // is skipped: then what is known of it is only what the socket says.
-    let record = SocketRecord {
-        first_seen_ns: now,
-        state_since_ns: now,
-        established_at_ns: 0,
-        closing_at_ns: 0,
-        time_wait_at_ns: if substate == TIME_WAIT { now } else { 0 },
-        pid: 0,
-        flags: if substate == TIME_WAIT {
-            EVENT_IN_OLD_KNOWN
-        } else {
-            0
-        },
-        closer: closer::LOCAL,
-        state: substate,
-        entry_pending: (substate == TIME_WAIT) as u8,
-        comm: [0; COMM_LEN],
-    };
+    let mut record = SocketRecord::new(now, substate, closer::LOCAL);
+    if substate == TIME_WAIT {
+        record.time_wait_at_ns = now;
+        record.flags = EVENT_IN_OLD_KNOWN;
+        record.entry_pending = 1;
+    }
     // A record left by a timewait socket whose end went unseen, at the same
     // address, is replaced: it counts as evicted.
     if TIMEWAITS.insert(tw, record, 0).is_err() {
@@ -422,18 +411,16 @@ fn enter_time_wait(tw: u64, record: &mut SocketRecord, now: u64) -> Result<(), i
     if known && flags & CONFIG_HISTOGRAMS != 0 {
         record_duration(metric::FIN_WAIT2, in_fin_wait2, record, &endpoints);
     }
-    if flags & CONFIG_EMIT_TRANSITIONS != 0 && flags & CONFIG_TIMEWAIT_EVENTS != 0 {
-        let in_old = if known { Some(in_fin_wait2) } else { None };
-        let change = TimewaitChange {
-            tw,
-            now,
-            in_old_ns: in_old,
-            old: FIN_WAIT2,
-            new: TIME_WAIT,
-            reason: end_reason::NONE,
-        };
-        emit_timewait_transition(&change, record, &endpoints);
-    }
+    let in_old = known.then_some(in_fin_wait2);
+    let change = TimewaitChange {
+        tw,
+        now,
+        in_old_ns: in_old,
+        old: FIN_WAIT2,
+        new: TIME_WAIT,
+        reason: end_reason::NONE,
+    };
+    emit_timewait_transition(&change, record, &endpoints);
     Ok(())
 }
 
@@ -444,19 +431,7 @@ fn end_timewait(tw: u64, substate: u8, reason: u8, endpoints: &Endpoints, now: u
     let record = match TIMEWAITS.get_ptr(tw) {
         Some(record) => unsafe { *record },
         // Born before tracing started: what it is, from the socket itself.
-        None => SocketRecord {
-            first_seen_ns: now,
-            state_since_ns: now,
-            established_at_ns: 0,
-            closing_at_ns: 0,
-            time_wait_at_ns: 0,
-            pid: 0,
-            flags: 0,
-            closer: closer::LOCAL,
-            state: substate,
-            entry_pending: 0,
-            comm: [0; COMM_LEN],
-        },
+        None => SocketRecord::new(now, substate, closer::LOCAL),
     };
     if TIMEWAITS.remove(tw).is_ok() {
         count(COUNTER_RECORDS_REMOVED);
@@ -468,27 +443,20 @@ fn end_timewait(tw: u64, substate: u8, reason: u8, endpoints: &Endpoints, now: u
     };
     let dwell = now.wrapping_sub(record.state_since_ns);
     let known = record.flags & EVENT_IN_OLD_KNOWN != 0;
-    if flags & CONFIG_HISTOGRAMS != 0 && known {
-        let which = if old == TIME_WAIT {
-            metric::TIME_WAIT
-        } else {
-            metric::FIN_WAIT2
-        };
+    if let (true, true, Some(which)) = (flags & CONFIG_HISTOGRAMS != 0, known, dwell_metric(old)) {
         record_duration(which, dwell, &record, endpoints);
     }
     connection_over(&record, endpoints, reason, now);
-    if flags & CONFIG_EMIT_TRANSITIONS != 0 && flags & CONFIG_TIMEWAIT_EVENTS != 0 {
-        let in_old = if known { Some(dwell) } else { None };
-        let change = TimewaitChange {
-            tw,
-            now,
-            in_old_ns: in_old,
-            old,
-            new: CLOSE,
-            reason,
-        };
-        emit_timewait_transition(&change, &record, endpoints);
-    }
+    let in_old = known.then_some(dwell);
+    let change = TimewaitChange {
+        tw,
+        now,
+        in_old_ns: in_old,
+        old,
+        new: CLOSE,
+        reason,
+    };
+    emit_timewait_transition(&change, &record, endpoints);
 }
 
 /// Namespace, family, ports and addresses of a timewait socket.
@@ -548,6 +516,10 @@ fn emit_timewait_transition(change: &TimewaitChange, record: &SocketRecord, endp
         new,
         reason,
     } = *change;
+    let flags = config_flags();
+    if flags & CONFIG_EMIT_TRANSITIONS == 0 || flags & CONFIG_TIMEWAIT_EVENTS == 0 {
+        return;
+    }
     let owner_known = record.flags & EVENT_OWNER_KNOWN != 0;
     if !passes_filters(endpoints, owner_known, record.pid) {
         return;
@@ -676,6 +648,7 @@ fn runs_in_owner_context(old: u8, new: u8) -> bool {
 #[inline(always)]
 fn dwell_metric(state: u8) -> Option<u8> {
     match state {
+        TIME_WAIT => Some(metric::TIME_WAIT),
         SYN_SENT | SYN_RECV => Some(metric::HANDSHAKE),
         ESTABLISHED => Some(metric::ESTABLISHED),
         CLOSE_WAIT => Some(metric::CLOSE_WAIT),
@@ -901,17 +874,15 @@ fn hand_off(
         record.state_since_ns = now;
         record.time_wait_at_ns = now;
         record.flags |= EVENT_IN_OLD_KNOWN;
-        if flags & CONFIG_EMIT_TRANSITIONS != 0 && flags & CONFIG_TIMEWAIT_EVENTS != 0 {
-            let change = TimewaitChange {
-                tw,
-                now,
-                in_old_ns,
-                old,
-                new: TIME_WAIT,
-                reason: end_reason::NONE,
-            };
-            emit_timewait_transition(&change, record, endpoints);
-        }
+        let change = TimewaitChange {
+            tw,
+            now,
+            in_old_ns,
+            old,
+            new: TIME_WAIT,
+            reason: end_reason::NONE,
+        };
+        emit_timewait_transition(&change, record, endpoints);
     } else if old != FIN_WAIT2 {
         record.state_since_ns = now;
         record.flags |= EVENT_IN_OLD_KNOWN;
@@ -1058,20 +1029,12 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                     event_flags |= EVENT_OWNER_KNOWN;
                 }
             }
-            let mut record = SocketRecord {
-                first_seen_ns: now,
-                state_since_ns: now,
-                established_at_ns: 0,
-                closing_at_ns: 0,
-                time_wait_at_ns: 0,
-                pid,
-                // From now on the time in each state is known.
-                flags: (event_flags & (EVENT_OWNER_KNOWN | EVENT_AGE_KNOWN)) | EVENT_IN_OLD_KNOWN,
-                closer: closer::UNKNOWN,
-                state: new,
-                entry_pending: 0,
-                comm,
-            };
+            let mut record = SocketRecord::new(now, new, closer::UNKNOWN);
+            record.pid = pid;
+            record.comm = comm;
+            // From now on the time in each state is known.
+            record.flags =
+                (event_flags & (EVENT_OWNER_KNOWN | EVENT_AGE_KNOWN)) | EVENT_IN_OLD_KNOWN;
             note_phase(&mut record, old, new, now);
             if new != CLOSE {
                 if SOCKETS.insert(sk, record, 0).is_err() {

@@ -138,15 +138,13 @@ pub struct Filters {
 
 /// The inode of a network namespace file.
 pub fn parse_netns(text: &str) -> Result<u32, UsageError> {
-    use std::os::unix::fs::MetadataExt;
     let path = match text {
         "self" => "/proc/self/ns/net".to_string(),
         name if !name.contains('/') => format!("/run/netns/{name}"),
         path => path.to_string(),
     };
-    let meta =
-        std::fs::metadata(&path).map_err(|e| UsageError(format!("--netns {text}: {path}: {e}")))?;
-    Ok(meta.ino() as u32)
+    crate::socket_table::netns_inode(std::path::Path::new(&path))
+        .map_err(|e| UsageError(format!("--netns {text}: {path}: {e}")))
 }
 
 impl Filters {
