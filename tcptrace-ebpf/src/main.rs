@@ -600,8 +600,8 @@ fn emit_transition(event: &TransitionEvent) {
 /// `wake_bytes`, at most sixteen times as often: a reader that has fallen
 /// behind is busy draining already, and waking it on every event would
 /// only interrupt it. An event that stays unannounced is read at the next
-/// wake-up or by the reader's catch-up read a couple of milliseconds after
-/// its last wake.
+/// wake-up or by the reader's catch-up read a few milliseconds after its
+/// last wake.
 #[inline(always)]
 fn wakeup_flag(now: u64) -> u64 {
     let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
@@ -890,10 +890,17 @@ fn hand_off(
         // FIN_WAIT2 goes on in the timewait socket, from a start not seen.
         record.flags &= !EVENT_IN_OLD_KNOWN;
     }
-    if TIMEWAITS.insert(tw, *record, 0).is_err() {
-        count(COUNTER_TIMEWAIT_MAP_FULL);
-    } else if existing.is_none() {
-        count(COUNTER_RECORDS_ADDED);
+    match existing {
+        // Born a moment ago in timer_start: fill it in where it is (an
+        // update would pop a new LRU node and free the old one).
+        Some(born) => unsafe { *born = *record },
+        None => {
+            if TIMEWAITS.insert(tw, *record, 0).is_err() {
+                count(COUNTER_TIMEWAIT_MAP_FULL);
+            } else {
+                count(COUNTER_RECORDS_ADDED);
+            }
+        }
     }
 }
 
@@ -968,7 +975,13 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         have_addresses = true;
     }
 
-    match SOCKETS.get_ptr_mut(sk) {
+    // A socket's first transition: no lookup, as nothing can be known of
+    // it yet (a record at its address is a dead socket's whose end went
+    // unseen, and is replaced).
+    let born =
+        (old == CLOSE && (new == SYN_SENT || new == LISTEN)) || (old == LISTEN && new == SYN_RECV);
+    let existing = if born { None } else { SOCKETS.get_ptr_mut(sk) };
+    match existing {
         Some(record) => {
             let record = unsafe { &mut *record };
             in_old_ns = now.wrapping_sub(record.state_since_ns);
@@ -1014,8 +1027,6 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         None => {
             // First sight of this socket: born now if this is its first
             // transition, otherwise it predates the probe.
-            let born = (old == CLOSE && (new == SYN_SENT || new == LISTEN))
-                || (old == LISTEN && new == SYN_RECV);
             if born {
                 event_flags |= EVENT_AGE_KNOWN;
             }

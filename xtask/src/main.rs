@@ -142,9 +142,13 @@ fn probe_cargo(root: &Path, subcommand: &str) -> Result<Command> {
         .arg("--target-dir")
         .arg(root.join("target/bpf"))
         // BTF in the object lets the kernel check map and global types.
+        // Without --disable-expand-memcpy-in-order, bpf-linker has LLVM turn
+        // every memset/memcpy (zeroing an address, copying a record) into a
+        // call to a byte-at-a-time loop: a fifth of the state program's run
+        // time. With it, LLVM writes them out as word loads and stores.
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f-Clink-arg=--disable-expand-memcpy-in-order",
         )
         .env("PATH", tools.path_with_linker());
     Ok(cmd)
