@@ -496,6 +496,18 @@ pub struct Endpoints {
     pub raddr: [u8; 16],
 }
 
+impl Endpoints {
+    pub const EMPTY: Endpoints = Endpoints {
+        netns: 0,
+        family: 0,
+        lport: 0,
+        rport: 0,
+        _pad: 0,
+        laddr: [0; 16],
+        raddr: [0; 16],
+    };
+}
+
 /// The last connect() on this CPU (per-CPU slot), to recognise a timewait
 /// socket taken over by it (tcp_tw_reuse).
 #[repr(C)]

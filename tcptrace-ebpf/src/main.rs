@@ -28,11 +28,11 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
     },
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, fexit, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, FExitContext},
 };
 use tcptrace_common::{
     closer, end_reason, hist_by, metric, tcp_state::*, ArmedTimewait, ConnectionEvent, Endpoints,
@@ -71,6 +71,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 /// a full map evicts the oldest record instead of refusing new sockets.
 #[map]
 static SOCKETS: LruHashMap<u64, SocketRecord> = LruHashMap::with_max_entries(131_072, 0);
+
+/// Each CPU's scratch record for a socket seen for the first time (map
+/// memory: the stack is too small to hold it beside the rest).
+#[map]
+static NEW_RECORD: PerCpuArray<SocketRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// The same records, moved over at the hand-off, for connections living in
 /// a timewait socket (keyed by its address). LRU for the same reason.
@@ -178,9 +183,10 @@ fn read_field<T>(base: u64, offset: &u32) -> Result<T, i64> {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
-    if try_inet_sock_set_state(&ctx).is_err() {
+    if let Err(err) = try_inet_sock_set_state(&ctx) {
         // Only reads of the socket fail; the event is lost, and counted.
         count(COUNTER_READ_FAILED);
+        diagnostics::read_failed(err);
     }
     0
 }
@@ -201,6 +207,18 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> u32 {
 pub fn kfree_skb(ctx: BtfTracePointContext) -> u32 {
     let _ = resolve_pending_cancel(0);
     let _ = try_kfree_skb(&ctx);
+    0
+}
+
+/// The peer's FIN at a timewait socket where kfree_skb has no rx_sk
+/// (before Linux 6.11) and trampolines are allowed: after
+/// tcp_timewait_state_process(tw, skb, th), which runs only for packets to
+/// timewait sockets (cheaper than a hook on every freed packet), the
+/// socket's sub-state says whether that packet was the FIN.
+#[fexit(function = "tcp_timewait_state_process")]
+pub fn timewait_state_process(ctx: FExitContext) -> u32 {
+    let tw: u64 = ctx.arg(0);
+    let _ = packet_at_timewait(tw);
     0
 }
 
@@ -260,6 +278,7 @@ fn try_timer_start(ctx: &BtfTracePointContext) -> Result<(), i64> {
             // The previous timewait socket born on this CPU never saw its
             // hand-off (which follows within microseconds, on this CPU).
             count(COUNTER_HANDOFFS_UNSEEN);
+            diagnostics::handoff_unseen(previous.tw);
             if let Some(orphan) = TIMEWAITS.get_ptr_mut(previous.tw) {
                 let orphan = unsafe { &mut *orphan };
                 if orphan.entry_pending != 0 {
@@ -291,7 +310,13 @@ fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let offsets = &CONFIG.offsets;
     let expires: u64 = load_btf_field(timer, &offsets.timer_expires);
     let substate: u8 = read_field(tw, &offsets.tw_substate)?;
-    let endpoints = timewait_endpoints(tw)?;
+    // The slot is free (settled above); what is known of the socket is
+    // gathered there, in map memory rather than on the small stack.
+    let Some(slot) = PENDING_CANCEL.get_ptr_mut(0) else {
+        return Ok(());
+    };
+    let pending = unsafe { &mut *slot };
+    timewait_endpoints(tw, &mut pending.endpoints)?;
     let now = unsafe { bpf_ktime_get_ns() };
     // The timer wheel never runs a timer before its expiry: detached at or
     // after it, this is the expiry itself.
@@ -302,34 +327,27 @@ fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<(), i64> {
         } else {
             end_reason::EXPIRED
         };
-        end_timewait(tw, substate, reason, &endpoints, now);
+        end_timewait(tw, substate, reason, &pending.endpoints, now);
         return Ok(());
     }
-    let reason = if reused_by_connect(now, endpoints.rport) {
+    pending.reason = if reused_by_connect(now, pending.endpoints.rport) {
         end_reason::REUSED
     } else {
         end_reason::KILLED
     };
-    if let Some(slot) = PENDING_CANCEL.get_ptr_mut(0) {
-        unsafe {
-            *slot = PendingCancel {
-                tw,
-                timer,
-                ktime_ns: now,
-                reason,
-                substate,
-                _pad: [0; 6],
-                endpoints,
-            };
-        }
-    }
+    pending.timer = timer;
+    pending.ktime_ns = now;
+    pending.substate = substate;
+    // Set last: a set `tw` marks the slot as pending.
+    pending.tw = tw;
     Ok(())
 }
 
 /// Settles a cancel seen earlier on this CPU. `timer` is the timer now being
 /// started (0 for any other event): starting the cancelled one again is a
 /// re-arm (returns true), anything else means the timewait socket is gone.
-#[inline(never)]
+/// Inlined: `end_timewait` is then one call deep, not two.
+#[inline(always)]
 fn resolve_pending_cancel(timer: u64) -> bool {
     if config_flags() & CONFIG_TIMEWAIT_HOOK == 0 {
         return false;
@@ -382,23 +400,30 @@ fn try_kfree_skb(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if state != TIME_WAIT {
         return Ok(());
     }
-    let Some(record) = TIMEWAITS.get_ptr_mut(rx_sk) else {
+    packet_at_timewait(rx_sk)
+}
+
+/// A packet reached timewait socket `tw` and was processed: if it was the
+/// peer's FIN, the socket moved from sub-state FIN_WAIT2 to TIME_WAIT.
+#[inline(always)]
+fn packet_at_timewait(tw: u64) -> Result<(), i64> {
+    let Some(record) = TIMEWAITS.get_ptr_mut(tw) else {
         return Ok(());
     };
     let record = unsafe { &mut *record };
     if record.state != FIN_WAIT2 {
         return Ok(());
     }
-    let substate: u8 = read_field(rx_sk, &CONFIG.offsets.tw_substate)?;
+    let substate: u8 = read_field(tw, &CONFIG.offsets.tw_substate)?;
     if substate == TIME_WAIT {
-        enter_time_wait(rx_sk, record, unsafe { bpf_ktime_get_ns() })?;
+        enter_time_wait(tw, record, unsafe { bpf_ktime_get_ns() })?;
     }
     Ok(())
 }
 
 /// An orphaned connection's timewait socket got the peer's FIN:
 /// FIN_WAIT2 -> TIME_WAIT, the moment `netstat` starts showing TIME_WAIT.
-#[inline(always)]
+#[inline(never)]
 fn enter_time_wait(tw: u64, record: &mut SocketRecord, now: u64) -> Result<(), i64> {
     let in_fin_wait2 = now.wrapping_sub(record.state_since_ns);
     let known = record.flags & EVENT_IN_OLD_KNOWN != 0;
@@ -406,7 +431,8 @@ fn enter_time_wait(tw: u64, record: &mut SocketRecord, now: u64) -> Result<(), i
     record.state_since_ns = now;
     record.time_wait_at_ns = now;
     record.flags |= EVENT_IN_OLD_KNOWN;
-    let endpoints = timewait_endpoints(tw)?;
+    let mut endpoints = Endpoints::EMPTY;
+    timewait_endpoints(tw, &mut endpoints)?;
     let flags = config_flags();
     if known && flags & CONFIG_HISTOGRAMS != 0 {
         record_duration(metric::FIN_WAIT2, in_fin_wait2, record, &endpoints);
@@ -424,8 +450,9 @@ fn enter_time_wait(tw: u64, record: &mut SocketRecord, now: u64) -> Result<(), i
     Ok(())
 }
 
-/// The end of a timewait socket: its connection is over.
-#[inline(always)]
+/// The end of a timewait socket: its connection is over. Out of line, and
+/// calling only leaf functions, to keep each call chain's stack short.
+#[inline(never)]
 fn end_timewait(tw: u64, substate: u8, reason: u8, endpoints: &Endpoints, now: u64) {
     let flags = config_flags();
     let record = match TIMEWAITS.get_ptr(tw) {
@@ -446,6 +473,7 @@ fn end_timewait(tw: u64, substate: u8, reason: u8, endpoints: &Endpoints, now: u
     if let (true, true, Some(which)) = (flags & CONFIG_HISTOGRAMS != 0, known, dwell_metric(old)) {
         record_duration(which, dwell, &record, endpoints);
     }
+    record_lifetime(&record, endpoints, now);
     connection_over(&record, endpoints, reason, now);
     let in_old = known.then_some(dwell);
     let change = TimewaitChange {
@@ -461,30 +489,30 @@ fn end_timewait(tw: u64, substate: u8, reason: u8, endpoints: &Endpoints, now: u
 
 /// Namespace, family, ports and addresses of a timewait socket.
 #[inline(always)]
-fn timewait_endpoints(tw: u64) -> Result<Endpoints, i64> {
+fn timewait_endpoints(tw: u64, endpoints: &mut Endpoints) -> Result<(), i64> {
     let offsets = &CONFIG.offsets;
-    let family: u16 = read_field(tw, &offsets.sk_family)?;
-    let lport: u16 = read_field(tw, &offsets.tw_num)?;
-    let dport: u16 = read_field(tw, &offsets.tw_dport)?;
-    let mut endpoints = Endpoints {
-        netns: netns_of(tw)?,
-        family,
-        lport,
-        rport: u16::from_be(dport),
-        _pad: 0,
-        laddr: [0; 16],
-        raddr: [0; 16],
-    };
-    if family == AF_INET6 {
-        endpoints.laddr = read_field(tw, &offsets.sk_v6_saddr)?;
-        endpoints.raddr = read_field(tw, &offsets.sk_v6_daddr)?;
+    endpoints.family = read_field(tw, &offsets.sk_family)?;
+    endpoints.lport = read_field(tw, &offsets.tw_num)?;
+    endpoints.rport = u16::from_be(read_field(tw, &offsets.tw_dport)?);
+    endpoints.netns = netns_of(tw)?;
+    // Read straight into place: a copy would need room on the stack.
+    let (laddr, raddr) = if endpoints.family == AF_INET6 {
+        (&offsets.sk_v6_saddr, &offsets.sk_v6_daddr)
     } else {
-        let l: [u8; 4] = read_field(tw, &offsets.tw_saddr)?;
-        let r: [u8; 4] = read_field(tw, &offsets.tw_daddr)?;
-        endpoints.laddr[..4].copy_from_slice(&l);
-        endpoints.raddr[..4].copy_from_slice(&r);
-    }
-    Ok(endpoints)
+        endpoints.laddr = [0; 16];
+        endpoints.raddr = [0; 16];
+        (&offsets.tw_saddr, &offsets.tw_daddr)
+    };
+    let len = if endpoints.family == AF_INET6 { 16 } else { 4 };
+    read_bytes(tw, laddr, &mut endpoints.laddr[..len])?;
+    read_bytes(tw, raddr, &mut endpoints.raddr[..len])
+}
+
+/// Reads bytes of a kernel object at an offset userspace took from BTF.
+#[inline(always)]
+fn read_bytes(base: u64, offset: &u32, dest: &mut [u8]) -> Result<(), i64> {
+    unsafe { bpf_probe_read_kernel_buf((base + config_u32(offset) as u64) as *const u8, dest) }
+        .map_err(|e| e as i64)
 }
 
 /// Inode number of the network namespace of a socket (full or timewait).
@@ -531,7 +559,7 @@ fn emit_timewait_transition(change: &TimewaitChange, record: &SocketRecord, endp
     if record.flags & EVENT_AGE_KNOWN != 0 {
         event_flags |= EVENT_AGE_KNOWN;
     }
-    emit_transition(&TransitionEvent {
+    emit_transition(now, || TransitionEvent {
         ktime_ns: now,
         skaddr: tw,
         in_old_ns: in_old_ns.unwrap_or(0),
@@ -553,7 +581,7 @@ fn emit_timewait_transition(change: &TimewaitChange, record: &SocketRecord, endp
 }
 
 /// The filters every record passes before it reaches userspace.
-#[inline(always)]
+#[inline(never)]
 fn passes_filters(endpoints: &Endpoints, owner_known: bool, pid: u32) -> bool {
     let flags = config_flags();
     let family_ok = match endpoints.family {
@@ -584,13 +612,15 @@ fn passes_filters(endpoints: &Endpoints, owner_known: bool, pid: u32) -> bool {
 }
 
 #[inline(always)]
-fn emit_transition(event: &TransitionEvent) {
+fn emit_transition(now: u64, event: impl FnOnce() -> TransitionEvent) {
     let Some(mut entry) = EVENTS.reserve::<TransitionEvent>(0) else {
         count(COUNTER_RING_FULL);
         return;
     };
-    entry.write(*event);
-    entry.submit(wakeup_flag(event.ktime_ns));
+    // Built in the ring's memory, not on the stack (the stack is 512
+    // bytes for all frames together on kernels before 6.13).
+    entry.write(event());
+    entry.submit(wakeup_flag(now));
     count(COUNTER_EMITTED);
 }
 
@@ -739,15 +769,22 @@ fn record_duration(which: u8, ns: u64, record: &SocketRecord, endpoints: &Endpoi
     }
 }
 
-/// A connection is over: its lifetime histogram and its `life` record.
+/// A connection is over: its lifetime histogram.
+#[inline(always)]
+fn record_lifetime(record: &SocketRecord, endpoints: &Endpoints, now: u64) {
+    if config_flags() & CONFIG_HISTOGRAMS != 0 && record.flags & EVENT_AGE_KNOWN != 0 {
+        let lifetime = now.wrapping_sub(record.first_seen_ns);
+        record_duration(metric::LIFETIME, lifetime, record, endpoints);
+    }
+}
+
+/// A connection is over: its `life` record. Calls no other out-of-line
+/// function (see `StateChange` on stack depth).
 #[inline(never)]
 fn connection_over(record: &SocketRecord, endpoints: &Endpoints, end: u8, now: u64) {
     let flags = config_flags();
     let start_seen = record.flags & EVENT_AGE_KNOWN != 0;
     let lifetime = now.wrapping_sub(record.first_seen_ns);
-    if flags & CONFIG_HISTOGRAMS != 0 && start_seen {
-        record_duration(metric::LIFETIME, lifetime, record, endpoints);
-    }
     if flags & CONFIG_EMIT_CONNECTIONS == 0 {
         return;
     }
@@ -817,7 +854,7 @@ fn connection_over(record: &SocketRecord, endpoints: &Endpoints, end: u8, now: u
 }
 
 /// The socket's addresses as the tracepoint's own record would have them.
-#[inline(always)]
+#[inline(never)]
 fn socket_addresses(sk: u64, endpoints: &mut Endpoints) -> Result<(), i64> {
     let offsets = &CONFIG.offsets;
     if endpoints.family == AF_INET6 {
@@ -836,17 +873,18 @@ fn socket_addresses(sk: u64, endpoints: &mut Endpoints) -> Result<(), i64> {
 
 /// Moves a connection's record to its new timewait socket at the hand-off.
 /// `record.state_since_ns` is still when the full socket entered `old`.
-#[inline(always)]
-fn hand_off(
-    tw: u64,
-    substate: u8,
-    record: &mut SocketRecord,
-    endpoints: &Endpoints,
-    old: u8,
-    in_old_ns: Option<u64>,
-    now: u64,
-) {
-    let flags = config_flags();
+/// `change.new` is the timewait socket's sub-state. Returns whether the
+/// connection is in TIME_WAIT from now (the caller reports that).
+#[inline(never)]
+fn hand_off(change: &TimewaitChange, record: &mut SocketRecord) -> bool {
+    let TimewaitChange {
+        tw,
+        now,
+        in_old_ns,
+        old,
+        new: substate,
+        ..
+    } = *change;
     let existing = TIMEWAITS.get_ptr_mut(tw);
     if let Some(born) = existing {
         let born = unsafe { &mut *born };
@@ -860,29 +898,16 @@ fn hand_off(
             born.state_since_ns = since;
             born.time_wait_at_ns = entered;
             born.flags |= EVENT_IN_OLD_KNOWN;
-            return;
+            return false;
         }
     }
     record.state = substate;
     record.entry_pending = 0;
-    if substate == TIME_WAIT {
-        // CLOSING -> TIME_WAIT, or FIN_WAIT2 -> TIME_WAIT with the peer's
-        // FIN already in: the connection is in TIME_WAIT now.
-        if let (FIN_WAIT2, Some(ns), true) = (old, in_old_ns, flags & CONFIG_HISTOGRAMS != 0) {
-            record_duration(metric::FIN_WAIT2, ns, record, endpoints);
-        }
+    let entered = substate == TIME_WAIT;
+    if entered {
         record.state_since_ns = now;
         record.time_wait_at_ns = now;
         record.flags |= EVENT_IN_OLD_KNOWN;
-        let change = TimewaitChange {
-            tw,
-            now,
-            in_old_ns,
-            old,
-            new: TIME_WAIT,
-            reason: end_reason::NONE,
-        };
-        emit_timewait_transition(&change, record, endpoints);
     } else if old != FIN_WAIT2 {
         record.state_since_ns = now;
         record.flags |= EVENT_IN_OLD_KNOWN;
@@ -902,6 +927,29 @@ fn hand_off(
             }
         }
     }
+    entered
+}
+
+/// What one run of the state program learned, handed by reference to the
+/// steps it calls. Kernels before 6.13 give all frames of a call chain 512
+/// bytes together (6.1's verifier refuses more), and BPF has four
+/// callee-saved registers: one big function spills most of its locals. So
+/// the steps are out of line and call only leaf functions, and what they
+/// share lives here, once.
+struct StateChange {
+    sk: u64,
+    now: u64,
+    in_old_ns: u64,
+    age_ns: u64,
+    endpoints: Endpoints,
+    pid: u32,
+    comm: [u8; COMM_LEN],
+    old: u8,
+    new: u8,
+    /// EVENT_* bits of the transition being reported.
+    event_flags: u8,
+    /// The current task is the socket's owner (see `runs_in_owner_context`).
+    owner_context: bool,
 }
 
 fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
@@ -917,53 +965,41 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let net: u64 = load_btf_field(sk, &offsets.skc_net);
-    let mut endpoints = Endpoints {
-        netns: load_btf_field(net, &offsets.net_inum),
-        family: load_btf_field(sk, &offsets.sk_family),
-        lport: local_port(sk)?,
-        rport: u16::from_be(load_btf_field::<u16>(sk, &offsets.sk_dport)),
-        _pad: 0,
-        laddr: [0; 16],
-        raddr: [0; 16],
+    let (old, new) = (old as u8, new as u8);
+    let mut change = StateChange {
+        sk,
+        now: unsafe { bpf_ktime_get_ns() },
+        in_old_ns: 0,
+        age_ns: 0,
+        endpoints: Endpoints {
+            netns: load_btf_field(net, &offsets.net_inum),
+            family: load_btf_field(sk, &offsets.sk_family),
+            lport: local_port(sk)?,
+            rport: u16::from_be(load_btf_field::<u16>(sk, &offsets.sk_dport)),
+            _pad: 0,
+            laddr: [0; 16],
+            raddr: [0; 16],
+        },
+        pid: 0,
+        comm: [0; COMM_LEN],
+        old,
+        new,
+        event_flags: 0,
+        owner_context: runs_in_owner_context(old, new),
     };
-    let (sport, dport) = (endpoints.lport, endpoints.rport);
-    let now = unsafe { bpf_ktime_get_ns() };
-    let old = old as u8;
-    let new = new as u8;
+    let now = change.now;
     let flags = config_flags();
-
-    let mut event_flags = 0u8;
-    let mut in_old_ns = 0u64;
-    let mut age_ns = 0u64;
-    let mut pid = 0u32;
-    let mut comm = [0u8; COMM_LEN];
-
-    let owner_context = runs_in_owner_context(old, new);
-    if owner_context {
-        pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-        event_flags |= EVENT_OWNER_KNOWN;
-    }
-    if old == CLOSE && new == SYN_SENT && flags & CONFIG_TIMEWAIT_HOOK != 0 {
-        if let Some(slot) = RECENT_CONNECT.get_ptr_mut(0) {
-            unsafe {
-                *slot = RecentConnect {
-                    ktime_ns: now,
-                    pid_tgid: bpf_get_current_pid_tgid(),
-                    rport: dport,
-                    _pad: [0; 6],
-                }
-            };
-        }
+    if change.owner_context {
+        note_owner(&mut change);
     }
 
     let closing_from_fin = new == CLOSE && (old == FIN_WAIT1 || old == FIN_WAIT2 || old == CLOSING);
     let mut handoff = None;
     if closing_from_fin && flags & CONFIG_TIMEWAIT_HOOK != 0 {
-        event_flags |= EVENT_TIMEWAIT_CHECKED;
-        handoff = timewait_handoff(now, sport, dport);
+        change.event_flags |= EVENT_TIMEWAIT_CHECKED;
+        handoff = timewait_handoff(now, change.endpoints.lport, change.endpoints.rport);
         if handoff.is_some() {
-            event_flags |= EVENT_TIMEWAIT_HANDOFF;
+            change.event_flags |= EVENT_TIMEWAIT_HANDOFF;
             count(COUNTER_TIMEWAIT_HANDOFFS);
         }
     }
@@ -971,7 +1007,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let aggregating = flags & (CONFIG_HISTOGRAMS | CONFIG_EMIT_CONNECTIONS) != 0;
     let mut have_addresses = false;
     if aggregating || handoff.is_some() {
-        socket_addresses(sk, &mut endpoints)?;
+        socket_addresses(sk, &mut change.endpoints)?;
         have_addresses = true;
     }
 
@@ -981,102 +1017,60 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let born =
         (old == CLOSE && (new == SYN_SENT || new == LISTEN)) || (old == LISTEN && new == SYN_RECV);
     let existing = if born { None } else { SOCKETS.get_ptr_mut(sk) };
-    match existing {
+    let record = match existing {
         Some(record) => {
-            let record = unsafe { &mut *record };
-            in_old_ns = now.wrapping_sub(record.state_since_ns);
-            event_flags |= EVENT_IN_OLD_KNOWN;
-            if record.flags & EVENT_AGE_KNOWN != 0 {
-                age_ns = now.wrapping_sub(record.first_seen_ns);
-                event_flags |= EVENT_AGE_KNOWN;
-            }
-            if owner_context {
-                record.pid = pid;
-                record.comm = comm;
-                record.flags |= EVENT_OWNER_KNOWN;
-            } else if record.flags & EVENT_OWNER_KNOWN != 0 {
-                pid = record.pid;
-                comm = record.comm;
-                event_flags |= EVENT_OWNER_KNOWN;
-            }
-            note_phase(record, old, new, now);
-            // FIN_WAIT2 handed to a timewait socket is measured there.
-            if flags & CONFIG_HISTOGRAMS != 0 && !(old == FIN_WAIT2 && handoff.is_some()) {
-                if let Some(which) = dwell_metric(old) {
-                    record_duration(which, in_old_ns, record, &endpoints);
-                }
-            }
-            if new != CLOSE {
-                record.state_since_ns = now;
-            } else {
-                match handoff {
-                    Some((tw, substate)) => {
-                        hand_off(tw, substate, record, &endpoints, old, Some(in_old_ns), now)
-                    }
-                    None if old != LISTEN => {
-                        connection_over(record, &endpoints, end_reason::NONE, now)
-                    }
-                    None => {}
-                }
-                // Final close: the address will soon be another socket's.
-                if SOCKETS.remove(sk).is_ok() {
-                    count(COUNTER_RECORDS_REMOVED);
-                }
-            }
+            known_socket(&mut change, record, handoff.is_some());
+            Some(record)
         }
-        None => {
-            // First sight of this socket: born now if this is its first
-            // transition, otherwise it predates the probe.
-            if born {
-                event_flags |= EVENT_AGE_KNOWN;
-            }
-            if !owner_context && old == LISTEN {
-                // A listener's child (LISTEN -> SYN_RECV): the process that
-                // listens accepts it. Or a listener that predates the probe,
-                // closing: its owner was seeded from procfs.
-                if let Some(owner) = unsafe { LISTENERS.get(sport) } {
-                    pid = owner.pid;
-                    comm = owner.comm;
-                    event_flags |= EVENT_OWNER_KNOWN;
+        None => first_sight(&mut change, born),
+    };
+    if let (CLOSE, Some(record)) = (new, record) {
+        let record = unsafe { &mut *record };
+        let endpoints = &change.endpoints;
+        match handoff {
+            Some((tw, substate)) => {
+                let in_old_ns =
+                    (change.event_flags & EVENT_IN_OLD_KNOWN != 0).then_some(change.in_old_ns);
+                let mut handed = TimewaitChange {
+                    tw,
+                    now,
+                    in_old_ns,
+                    old,
+                    new: substate,
+                    reason: end_reason::NONE,
+                };
+                if hand_off(&handed, record) {
+                    // CLOSING -> TIME_WAIT, or FIN_WAIT2 -> TIME_WAIT with
+                    // the peer's FIN already in: in TIME_WAIT from now.
+                    if let (FIN_WAIT2, Some(ns), true) =
+                        (old, in_old_ns, flags & CONFIG_HISTOGRAMS != 0)
+                    {
+                        record_duration(metric::FIN_WAIT2, ns, record, endpoints);
+                    }
+                    handed.new = TIME_WAIT;
+                    emit_timewait_transition(&handed, record, endpoints);
                 }
             }
-            let mut record = SocketRecord::new(now, new, closer::UNKNOWN);
-            record.pid = pid;
-            record.comm = comm;
-            // From now on the time in each state is known.
-            record.flags =
-                (event_flags & (EVENT_OWNER_KNOWN | EVENT_AGE_KNOWN)) | EVENT_IN_OLD_KNOWN;
-            note_phase(&mut record, old, new, now);
-            if new != CLOSE {
-                if SOCKETS.insert(sk, record, 0).is_err() {
-                    count(COUNTER_SOCKET_MAP_FULL);
-                } else {
-                    count(COUNTER_RECORDS_ADDED);
-                }
-            } else if let Some((tw, substate)) = handoff {
-                hand_off(tw, substate, &mut record, &endpoints, old, None, now);
-            } else if old != LISTEN {
-                connection_over(&record, &endpoints, end_reason::NONE, now);
+            None if old != LISTEN => {
+                record_lifetime(record, endpoints, now);
+                connection_over(record, endpoints, end_reason::NONE, now);
             }
+            None => {}
+        }
+        // Final close: the address will soon be another socket's.
+        if existing.is_some() && SOCKETS.remove(sk).is_ok() {
+            count(COUNTER_RECORDS_REMOVED);
         }
     }
-
-    if new == CLOSE && old == LISTEN {
-        // Other processes may listen on the same port (SO_REUSEPORT): only
-        // the owner's own listener takes the entry with it.
-        let same_owner = unsafe { LISTENERS.get(sport) }.is_some_and(|owner| owner.pid == pid);
-        if same_owner {
-            let _ = LISTENERS.remove(sport);
-        }
-    } else if new == LISTEN && owner_context {
-        let owner = ListenerOwner { pid, _pad: 0, comm };
-        let _ = LISTENERS.insert(sport, owner, 0);
+    if (new == CLOSE && old == LISTEN) || (new == LISTEN && change.owner_context) {
+        track_listener(&change);
     }
 
     // Kernel-side filters: nothing filtered out reaches userspace.
     if flags & CONFIG_EMIT_TRANSITIONS == 0 || !wants(old, new) {
         return Ok(());
     }
+    let event_flags = change.event_flags;
     if closing_from_fin && event_flags & EVENT_TIMEWAIT_CHECKED != 0 {
         let is_handoff = event_flags & EVENT_TIMEWAIT_HANDOFF != 0;
         if (flags & CONFIG_HANDOFF_ONLY != 0 && !is_handoff)
@@ -1085,36 +1079,166 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
             return Ok(());
         }
     }
-    if !passes_filters(&endpoints, event_flags & EVENT_OWNER_KNOWN != 0, pid) {
+    if !passes_filters(
+        &change.endpoints,
+        event_flags & EVENT_OWNER_KNOWN != 0,
+        change.pid,
+    ) {
         return Ok(());
     }
     if !have_addresses {
-        socket_addresses(sk, &mut endpoints)?;
+        socket_addresses(sk, &mut change.endpoints)?;
     }
-    emit_transition(&TransitionEvent {
+    let change = &change;
+    emit_transition(now, || TransitionEvent {
         ktime_ns: now,
         skaddr: sk,
-        in_old_ns,
-        age_ns,
-        pid,
-        netns: endpoints.netns,
-        family: endpoints.family,
-        lport: sport,
-        rport: dport,
+        in_old_ns: change.in_old_ns,
+        age_ns: change.age_ns,
+        pid: change.pid,
+        netns: change.endpoints.netns,
+        family: change.endpoints.family,
+        lport: change.endpoints.lport,
+        rport: change.endpoints.rport,
         old,
         new,
         flags: event_flags,
         reason: end_reason::NONE,
         _pad: [0; 6],
-        comm,
-        laddr: endpoints.laddr,
-        raddr: endpoints.raddr,
+        comm: change.comm,
+        laddr: change.endpoints.laddr,
+        raddr: change.endpoints.raddr,
     });
     Ok(())
 }
 
+/// The current task owns the socket: take its pid and comm, and remember a
+/// connect() for recognising the reuse of a timewait socket.
+#[inline(never)]
+fn note_owner(change: &mut StateChange) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    change.pid = (pid_tgid >> 32) as u32;
+    change.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    change.event_flags |= EVENT_OWNER_KNOWN;
+    if change.old == CLOSE && change.new == SYN_SENT && config_flags() & CONFIG_TIMEWAIT_HOOK != 0 {
+        if let Some(slot) = RECENT_CONNECT.get_ptr_mut(0) {
+            unsafe {
+                *slot = RecentConnect {
+                    ktime_ns: change.now,
+                    pid_tgid,
+                    rport: change.endpoints.rport,
+                    _pad: [0; 6],
+                }
+            };
+        }
+    }
+}
+
+/// A transition of a socket the probe has a record of: what the event says
+/// about the previous state and the owner, and the record brought up to
+/// date (its dwell histogram too).
+#[inline(never)]
+fn known_socket(change: &mut StateChange, record: *mut SocketRecord, handing_off: bool) {
+    let record = unsafe { &mut *record };
+    let now = change.now;
+    change.in_old_ns = now.wrapping_sub(record.state_since_ns);
+    change.event_flags |= EVENT_IN_OLD_KNOWN;
+    if record.flags & EVENT_AGE_KNOWN != 0 {
+        change.age_ns = now.wrapping_sub(record.first_seen_ns);
+        change.event_flags |= EVENT_AGE_KNOWN;
+    }
+    if change.owner_context {
+        record.pid = change.pid;
+        record.comm = change.comm;
+        record.flags |= EVENT_OWNER_KNOWN;
+    } else if record.flags & EVENT_OWNER_KNOWN != 0 {
+        change.pid = record.pid;
+        change.comm = record.comm;
+        change.event_flags |= EVENT_OWNER_KNOWN;
+    }
+    let old = change.old;
+    if record.state != old {
+        // A transition in between was never seen (a skipped run).
+        diagnostics::unexpected_state(&change.endpoints, record.state, old, change.new);
+    }
+    note_phase(record, old, change.new, now);
+    // FIN_WAIT2 handed to a timewait socket is measured there.
+    if config_flags() & CONFIG_HISTOGRAMS != 0 && !(old == FIN_WAIT2 && handing_off) {
+        if let Some(which) = dwell_metric(old) {
+            record_duration(which, change.in_old_ns, record, &change.endpoints);
+        }
+    }
+    if change.new != CLOSE {
+        record.state_since_ns = now;
+    }
+}
+
+/// First sight of a socket: born now if this is its first transition
+/// (`born`), otherwise it predates the probe. Its record is built in this
+/// CPU's scratch slot and stored unless the socket is closing; returns it.
+#[inline(never)]
+fn first_sight(change: &mut StateChange, born: bool) -> Option<*mut SocketRecord> {
+    if born {
+        change.event_flags |= EVENT_AGE_KNOWN;
+    }
+    let (old, new, now) = (change.old, change.new, change.now);
+    if !change.owner_context && old == LISTEN {
+        // A listener's child (LISTEN -> SYN_RECV): the process that
+        // listens accepts it. Or a listener that predates the probe,
+        // closing: its owner was seeded from procfs.
+        if let Some(owner) = unsafe { LISTENERS.get(change.endpoints.lport) } {
+            change.pid = owner.pid;
+            change.comm = owner.comm;
+            change.event_flags |= EVENT_OWNER_KNOWN;
+        }
+    }
+    if !born {
+        diagnostics::predates_tracing(&change.endpoints, old, new);
+    }
+    let slot = NEW_RECORD.get_ptr_mut(0)?;
+    let record = unsafe { &mut *slot };
+    *record = SocketRecord::new(now, new, closer::UNKNOWN);
+    record.pid = change.pid;
+    record.comm = change.comm;
+    // From now on the time in each state is known.
+    record.flags =
+        (change.event_flags & (EVENT_OWNER_KNOWN | EVENT_AGE_KNOWN)) | EVENT_IN_OLD_KNOWN;
+    note_phase(record, old, new, now);
+    if new != CLOSE {
+        if SOCKETS.insert(change.sk, &*record, 0).is_err() {
+            count(COUNTER_SOCKET_MAP_FULL);
+        } else {
+            count(COUNTER_RECORDS_ADDED);
+        }
+    }
+    Some(slot)
+}
+
+/// Keeps `LISTENERS` (the owner of each listening port) up to date at
+/// listen() and at a listener's close.
+#[inline(never)]
+fn track_listener(change: &StateChange) {
+    let port = change.endpoints.lport;
+    if change.new == CLOSE {
+        // Other processes may listen on the same port (SO_REUSEPORT): only
+        // the owner's own listener takes the entry with it.
+        let same_owner =
+            unsafe { LISTENERS.get(port) }.is_some_and(|owner| owner.pid == change.pid);
+        if same_owner {
+            let _ = LISTENERS.remove(port);
+        }
+    } else {
+        let owner = ListenerOwner {
+            pid: change.pid,
+            _pad: 0,
+            comm: change.comm,
+        };
+        let _ = LISTENERS.insert(port, owner, 0);
+    }
+}
+
 /// Keeps the phase boundaries `life` reports.
-#[inline(always)]
+#[inline(never)]
 fn note_phase(record: &mut SocketRecord, old: u8, new: u8, now: u64) {
     record.state = new;
     if new == ESTABLISHED {
@@ -1134,6 +1258,63 @@ fn note_phase(record: &mut SocketRecord, old: u8, new: u8, now: u64) {
             CLOSE_WAIT | LAST_ACK => closer::REMOTE,
             _ => closer::RESET,
         };
+    }
+}
+
+/// The probe's rare paths, told to `--probe-log` through aya-log. Off by
+/// default: userspace then sets AYA_LOG_LEVEL (a read-only global) to 0, the
+/// verifier sees every log call's branch as never taken and drops it, and
+/// the hot path pays nothing. Each message is out of line so that its
+/// formatting never shares a frame with the caller.
+mod diagnostics {
+    use aya_log_ebpf::{info, warn};
+    use tcptrace_common::Endpoints;
+
+    // Sockets are named by their ports: the verifier does not let a
+    // socket pointer be formatted as a number. States are written
+    // `state:N`, which userspace turns into the state's name (strings
+    // cost the verifier far more than numbers).
+
+    #[inline(never)]
+    pub fn read_failed(err: i64) {
+        warn!(
+            &(),
+            "reading a socket failed (error {}): its transition is lost", err
+        );
+    }
+
+    #[inline(never)]
+    pub fn unexpected_state(ports: &Endpoints, recorded: u8, old: u8, new: u8) {
+        warn!(
+            &(),
+            "socket {}->{}: state:{} -> state:{}, but it was last seen entering state:{} (a transition in between went unseen)",
+            ports.lport,
+            ports.rport,
+            old,
+            new,
+            recorded
+        );
+    }
+
+    #[inline(never)]
+    pub fn predates_tracing(ports: &Endpoints, old: u8, new: u8) {
+        info!(
+            &(),
+            "socket {}->{}: first seen at state:{} -> state:{}: it predates tracing (or its record was evicted)",
+            ports.lport,
+            ports.rport,
+            old,
+            new
+        );
+    }
+
+    #[inline(never)]
+    pub fn handoff_unseen(tw: u64) {
+        warn!(
+            &(),
+            "timewait socket {:x}: born without its hand-off (the kernel skipped the state-change program)",
+            tw
+        );
     }
 }
 

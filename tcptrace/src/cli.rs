@@ -203,6 +203,13 @@ pub struct ProbeArgs {
     /// seen, and FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE are shown unclassified.
     #[arg(long)]
     pub no_timewait_hook: bool,
+
+    /// Print the probe's own diagnostics on stderr, as "tcptrace: probe:
+    /// ..." lines: sockets first seen after their birth, transitions the
+    /// kernel skipped, failed reads. Off by default, and then free: the
+    /// kernel's verifier removes the logging code from the probe.
+    #[arg(long)]
+    pub probe_log: bool,
 }
 
 impl ProbeArgs {
@@ -212,6 +219,7 @@ impl ProbeArgs {
             ring_size: self.ring_size,
             timewait_hook: !self.no_timewait_hook,
             histogram_keys: DEFAULT_HISTOGRAM_KEYS,
+            probe_log: self.probe_log,
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::{
     cli::{parse_seconds, ProbeArgs},
     clock::Clock,
     live::{self, Tracked},
+    probe::Probe,
     session::{self, SessionOptions, View},
     socket_table::{current_netns, Scope, TimewaitCounts},
     summary::RunContext,
@@ -184,6 +185,9 @@ pub struct Facts {
     /// Counter increases during the window.
     pub netstat_delta: Option<HashMap<String, u64>>,
     pub observed: Option<(Duration, TimewaitCounts)>,
+    /// The kernel hooks the probe attached here, and the timewait
+    /// detection they allow (`None`: not loaded).
+    pub hooks: Option<(Vec<String>, String)>,
 }
 
 fn pct(part: f64, whole: f64) -> f64 {
@@ -225,6 +229,19 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
     let mut out = Vec::new();
     let s = &f.sysctls;
     let c = &f.counts;
+
+    // What tcptrace itself can see on this kernel.
+    if let Some((hooks, detection)) = &f.hooks {
+        out.push(Finding {
+            topic: "hooks",
+            text: format!(
+                "on this kernel (Linux {}) tcptrace attaches {}; timewait detection: {detection}.",
+                f.kernel,
+                hooks.join(", ")
+            ),
+            advice: None,
+        });
+    }
 
     // tcp_tw_recycle.
     out.push(match s.tcp_tw_recycle {
@@ -461,6 +478,8 @@ pub fn json_report(f: &Facts, netns: u32) -> Value {
     json!({
         "type": "doctor",
         "kernel": f.kernel,
+        "hooks": f.hooks.as_ref().map(|(hooks, _)| hooks),
+        "timewait_detection": f.hooks.as_ref().map(|(_, detection)| detection),
         "netns": netns,
         "sysctls": {
             "tcp_tw_reuse": s.tcp_tw_reuse,
@@ -518,6 +537,7 @@ fn facts(
     tracked: &Tracked,
     netstat_before: &HashMap<String, u64>,
     observed: Option<Duration>,
+    hooks: Option<(Vec<String>, String)>,
 ) -> Facts {
     let sysctls = Sysctls::read();
     let netstat = read_netstat();
@@ -542,7 +562,16 @@ fn facts(
         netstat,
         netstat_delta,
         observed: observed.map(|w| (w, tracked.counts)),
+        hooks,
     }
+}
+
+/// The hooks a probe attached, and the timewait detection they allow.
+fn hooks_of(probe: &Probe) -> (Vec<String>, String) {
+    (
+        probe.hooks.iter().map(|hook| hook.name()).collect(),
+        probe.timewait.describe(),
+    )
 }
 
 fn write_report(json: bool, f: &Facts, netns: u32, out: &mut Vec<u8>) {
@@ -560,6 +589,7 @@ struct DoctorView {
     netns: u32,
     window: Duration,
     netstat_before: HashMap<String, u64>,
+    hooks: (Vec<String>, String),
 }
 
 impl View for DoctorView {
@@ -569,7 +599,12 @@ impl View for DoctorView {
 
     fn finish(&mut self, _ctx: &RunContext, _clock: &Clock, out: &mut Vec<u8>) -> Result<()> {
         live::resync_timewait(&mut self.tracked);
-        let f = facts(&self.tracked, &self.netstat_before, Some(self.window));
+        let f = facts(
+            &self.tracked,
+            &self.netstat_before,
+            Some(self.window),
+            Some(self.hooks.clone()),
+        );
         write_report(self.json, &f, self.netns, out);
         Ok(())
     }
@@ -579,8 +614,14 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
     let netns = current_netns()?;
     let scope = Scope::Netns(netns);
     let Some(window) = args.observe else {
-        let tracked = live::seed(scope, true)?;
-        let f = facts(&tracked, &HashMap::new(), None);
+        // Loaded only to learn which hooks this kernel accepts, then
+        // detached.
+        let probe = session::start_probe(&args.probe.options(live::probe_config()))?;
+        let hooks = hooks_of(&probe);
+        let followed = probe.timewait.hooked();
+        drop(probe);
+        let tracked = live::seed(scope, followed)?;
+        let f = facts(&tracked, &HashMap::new(), None, Some(hooks));
         let mut out = Vec::new();
         write_report(args.json, &f, netns, &mut out);
         return session::write_stdout(&out);
@@ -593,6 +634,7 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
         netns,
         window,
         netstat_before,
+        hooks: hooks_of(&probe),
     };
     session::run(
         probe,

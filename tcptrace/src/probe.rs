@@ -4,7 +4,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, FExit},
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 use tcptrace_common::{
@@ -24,9 +24,53 @@ pub struct ProbeOptions {
     pub timewait_hook: bool,
     /// Most histogram keys the kernel keeps (the rest go to "other").
     pub histogram_keys: u32,
+    /// Keep the probe's aya-log diagnostics (`--probe-log`).
+    pub probe_log: bool,
 }
 
-use crate::{btf::Btf, ring::RingReader};
+/// Prints the probe's aya-log records on stderr.
+pub struct ProbeLog;
+
+impl log::Log for ProbeLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        note!(
+            "tcptrace: probe: {}",
+            name_states(&record.args().to_string())
+        );
+    }
+
+    fn flush(&self) {}
+}
+
+/// The probe writes states as `state:N`: named here.
+fn name_states(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("state:") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "state:".len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        match after[..digits].parse::<u8>() {
+            Ok(n) => out.push_str(crate::state::name(n)),
+            Err(_) => out.push_str("state:"),
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// aya-log's level filter in the probe: 0 lets nothing through, and the
+/// verifier then removes every log call (the global is read-only).
+const PROBE_LOG_OFF: u8 = 0;
+/// Everything up to info (aya_log_common::Level::Info).
+const PROBE_LOG_ON: u8 = 3;
+
+use crate::{btf::Btf, error::note, ring::RingReader};
 
 static PROBE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace-probe"));
@@ -35,10 +79,51 @@ const SET_STATE_PROGRAM: &str = "inet_sock_set_state";
 const TIMER_START_PROGRAM: &str = "timer_start";
 const TIMER_CANCEL_PROGRAM: &str = "timer_cancel";
 const KFREE_SKB_PROGRAM: &str = "kfree_skb";
+const TIMEWAIT_STATE_PROCESS_PROGRAM: &str = "timewait_state_process";
 /// The programs that follow timewait sockets, attached before the
 /// state-change hook so that no hand-off is classified before it can be
 /// recognised.
 const TIMEWAIT_PROGRAMS: [&str; 2] = [TIMER_START_PROGRAM, TIMER_CANCEL_PROGRAM];
+
+/// A kernel hook a program of the probe is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hook {
+    /// The program's name in the probe object.
+    pub program: &'static str,
+    /// How it is attached: "tp_btf" (BTF tracepoint) or "fexit".
+    pub kind: &'static str,
+    /// The tracepoint or kernel function.
+    pub target: &'static str,
+}
+
+impl Hook {
+    const fn tp_btf(program: &'static str) -> Hook {
+        Hook {
+            program,
+            kind: "tp_btf",
+            target: program,
+        }
+    }
+
+    /// "kind/target", as bpftool and libbpf name attach points.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.kind, self.target)
+    }
+}
+
+/// Where the peer's FIN reaching a timewait socket can be seen, cheapest
+/// first; the first this kernel accepts is used. fexit runs only for packets
+/// to timewait sockets but needs BPF trampolines (refused by locked-down
+/// kernels); kfree_skb runs for every freed packet and names the receiving
+/// socket only from Linux 6.11 (its rx_sk argument).
+const FIN_HOOKS: [Hook; 2] = [
+    Hook {
+        program: TIMEWAIT_STATE_PROCESS_PROGRAM,
+        kind: "fexit",
+        target: "tcp_timewait_state_process",
+    },
+    Hook::tp_btf(KFREE_SKB_PROGRAM),
+];
 
 /// How closely tcptrace follows connections into their timewait sockets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,7 +198,11 @@ pub struct Probe {
     ebpf: Ebpf,
     ring_size: u32,
     pub timewait: TimewaitDetection,
+    /// The hooks attached, in the order they were.
+    pub hooks: Vec<Hook>,
     program_fds: Vec<(&'static str, i32)>,
+    /// The probe's diagnostics, when asked for (`--probe-log`).
+    log: Option<aya_log::EbpfLogger<ProbeLog>>,
 }
 
 impl Probe {
@@ -138,7 +227,7 @@ impl Probe {
                         // Retry without the hooks: if they were the
                         // problem, tracing goes on with less precision,
                         // said out loud.
-                        Err(err) => TimewaitDetection::Unavailable(format!("{err:#}")),
+                        Err(err) => TimewaitDetection::Unavailable(refusal(&err)),
                     }
                 }
                 Err(err) => TimewaitDetection::Unavailable(format!("{err:#}")),
@@ -155,39 +244,70 @@ impl Probe {
         btf: &AyaBtf,
         timewait_hooks: bool,
     ) -> Result<Self> {
+        let log_level = if options.probe_log {
+            PROBE_LOG_ON
+        } else {
+            PROBE_LOG_OFF
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", config, true)
+            .override_global("AYA_LOG_LEVEL", &log_level, true)
             .map_max_entries("EVENTS", options.ring_size)
             .map_max_entries("HISTOGRAMS", options.histogram_keys)
             .load(PROBE_OBJECT)
             .map_err(|e| explain_load_error(e.into()))
             .context("loading the probe")?;
-        let mut program_fds = Vec::new();
+        let mut attached = Vec::new();
         let mut timewait = TimewaitDetection::Disabled;
         if timewait_hooks {
             for name in TIMEWAIT_PROGRAMS {
-                program_fds.push((name, attach(&mut ebpf, name, btf)?));
+                let hook = Hook::tp_btf(name);
+                attached.push((hook, attach(&mut ebpf, &hook, btf)?));
             }
-            // The peer's FIN at a timewait socket: kfree_skb's rx_sk
-            // argument exists on recent kernels only.
-            timewait = match attach(&mut ebpf, KFREE_SKB_PROGRAM, btf) {
-                Ok(fd) => {
-                    program_fds.push((KFREE_SKB_PROGRAM, fd));
-                    TimewaitDetection::Exact
+            // The peer's FIN at a timewait socket: the first hook this
+            // kernel accepts, or partial detection with every refusal named.
+            let mut refusals = Vec::new();
+            for hook in FIN_HOOKS {
+                match attach(&mut ebpf, &hook, btf) {
+                    Ok(fd) => {
+                        attached.push((hook, fd));
+                        break;
+                    }
+                    Err(err) => refusals.push(format!("{}: {}", hook.name(), refusal(&err))),
                 }
-                Err(err) => TimewaitDetection::Partial(format!("{err:#}")),
+            }
+            timewait = if refusals.len() < FIN_HOOKS.len() {
+                TimewaitDetection::Exact
+            } else {
+                TimewaitDetection::Partial(refusals.join("; "))
             };
         }
-        program_fds.push((
-            SET_STATE_PROGRAM,
-            attach(&mut ebpf, SET_STATE_PROGRAM, btf)?,
-        ));
+        let log = if options.probe_log {
+            Some(
+                aya_log::EbpfLogger::init_with_logger(&mut ebpf, ProbeLog)
+                    .context("reading the probe's log")?,
+            )
+        } else {
+            None
+        };
+        let hook = Hook::tp_btf(SET_STATE_PROGRAM);
+        attached.push((hook, attach(&mut ebpf, &hook, btf)?));
         Ok(Probe {
+            log,
             ebpf,
             ring_size: options.ring_size,
             timewait,
-            program_fds,
+            hooks: attached.iter().map(|(hook, _)| *hook).collect(),
+            program_fds: attached
+                .iter()
+                .map(|(hook, fd)| (hook.program, *fd))
+                .collect(),
         })
+    }
+
+    /// The probe's diagnostics reader, if `--probe-log` asked for one.
+    pub fn take_log(&mut self) -> Option<aya_log::EbpfLogger<ProbeLog>> {
+        self.log.take()
     }
 
     /// The ring buffer, with a reader that frees space once per batch.
@@ -348,17 +468,50 @@ impl Probe {
     }
 }
 
-/// Loads and attaches one BTF tracepoint program; returns its fd.
-fn attach(ebpf: &mut Ebpf, name: &'static str, btf: &AyaBtf) -> Result<i32> {
+/// Loads and attaches one program at its hook; returns its fd.
+fn attach(ebpf: &mut Ebpf, hook: &Hook, btf: &AyaBtf) -> Result<i32> {
+    let (name, target) = (hook.program, hook.target);
+    let loading = || format!("loading the {target} hook ({})", hook.kind);
+    if hook.kind == "fexit" {
+        let program: &mut FExit = program(ebpf, name)?;
+        program
+            .load(target, btf)
+            .map_err(|e| explain_load_error(e.into()))
+            .with_context(loading)?;
+        program
+            .attach()
+            .with_context(|| format!("attaching the {target} hook"))?;
+        return Ok(program.fd()?.as_fd().as_raw_fd());
+    }
     let program: &mut BtfTracePoint = program(ebpf, name)?;
     program
-        .load(name, btf)
+        .load(target, btf)
         .map_err(|e| explain_load_error(e.into()))
-        .with_context(|| format!("loading the {name} hook (BTF tracepoint)"))?;
+        .with_context(loading)?;
     program
         .attach()
-        .with_context(|| format!("attaching the {name} hook"))?;
+        .with_context(|| format!("attaching the {target} hook"))?;
     Ok(program.fd()?.as_fd().as_raw_fd())
+}
+
+/// Why the kernel refused an optional hook, in a few words rather than a
+/// verifier log.
+fn refusal(err: &anyhow::Error) -> String {
+    let text = format!("{err:#}");
+    if text.contains("doesn't have 4-th argument") {
+        "kfree_skb has no rx_sk argument (it arrived in Linux 6.11)".into()
+    } else if text.contains("Permission denied")
+        || text.contains("Operation not permitted")
+        || text.contains("EPERM")
+    {
+        "refused by the kernel (BPF trampolines not allowed here, e.g. under lockdown)".into()
+    } else if text.contains("No such file") || text.contains("not found") {
+        "not in this kernel".into()
+    } else {
+        // The first line, without the verifier's log.
+        let first = text.split(". Verifier output").next().unwrap_or(&text);
+        first.chars().take(200).collect()
+    }
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
@@ -487,4 +640,16 @@ fn program_info(fd: i32) -> Result<ProgramInfo> {
         run_cnt: info.run_cnt,
         recursion_misses: info.recursion_misses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn probe_log_names_states() {
+        assert_eq!(
+            super::name_states("socket 1->2: first seen at state:1 -> state:4: old"),
+            "socket 1->2: first seen at ESTABLISHED -> FIN_WAIT1: old"
+        );
+        assert_eq!(super::name_states("no states"), "no states");
+    }
 }

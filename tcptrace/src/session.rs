@@ -24,7 +24,7 @@ use crate::{
     clock::Clock,
     error::note,
     owners,
-    probe::{LossCounters, Probe, ProbeOptions, TimewaitDetection},
+    probe::{LossCounters, Probe, ProbeLog, ProbeOptions, TimewaitDetection},
     ring::RingReader,
     summary::{self, RunContext},
 };
@@ -203,6 +203,15 @@ impl Sink {
 /// write its summary.
 pub async fn run(mut probe: Probe, view: &mut impl View, options: SessionOptions) -> Result<()> {
     let ring = probe.take_ring()?;
+    let mut probe_log = match probe.take_log() {
+        // SAFETY: as for the ring below: the logger owns its fd.
+        Some(log) => Some(
+            unsafe { AsyncFd::register_with_interest(log, Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)
+                .context("registering the probe's log with epoll")?,
+        ),
+        None => None,
+    };
     // SAFETY: the ring owns its fd and keeps it open until it is dropped,
     // which happens after the AsyncFd (it is the AsyncFd's inner value).
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -256,6 +265,11 @@ pub async fn run(mut probe: Probe, view: &mut impl View, options: SessionOptions
                 view.refresh(&probe, &clock, &mut sink.buf)?;
                 sink.flush()?;
             }
+            guard = log_readable(&mut probe_log), if probe_log.is_some() => {
+                let mut guard = guard.context("waiting on the probe's log")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
             _ = &mut catch_up, if catch_up_armed => {
                 let drained = drain(ring.get_mut(), &clock, view, &mut sink)?;
                 catch_up_armed = drained > 0;
@@ -277,6 +291,9 @@ pub async fn run(mut probe: Probe, view: &mut impl View, options: SessionOptions
         }
     }
 
+    if let Some(log) = probe_log.as_mut() {
+        log.get_mut().flush();
+    }
     // Detached from now on: what is already in the ring still gets out.
     while drain(ring.get_mut(), &clock, view, &mut sink)? == BATCH {}
     losses = report_losses(&probe, &clock, &mut sink, options.json, losses)?;
@@ -284,6 +301,7 @@ pub async fn run(mut probe: Probe, view: &mut impl View, options: SessionOptions
     let ctx = RunContext {
         losses,
         timewait_detection: &timewait_detection,
+        hooks: probe.hooks.iter().map(|hook| hook.name()).collect(),
         probe_handoffs: probe.timewait_handoffs().unwrap_or(0),
         probe_emitted: probe.emitted().unwrap_or(0),
         probe_connections: probe.connections_emitted().unwrap_or(0),
@@ -295,6 +313,16 @@ pub async fn run(mut probe: Probe, view: &mut impl View, options: SessionOptions
     drop(probe);
     view.finish(&ctx, &clock, &mut sink.buf)?;
     sink.flush()
+}
+
+/// Waits until the probe's log has records (only called when it exists).
+async fn log_readable(
+    log: &mut Option<AsyncFd<aya_log::EbpfLogger<ProbeLog>>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, aya_log::EbpfLogger<ProbeLog>>> {
+    match log {
+        Some(log) => log.readable_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn drain(

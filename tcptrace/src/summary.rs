@@ -65,6 +65,8 @@ impl RunStats {
 pub struct RunContext<'a> {
     pub losses: LossCounters,
     pub timewait_detection: &'a str,
+    /// The kernel hooks attached ("tp_btf/timer_start", ...).
+    pub hooks: Vec<String>,
     pub probe_handoffs: u64,
     /// Events the probe wrote into the ring; all of them should have been read.
     pub probe_emitted: u64,
@@ -129,6 +131,7 @@ pub fn add_loss_fields(record: &mut serde_json::Value, clock: &Clock, ctx: &RunC
         "handoffs_unseen": ctx.losses.handoffs_unseen,
         "records_evicted": ctx.records_evicted,
         "timewait_detection": ctx.timewait_detection,
+        "hooks": ctx.hooks,
         "probe_stats": ctx.run_stats.iter().map(|&(program, runs, ns)| {
             json!({"program": program, "runs": runs, "run_time_ns": ns})
         }).collect::<Vec<_>>(),
@@ -183,6 +186,7 @@ pub fn write_human_losses(out: &mut impl Write, ctx: &RunContext) {
         );
     }
     let _ = writeln!(out, "  timewait detection: {}", ctx.timewait_detection);
+    let _ = writeln!(out, "  hooks: {}", ctx.hooks.join(", "));
     for &(program, runs, ns) in ctx.run_stats.iter().filter(|s| s.1 > 0) {
         let per_run = ns as f64 / runs as f64;
         let _ = writeln!(
@@ -279,6 +283,7 @@ mod tests {
                 ..Default::default()
             },
             timewait_detection: "exact",
+            hooks: vec!["tp_btf/inet_sock_set_state".into()],
             probe_handoffs: 5,
             probe_emitted: 3,
             probe_connections: 0,
