@@ -42,7 +42,8 @@ enum Cmd {
     /// .tools/ when missing, as is the kernel): by default close_paths,
     /// lifetimes, views and cli; results in target/vm/NAME/. KVM is used if
     /// it boots a guest here, TCG otherwise; TCPTRACE_VM_ACCEL=kvm|tcg
-    /// overrides.
+    /// overrides. The guest is killed after 25 minutes
+    /// (TCPTRACE_VM_TIMEOUT=SECONDS overrides).
     Test {
         /// Kernel to test on: host (the running kernel, plain `cargo test`),
         /// or one xtask boots in a VM.

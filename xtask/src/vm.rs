@@ -54,7 +54,8 @@ const HOST_TOOLS: &[(&str, &str)] = &[
 ];
 const MEMORY: &str = "2G";
 const CPUS: &str = "2";
-/// The whole guest run, boot to power-off; qemu is killed after it.
+/// The whole guest run, boot to power-off; qemu is killed after it
+/// (TCPTRACE_VM_TIMEOUT, in seconds, overrides).
 const RUN_LIMIT: Duration = Duration::from_secs(25 * 60);
 /// One test binary inside the guest (coreutils `timeout`, then SIGKILL).
 const BINARY_LIMIT_SECS: u64 = 15 * 60;
@@ -105,12 +106,23 @@ pub fn test(root: &Path, probe: &Path, request: &Request) -> Result<()> {
         .copied()
         .ok_or_else(|| anyhow!("unknown kernel {:?}", request.kernel))?;
 
+    let limit =
+        match std::env::var("TCPTRACE_VM_TIMEOUT") {
+            Ok(secs) => Duration::from_secs(secs.trim().parse().map_err(|_| {
+                anyhow!("TCPTRACE_VM_TIMEOUT={secs}: expected a number of seconds")
+            })?),
+            Err(_) => RUN_LIMIT,
+        };
+    let forced = accel_override()?;
     let binaries = build_tests(root, probe, request)?;
 
     ensure_host_tools()?;
     let vng = ensure_virtme_ng(root)?;
     let kernel = ensure_kernel(root, name, pattern)?;
-    let accel = choose_accel(root, &vng, &kernel)?;
+    let accel = match forced {
+        Some(accel) => accel,
+        None => probe_accel(root, &vng, &kernel)?,
+    };
 
     let results = root.join("target/vm").join(name);
     if results.exists() {
@@ -142,7 +154,7 @@ pub fn test(root: &Path, probe: &Path, request: &Request) -> Result<()> {
         rwdirs: &[&results],
         script: &script,
         console: &results.join("console.log"),
-        limit: RUN_LIMIT,
+        limit,
         up_marker: Some(&results.join("uname")),
         progress: &binaries
             .iter()
@@ -156,7 +168,6 @@ pub fn test(root: &Path, probe: &Path, request: &Request) -> Result<()> {
     }
     .run()?;
 
-    let report = report(&results, &binaries)?;
     let timing = match boot.up_after {
         Some(up) => format!(
             "guest up after {:.1} s, tests and power-off {:.1} s, {:.1} s in all (build included)",
@@ -166,19 +177,21 @@ pub fn test(root: &Path, probe: &Path, request: &Request) -> Result<()> {
         ),
         None => format!("the guest ran {:.1} s", boot.elapsed.as_secs_f64()),
     };
-    eprintln!("xtask: {name}: {timing}");
-
+    let console = results.join("console.log");
     let guest_release = fs::read_to_string(results.join("uname")).unwrap_or_default();
     let guest_release = guest_release.trim();
     if guest_release.is_empty() {
+        let why = if boot.timed_out {
+            format!("killed after {} s", limit.as_secs())
+        } else {
+            match last_line(&console) {
+                Some(line) => format!("qemu exited: {line}"),
+                None => "qemu exited".to_string(),
+            }
+        };
         bail!(
-            "{name}: the guest never ran its script ({}); see {}",
-            if boot.timed_out {
-                format!("killed after {} min", RUN_LIMIT.as_secs() / 60)
-            } else {
-                "qemu exited".to_string()
-            },
-            results.join("console.log").display()
+            "{name}: the guest never ran its script ({why}); see {}",
+            console.display()
         );
     }
     if guest_release != kernel.release {
@@ -187,6 +200,9 @@ pub fn test(root: &Path, probe: &Path, request: &Request) -> Result<()> {
             kernel.release
         );
     }
+
+    let report = report(&results, &binaries)?;
+    eprintln!("xtask: {name}: {timing}");
     let verdict = format!(
         "{name} ({guest_release}, {}): {} test {}, {} passed, {} failed",
         accel.name(),
@@ -201,8 +217,9 @@ pub fn test(root: &Path, probe: &Path, request: &Request) -> Result<()> {
     );
     if boot.timed_out {
         bail!(
-            "{verdict}; the guest was killed after {} min",
-            RUN_LIMIT.as_secs() / 60
+            "{verdict}; the guest was killed after {} s (TCPTRACE_VM_TIMEOUT sets the limit); see {}",
+            limit.as_secs(),
+            console.display()
         );
     }
     if !report.bad.is_empty() {
@@ -210,6 +227,17 @@ pub fn test(root: &Path, probe: &Path, request: &Request) -> Result<()> {
     }
     eprintln!("xtask: {verdict}");
     Ok(())
+}
+
+/// The last non-empty line of a file, if any.
+fn last_line(path: &Path) -> Option<String> {
+    let text = fs::read(path).ok()?;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
 }
 
 /// `cargo test --no-run` for the requested targets; their executables.
@@ -492,15 +520,19 @@ fn output(cmd: &mut Command, what: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// TCPTRACE_VM_ACCEL, else KVM if a probe guest boots with it (cached for
-/// this host boot in target/vm/kvm-probe), else TCG.
-fn choose_accel(root: &Path, vng: &Path, kernel: &Kernel) -> Result<Accel> {
+/// TCPTRACE_VM_ACCEL, if set.
+fn accel_override() -> Result<Option<Accel>> {
     match std::env::var("TCPTRACE_VM_ACCEL").as_deref() {
-        Ok("kvm") => return Ok(Accel::Kvm),
-        Ok("tcg") => return Ok(Accel::Tcg),
+        Ok("kvm") => Ok(Some(Accel::Kvm)),
+        Ok("tcg") => Ok(Some(Accel::Tcg)),
         Ok(other) => bail!("TCPTRACE_VM_ACCEL={other}: expected kvm or tcg"),
-        Err(_) => {}
+        Err(_) => Ok(None),
     }
+}
+
+/// KVM if a probe guest boots with it (cached for this host boot in
+/// target/vm/kvm-probe), else TCG.
+fn probe_accel(root: &Path, vng: &Path, kernel: &Kernel) -> Result<Accel> {
     if fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -741,8 +773,14 @@ impl Boot<'_> {
             thread::sleep(Duration::from_millis(200));
         }
         // Whatever vng's own exit: nothing of the guest is left behind.
-        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let group = child.id() as i32;
+        unsafe { libc::kill(-group, libc::SIGKILL) };
         let _ = child.wait();
+        // qemu is vng's child: wait (briefly) until it is gone too.
+        let gone_by = Instant::now() + Duration::from_secs(10);
+        while unsafe { libc::kill(-group, 0) } == 0 && Instant::now() < gone_by {
+            thread::sleep(Duration::from_millis(50));
+        }
         GUEST_GROUP.store(0, Ordering::SeqCst);
         unsafe {
             libc::signal(libc::SIGINT, libc::SIG_DFL);
