@@ -1,7 +1,8 @@
 //! `cargo xtask`: everything between a fresh clone and a running tracer.
 //!
 //! Set-up is idempotent and lands in places the project owns: bpf-linker in
-//! `.tools/`, the probe object in `target/bpf/`. The only thing installed
+//! `.tools/`, the probe object in `target/bpf/`, virtme-ng and test kernels
+//! in `.tools/` too (`test --kernel`, see vm.rs). The only thing installed
 //! outside the tree is the nightly `rust-src` component, which rustup keeps
 //! per toolchain.
 mod bench;
