@@ -2,9 +2,10 @@
 //!
 //! Set-up is idempotent and lands in places the project owns: bpf-linker in
 //! `.tools/`, the probe object in `target/bpf/`, virtme-ng and test kernels
-//! in `.tools/` too (`test --kernel`, see vm.rs). The only thing installed
-//! outside the tree is the nightly `rust-src` component, which rustup keeps
-//! per toolchain.
+//! in `.tools/` too (`test --kernel`, see vm.rs). The only things installed
+//! outside the tree are the nightly `rust-src` component, which rustup keeps
+//! per toolchain, and, for `test --kernel` when missing, qemu, kmod and
+//! busybox from the system's packages.
 mod bench;
 mod toolchain;
 mod vm;

@@ -432,7 +432,9 @@ fn ensure_kernel(root: &Path, name: &str, pattern: &str) -> Result<Kernel> {
     let download = dir.join("download");
     fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
     let fetch = || {
+        // As root into a directory _apt cannot enter: say so, or apt warns.
         apt("download")
+            .args(["-o", "APT::Sandbox::User=root"])
             .arg(&package)
             .current_dir(&download)
             .run(&format!("apt-get download {package}"))
@@ -831,7 +833,11 @@ fn report(results: &Path, binaries: &[Binary]) -> Result<Report> {
             report.failed += failed;
         }
         let counted = counts
-            .map(|(p, f)| format!("{} tests, {p} passed, {f} failed", p + f))
+            .map(|(p, f)| {
+                let n = p + f;
+                let tests = if n == 1 { "test" } else { "tests" };
+                format!("{n} {tests}, {p} passed, {f} failed")
+            })
             .unwrap_or_else(|| "no test result line".to_string());
         let verdict = match rc {
             None => "did not report (the guest stopped before it finished)".to_string(),
