@@ -1,11 +1,14 @@
 //! `cargo xtask`: everything between a fresh clone and a running tracer.
 //!
 //! Set-up is idempotent and lands in places the project owns: bpf-linker in
-//! `.tools/`, the probe object in `target/bpf/`. The only thing installed
-//! outside the tree is the nightly `rust-src` component, which rustup keeps
-//! per toolchain.
+//! `.tools/`, the probe object in `target/bpf/`, virtme-ng and test kernels
+//! in `.tools/` too (`test --kernel`, see vm.rs). The only things installed
+//! outside the tree are the nightly `rust-src` component, which rustup keeps
+//! per toolchain, and, for `test --kernel` when missing, qemu, kmod and
+//! busybox from the system's packages.
 mod bench;
 mod toolchain;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -35,8 +38,30 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Build the probe, then run every test, including those that load it.
+    ///
+    /// With `--kernel NAME` (not host), the integration tests run inside a
+    /// qemu guest booted with that kernel by virtme-ng (installed into
+    /// .tools/ when missing, as is the kernel): by default close_paths,
+    /// lifetimes, views and cli; results in target/vm/NAME/. KVM is used if
+    /// it boots a guest here, TCG otherwise; TCPTRACE_VM_ACCEL=kvm|tcg
+    /// overrides. The guest is killed after 25 minutes
+    /// (TCPTRACE_VM_TIMEOUT=SECONDS overrides).
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Kernel to test on: host (the running kernel, plain `cargo test`),
+        /// or one xtask boots in a VM.
+        #[arg(long, default_value = "host", value_parser = clap::builder::PossibleValuesParser::new(vm::kernel_names()))]
+        kernel: String,
+        /// Only this integration test target (repeatable).
+        #[arg(long = "test", value_name = "NAME")]
+        tests: Vec<String>,
+        /// Only the library's unit tests (or these with --test/--bin).
+        #[arg(long)]
+        lib: bool,
+        /// Only the unit tests of this binary (repeatable).
+        #[arg(long = "bin", value_name = "NAME")]
+        bins: Vec<String>,
+        /// Extra arguments: for `cargo test` on the host (e.g. a test name
+        /// filter); in a VM, for each test binary (a filter, --nocapture).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -72,12 +97,44 @@ fn run(cli: Cli) -> Result<()> {
             // Pass tcptrace's own exit code through.
             std::process::exit(status.code().unwrap_or(1));
         }
-        Cmd::Test { args } => {
+        Cmd::Test {
+            kernel,
+            tests,
+            lib,
+            bins,
+            args,
+        } => {
             let probe = build_probe(&root)?;
-            cargo(&root, &probe)
-                .args(["test", "--release"])
-                .args(&args)
-                .run("cargo test")
+            if kernel == "host" {
+                let mut cmd = cargo(&root, &probe);
+                cmd.args(["test", "--release"]);
+                if lib {
+                    cmd.arg("--lib");
+                }
+                for test in &tests {
+                    cmd.args(["--test", test]);
+                }
+                for bin in &bins {
+                    cmd.args(["--bin", bin]);
+                }
+                return cmd.args(&args).run("cargo test");
+            }
+            // As with cargo test, a `--` between filter and test options.
+            let mut args = args;
+            if let Some(dashes) = args.iter().position(|a| a == "--") {
+                args.remove(dashes);
+            }
+            vm::test(
+                &root,
+                &probe,
+                &vm::Request {
+                    kernel: &kernel,
+                    tests: &tests,
+                    lib,
+                    bins: &bins,
+                    args: &args,
+                },
+            )
         }
         Cmd::Bench(options) => bench::run(&root, options),
         Cmd::Lint => {
