@@ -46,6 +46,11 @@ pub const EVENT_TIMEWAIT_CHECKED: u8 = 1 << 4;
 /// gone): FIN_WAIT2 -> TIME_WAIT, TIME_WAIT -> CLOSE, FIN_WAIT2 -> CLOSE.
 /// CLOSING/FIN_WAIT2 -> TIME_WAIT at the hand-off itself carry it too.
 pub const EVENT_TIMEWAIT_SOCKET: u8 = 1 << 5;
+/// In a `SocketRecord` only: the socket's LISTEN -> SYN_RECV is reported
+/// at its next transition, when its remote end is known. Before Linux 6.x
+/// (seen on 6.1) inet_csk_clone_lock() fires the tracepoint before it copies
+/// the peer's address and port into the new socket.
+pub const RECORD_SYN_RECV_DEFERRED: u8 = 1 << 6;
 
 /// `TransitionEvent::reason` / `ConnectionEvent::end`: why a timewait socket
 /// ended.
@@ -145,6 +150,14 @@ impl SocketRecord {
         }
     }
 }
+
+/// A timewait timer armed on a CPU longer ago than this did not come from
+/// the hand-off being reported there. tcp_time_wait() arms it and closes
+/// the full socket in one go, microseconds apart on hardware; the margin is
+/// for virtual CPUs, which the host may stop in between (seen under qemu's
+/// emulation, where 1 ms missed hand-offs). A false match would need the
+/// same ports on the same CPU within the window.
+pub const HANDOFF_WINDOW_NS: u64 = 20_000_000;
 
 /// Which side closed a connection first.
 pub mod closer {

@@ -47,16 +47,16 @@ use tcptrace_common::{
     COUNTER_RECORDS_REMOVED, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL,
     COUNTER_TIMEWAIT_ENTRIES_LOST, COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL,
     EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED,
-    EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET, HIST_BUCKETS,
+    EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET, HANDOFF_WINDOW_NS, HIST_BUCKETS,
+    RECORD_SYN_RECV_DEFERRED,
 };
 
 const IPPROTO_TCP: u16 = 6;
-/// A timewait timer armed longer ago than this on this CPU did not come from
-/// the hand-off being reported (which follows it within microseconds).
-const HANDOFF_WINDOW_NS: u64 = 1_000_000;
 /// A timewait socket removed within this long of a connect() on the same
-/// CPU by the same task, towards the same port, was taken over by it.
-const REUSE_WINDOW_NS: u64 = 1_000_000;
+/// CPU by the same task, towards the same port, was taken over by it. Both
+/// happen in that one connect() call, microseconds apart on hardware; the
+/// margin is for virtual CPUs, which the host may stop in between.
+const REUSE_WINDOW_NS: u64 = HANDOFF_WINDOW_NS;
 
 /// Userspace writes the real configuration here at load time.
 #[no_mangle]
@@ -950,6 +950,11 @@ struct StateChange {
     event_flags: u8,
     /// The current task is the socket's owner (see `runs_in_owner_context`).
     owner_context: bool,
+    /// This transition is reported later (`RECORD_SYN_RECV_DEFERRED`).
+    deferred: bool,
+    /// When the socket entered SYN_RECV, if that transition is reported
+    /// now, before this one (0: nothing to report).
+    syn_recv_at: u64,
 }
 
 fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
@@ -986,6 +991,8 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         new,
         event_flags: 0,
         owner_context: runs_in_owner_context(old, new),
+        deferred: false,
+        syn_recv_at: 0,
     };
     let now = change.now;
     let flags = config_flags();
@@ -1024,6 +1031,13 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
         None => first_sight(&mut change, born),
     };
+    if change.syn_recv_at != 0 {
+        if !have_addresses {
+            socket_addresses(sk, &mut change.endpoints)?;
+            have_addresses = true;
+        }
+        report_syn_recv(&change);
+    }
     if let (CLOSE, Some(record)) = (new, record) {
         let record = unsafe { &mut *record };
         let endpoints = &change.endpoints;
@@ -1067,7 +1081,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     }
 
     // Kernel-side filters: nothing filtered out reaches userspace.
-    if flags & CONFIG_EMIT_TRANSITIONS == 0 || !wants(old, new) {
+    if flags & CONFIG_EMIT_TRANSITIONS == 0 || !wants(old, new) || change.deferred {
         return Ok(());
     }
     let event_flags = change.event_flags;
@@ -1157,6 +1171,10 @@ fn known_socket(change: &mut StateChange, record: *mut SocketRecord, handing_off
         change.event_flags |= EVENT_OWNER_KNOWN;
     }
     let old = change.old;
+    if record.flags & RECORD_SYN_RECV_DEFERRED != 0 {
+        record.flags &= !RECORD_SYN_RECV_DEFERRED;
+        change.syn_recv_at = record.state_since_ns;
+    }
     if record.state != old {
         // A transition in between was never seen (a skipped run).
         diagnostics::unexpected_state(&change.endpoints, record.state, old, change.new);
@@ -1203,6 +1221,11 @@ fn first_sight(change: &mut StateChange, born: bool) -> Option<*mut SocketRecord
     // From now on the time in each state is known.
     record.flags =
         (change.event_flags & (EVENT_OWNER_KNOWN | EVENT_AGE_KNOWN)) | EVENT_IN_OLD_KNOWN;
+    if old == LISTEN && new == SYN_RECV && change.endpoints.rport == 0 {
+        // The kernel has not given the new socket its peer yet.
+        record.flags |= RECORD_SYN_RECV_DEFERRED;
+        change.deferred = true;
+    }
     note_phase(record, old, new, now);
     if new != CLOSE {
         if SOCKETS.insert(change.sk, &*record, 0).is_err() {
@@ -1212,6 +1235,40 @@ fn first_sight(change: &mut StateChange, born: bool) -> Option<*mut SocketRecord
         }
     }
     Some(slot)
+}
+
+/// Reports a socket's deferred LISTEN -> SYN_RECV (see
+/// `RECORD_SYN_RECV_DEFERRED`) with the remote end this transition knows,
+/// at the time it happened and before this transition's own event.
+#[inline(never)]
+fn report_syn_recv(change: &StateChange) {
+    if config_flags() & CONFIG_EMIT_TRANSITIONS == 0 || !wants(LISTEN, SYN_RECV) {
+        return;
+    }
+    let owner_known = change.event_flags & EVENT_OWNER_KNOWN != 0;
+    if !passes_filters(&change.endpoints, owner_known, change.pid) {
+        return;
+    }
+    let at = change.syn_recv_at;
+    emit_transition(at, || TransitionEvent {
+        ktime_ns: at,
+        skaddr: change.sk,
+        in_old_ns: 0,
+        age_ns: 0,
+        pid: change.pid,
+        netns: change.endpoints.netns,
+        family: change.endpoints.family,
+        lport: change.endpoints.lport,
+        rport: change.endpoints.rport,
+        old: LISTEN,
+        new: SYN_RECV,
+        flags: (change.event_flags & EVENT_OWNER_KNOWN) | EVENT_AGE_KNOWN,
+        reason: end_reason::NONE,
+        _pad: [0; 6],
+        comm: change.comm,
+        laddr: change.endpoints.laddr,
+        raddr: change.endpoints.raddr,
+    });
 }
 
 /// Keeps `LISTENERS` (the owner of each listening port) up to date at

@@ -12,7 +12,7 @@ use tcptrace_common::{
     CONFIG_TIMEWAIT_HOOK, COUNTER_CONNECTIONS, COUNTER_EMITTED, COUNTER_HANDOFFS_UNSEEN,
     COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_RECORDS_ADDED, COUNTER_RECORDS_REMOVED,
     COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_ENTRIES_LOST,
-    COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL,
+    COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL, HANDOFF_WINDOW_NS,
 };
 
 /// What to load: the probe's configuration and its map sizes.
@@ -233,7 +233,8 @@ impl Probe {
                 Err(err) => TimewaitDetection::Unavailable(format!("{err:#}")),
             }
         };
-        let mut probe = Self::load_with(&config, options, &kernel_btf, false)?;
+        let mut probe = Self::load_with(&config, options, &kernel_btf, false)
+            .map_err(|err| shorten_load_error(err, options.probe_log))?;
         probe.timewait = timewait;
         Ok(probe)
     }
@@ -365,7 +366,7 @@ impl Probe {
     }
 
     /// Births of timewait sockets still waiting, on their CPU, for a
-    /// hand-off that should have followed within a millisecond (the probe
+    /// hand-off that should have followed within HANDOFF_WINDOW_NS (the probe
     /// counts them only at that CPU's next birth): (unseen, entries lost).
     fn stale_births(&self) -> Result<(u64, u64)> {
         let Some(map) = self.ebpf.map("ARMED_TIMEWAIT") else {
@@ -377,7 +378,7 @@ impl Probe {
         let now = crate::clock::Clock::now_ktime_ns();
         let (mut unseen, mut lost) = (0, 0);
         for slot in armed.get(&0, 0)?.iter() {
-            if slot.ktime_ns != 0 && now.saturating_sub(slot.ktime_ns) > 1_000_000 {
+            if slot.ktime_ns != 0 && now.saturating_sub(slot.ktime_ns) > HANDOFF_WINDOW_NS {
                 unseen += 1;
                 if timewaits
                     .get(&slot.tw, 0)
@@ -500,17 +501,50 @@ fn refusal(err: &anyhow::Error) -> String {
     let text = format!("{err:#}");
     if text.contains("doesn't have 4-th argument") {
         "kfree_skb has no rx_sk argument (it arrived in Linux 6.11)".into()
-    } else if text.contains("Permission denied")
-        || text.contains("Operation not permitted")
-        || text.contains("EPERM")
-    {
+    } else if text.contains("Operation not permitted") {
+        // EPERM with an empty log: the kernel allows no BPF trampoline.
         "refused by the kernel (BPF trampolines not allowed here, e.g. under lockdown)".into()
+    } else if let Some(reason) = verifier_reason(&text) {
+        format!("refused by the verifier: {reason}")
     } else if text.contains("No such file") || text.contains("not found") {
         "not in this kernel".into()
     } else {
-        // The first line, without the verifier's log.
-        let first = text.split(". Verifier output").next().unwrap_or(&text);
-        first.chars().take(200).collect()
+        text.chars().take(200).collect()
+    }
+}
+
+/// What the verifier's log says went wrong: its last line before the
+/// statistics it ends with.
+fn verifier_reason(text: &str) -> Option<String> {
+    let (_, log) = text.split_once("Verifier output:")?;
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| {
+            !line.is_empty()
+                && !line.starts_with("verification time")
+                && !line.starts_with("stack depth")
+                && !line.starts_with("processed ")
+                && !line.starts_with(':')
+        })
+        .map(|line| line.chars().take(200).collect())
+}
+
+/// A refused mandatory hook as one line: what was loaded and the
+/// verifier's reason, its whole log only with `--probe-log`.
+fn shorten_load_error(err: anyhow::Error, full_log: bool) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if full_log {
+        return err;
+    }
+    match (
+        text.split_once(". Verifier output:"),
+        verifier_reason(&text),
+    ) {
+        (Some((head, _)), Some(reason)) => {
+            anyhow!("{head}; the verifier said: {reason} (--probe-log prints its whole log)")
+        }
+        _ => err,
     }
 }
 
@@ -644,6 +678,29 @@ fn program_info(fd: i32) -> Result<ProgramInfo> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn verifier_logs_shrink_to_their_reason() {
+        let text = "loading the x hook (tp_btf): the BPF_PROG_LOAD syscall returned \
+                    Permission denied (os error 13). Verifier output: 0: R1=ctx()\n\
+                    12: (79) r2 = *(u64 *)(r10 -432)\ninvalid read from stack R10 off=-432 size=8\n\
+                    verification time 451 usec\nstack depth 424+0\nprocessed 4811 insns\n";
+        assert_eq!(
+            super::verifier_reason(text).as_deref(),
+            Some("invalid read from stack R10 off=-432 size=8")
+        );
+        let short = format!(
+            "{:#}",
+            super::shorten_load_error(anyhow::anyhow!("{text}"), false)
+        );
+        assert_eq!(short.lines().count(), 1, "{short}");
+        assert!(short.starts_with("loading the x hook (tp_btf)"), "{short}");
+        assert!(
+            short.contains("the verifier said: invalid read from stack"),
+            "{short}"
+        );
+        assert!(!short.contains("r10 -432)"), "{short}");
+    }
+
     #[test]
     fn probe_log_names_states() {
         assert_eq!(

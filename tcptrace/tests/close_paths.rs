@@ -250,6 +250,14 @@ fn all_reports_the_whole_life_of_one_connection_in_order() {
 
     let child = records.find(port, "SYN_RECV", "ESTABLISHED");
     assert_eq!(child["rport"], client_port);
+    // The child's birth names its peer too (kernels before 6.x fill the
+    // peer in after the tracepoint: the probe reports it one step later).
+    let born = records.find(port, "LISTEN", "SYN_RECV");
+    assert_eq!(
+        (&born["raddr"], &born["rport"]),
+        (&child["raddr"], &child["rport"])
+    );
+    assert!(ns(&born["ktime_ns"]) <= ns(&child["ktime_ns"]));
     let server_life = records.of_socket(&child["sk"]);
     assert_eq!(
         names(&server_life),
@@ -398,7 +406,8 @@ fn connections_older_than_the_tracer_have_unknown_age_but_known_closers() {
     let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 50);
     // Connected now, closed by the client 2 s later: long after the tracer
     // below has started.
-    let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", 2000);
+    let hold = common::outlasting_startup_ms(2000);
+    let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", hold);
     let (client_pid, server_pid) = (client.pid(), server.pid());
     std::thread::sleep(std::time::Duration::from_millis(200));
     let tracer = Tracer::start(&netns, &["--json", "--port", &port.to_string()]);
@@ -530,7 +539,8 @@ fn life_reports_a_connection_older_than_the_tracer_with_what_is_known() {
     let netns = Netns::new();
     let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 100);
     // Connected before the tracer starts, closed by the client later.
-    let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", 1500);
+    let hold = common::outlasting_startup_ms(1500);
+    let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", hold);
     let server_pid = server.pid();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let tracer = Tracer::start(&netns, &["life", "--json", "--port", &port.to_string()]);

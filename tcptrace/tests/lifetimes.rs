@@ -10,7 +10,15 @@ use serde_json::Value;
 
 const MS: u64 = 1_000_000;
 /// Upper bound on scheduling delay added to a hold time.
-const SLACK: u64 = 100 * MS;
+/// How much longer than held a phase may last: scheduling, or ten times
+/// as much under emulation (see `common::emulated`).
+fn slack() -> u64 {
+    if common::emulated() {
+        1_000 * MS
+    } else {
+        100 * MS
+    }
+}
 
 /// One listening port's script: the client keeps each connection
 /// ESTABLISHED for `established_ms`, then closes; the server holds
@@ -61,10 +69,24 @@ fn histograms(records: &[Value]) -> HashMap<(String, Value), &Value> {
 }
 
 /// Every duration of `h` lies in the one bucket holding `nominal_ns`.
+/// Under emulation (see `common::emulated`) a held connection can last
+/// several times its nominal time: there the durations may also lie in the
+/// two buckets above, and nowhere else.
 fn assert_single_bucket(h: &Value, count: usize, nominal_ns: u64) {
     assert_eq!(h["count"], count as u64, "counted exactly once: {h}");
     let (lo, hi) = bucket_of(nominal_ns);
     let buckets = h["buckets"].as_array().unwrap();
+    if common::emulated() {
+        let total: u64 = buckets.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+        assert_eq!(total, count as u64, "{h}");
+        for b in buckets {
+            assert!(ns(&b["ge_ns"]) >= lo && ns(&b["lt_ns"]) <= 4 * hi, "{h}");
+        }
+        for p in ["p50_ns", "p90_ns", "p99_ns", "max_ns"] {
+            assert!((lo..4 * hi).contains(&ns(&h[p])), "{p} of {h}");
+        }
+        return;
+    }
     assert_eq!(buckets.len(), 1, "one bucket for {nominal_ns} ns: {h}");
     assert_eq!(
         (ns(&buckets[0]["ge_ns"]), ns(&buckets[0]["lt_ns"])),
@@ -222,7 +244,7 @@ fn life_and_hist_measure_held_connections_exactly_once() {
                 let established = ns(&c["established_ns"]);
                 let nominal = p.established_ms * MS;
                 assert!(
-                    (nominal..nominal + SLACK).contains(&established),
+                    (nominal..nominal + slack()).contains(&established),
                     "ESTABLISHED {established} ns, held {nominal}: {c}"
                 );
                 let phases: u64 = [
@@ -242,7 +264,7 @@ fn life_and_hist_measure_held_connections_exactly_once() {
             for (c, phase) in [(server, "closing_ns"), (client, "closing_ns")] {
                 let closing = ns(&c[phase]);
                 assert!(
-                    (nominal..nominal + SLACK).contains(&closing),
+                    (nominal..nominal + slack()).contains(&closing),
                     "closing took {closing} ns, CLOSE_WAIT held {nominal}: {c}"
                 );
             }

@@ -326,14 +326,17 @@ fn census_live_follows_events_and_equals_ss() {
     assert_eq!(first["total"], 0, "a new namespace is empty: {first:#}");
     let peers = known_states(&netns, 6_000);
     // Everything below comes from events: the walk found nothing.
-    let deadline = Instant::now() + Duration::from_secs(4);
+    let deadline = Instant::now() + Duration::from_secs(if common::emulated() { 20 } else { 4 });
     let mut matched = 0;
     while Instant::now() < deadline && matched < 3 {
         while view.lines.try_recv().is_ok() {}
         let before = ss_counts(&netns);
         let census = view.next_of("census");
         let after = ss_counts(&netns);
-        if before == after {
+        // Handshakes in flight are request sockets, which ss lists as
+        // SYN-RECV and the tracepoint never sees: not a quiet moment (seen
+        // only under emulation, where handshakes take milliseconds).
+        if before == after && !before.contains_key("SYN-RECV") {
             assert_eq!(census_counts(&census), before, "{census:#}");
             assert_eq!(census["timewait_sockets"]["FIN_WAIT2"], 2);
             assert_eq!(census["fin_wait2"]["full"], 1);

@@ -378,6 +378,24 @@ fn args(name: &str, role: &str, flag: &str, addr: &str, mode: &str, hold_ms: u64
     .to_vec()
 }
 
+/// Whether the tests run in an emulated guest (`cargo xtask test --kernel
+/// ...` under qemu's TCG sets TCPTRACE_TEST_EMULATED=1): everything runs
+/// 10-50 times slower there, starting the tracer (BTF parsing, the
+/// verifier) takes seconds. Timing margins widen there, and only there.
+pub fn emulated() -> bool {
+    std::env::var_os("TCPTRACE_TEST_EMULATED").is_some_and(|v| v == "1")
+}
+
+/// A wait that must outlast the tracer's start-up: `ms`, or five times as
+/// long under emulation.
+pub fn outlasting_startup_ms(ms: u64) -> u64 {
+    if emulated() {
+        ms * 5
+    } else {
+        ms
+    }
+}
+
 /// A port no test uses by chance: namespaces start with every port free.
 pub const FIXED_PORT: u16 = 4242;
 
