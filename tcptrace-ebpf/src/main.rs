@@ -30,9 +30,9 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
     },
-    macros::{btf_tracepoint, fexit, map},
+    macros::{btf_tracepoint, fentry, fexit, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePointContext, FExitContext},
+    programs::{BtfTracePointContext, FEntryContext, FExitContext},
 };
 use tcptrace_common::{
     closer, end_reason, hist_by, metric, tcp_state::*, ArmedTimewait, ConnectionEvent, Endpoints,
@@ -203,6 +203,63 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// Where BPF trampolines are allowed, the timewait socket's birth and end
+/// are hooked in the timewait code itself, which runs only for timewait
+/// sockets, instead of on every timer of the machine. Birth: tcp_time_wait()
+/// arms the new socket's timer, then inserts it with
+/// inet_twsk_hashdance(_schedule)(tw, sk, ...) just before the full socket's
+/// -> CLOSE, on the same CPU.
+#[fentry(function = "inet_twsk_hashdance")]
+pub fn twsk_hashdance(ctx: FEntryContext) -> u32 {
+    let tw: u64 = ctx.arg(0);
+    if let Ok(substate) = read_field::<u8>(tw, &CONFIG.offsets.tw_substate) {
+        let _ = timewait_born(tw, substate, unsafe { bpf_ktime_get_ns() });
+    }
+    0
+}
+
+/// End: inet_twsk_kill(tw) unhashes a timewait socket exactly once, from
+/// its timer's handler (expiry) or when it is removed early (reuse, RST,
+/// namespace exit).
+#[fentry(function = "inet_twsk_kill")]
+pub fn twsk_kill(ctx: FEntryContext) -> u32 {
+    let tw: u64 = ctx.arg(0);
+    let _ = try_twsk_kill(tw);
+    0
+}
+
+fn try_twsk_kill(tw: u64) -> Result<(), i64> {
+    let offsets = &CONFIG.offsets;
+    let timer = tw + config_u32(&offsets.tw_timer) as u64;
+    let expires: u64 = read_field(timer, &offsets.timer_expires)?;
+    let substate: u8 = read_field(tw, &offsets.tw_substate)?;
+    let mut endpoints = Endpoints::EMPTY;
+    timewait_endpoints(tw, &mut endpoints)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let expired = unsafe { bpf_jiffies64() }.wrapping_sub(expires) as i64 >= 0;
+    let reason = end_reason_of(expired, substate, now, endpoints.rport);
+    end_timewait(tw, substate, reason, &endpoints, now);
+    Ok(())
+}
+
+/// Why a timewait socket ends: its timer ran out (`expired`, or in
+/// FIN_WAIT2 `fin_timeout`), or it was taken over by a connect() (`reused`)
+/// or removed otherwise (`killed`).
+#[inline(always)]
+fn end_reason_of(expired: bool, substate: u8, now: u64, rport: u16) -> u8 {
+    if expired {
+        if substate == FIN_WAIT2 {
+            end_reason::FIN_TIMEOUT
+        } else {
+            end_reason::EXPIRED
+        }
+    } else if reused_by_connect(now, rport) {
+        end_reason::REUSED
+    } else {
+        end_reason::KILLED
+    }
+}
+
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> u32 {
     let _ = resolve_pending_cancel(0);
@@ -253,10 +310,17 @@ fn try_timer_start(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
         return Ok(());
     }
-    // A new timewait socket. Its record exists from now on, so that the
-    // peer's FIN is followed even if it arrives (on another CPU) before the
-    // full socket's hand-off fills in the owner, or if the hand-off's run
-    // is skipped: then what is known of it is only what the socket says.
+    timewait_born(tw, substate, now)
+}
+
+/// A new timewait socket. Its record exists from now on, so that the
+/// peer's FIN is followed even if it arrives (on another CPU) before the
+/// full socket's hand-off fills in the owner, or if the hand-off's run is
+/// skipped: then what is known of it is only what the socket says. The
+/// hand-off follows on this CPU: this socket is remembered there for it.
+#[inline(always)]
+fn timewait_born(tw: u64, substate: u8, now: u64) -> Result<(), i64> {
+    let offsets = &CONFIG.offsets;
     let mut record = SocketRecord::new(now, substate, closer::LOCAL);
     if substate == TIME_WAIT {
         record.time_wait_at_ns = now;
@@ -320,21 +384,13 @@ fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let now = unsafe { bpf_ktime_get_ns() };
     // The timer wheel never runs a timer before its expiry: detached at or
     // after it, this is the expiry itself.
-    let jiffies = unsafe { bpf_jiffies64() };
-    if jiffies.wrapping_sub(expires) as i64 >= 0 {
-        let reason = if substate == FIN_WAIT2 {
-            end_reason::FIN_TIMEOUT
-        } else {
-            end_reason::EXPIRED
-        };
+    let expired = unsafe { bpf_jiffies64() }.wrapping_sub(expires) as i64 >= 0;
+    let reason = end_reason_of(expired, substate, now, pending.endpoints.rport);
+    if expired {
         end_timewait(tw, substate, reason, &pending.endpoints, now);
         return Ok(());
     }
-    pending.reason = if reused_by_connect(now, pending.endpoints.rport) {
-        end_reason::REUSED
-    } else {
-        end_reason::KILLED
-    };
+    pending.reason = reason;
     pending.timer = timer;
     pending.ktime_ns = now;
     pending.substate = substate;

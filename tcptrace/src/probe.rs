@@ -4,7 +4,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap},
-    programs::{BtfTracePoint, FExit},
+    programs::{BtfTracePoint, FEntry, FExit},
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 use tcptrace_common::{
@@ -110,6 +110,29 @@ impl Hook {
         format!("{}/{}", self.kind, self.target)
     }
 }
+
+/// The timewait socket's birth and end hooked in the timewait code itself
+/// (fentry: runs only for timewait sockets), used instead of the timer
+/// tracepoints (which run for every timer of the machine) where the kernel
+/// allows trampolines. The birth function was renamed on newer kernels (it
+/// arms the timer too there): both names are tried.
+const FENTRY_BIRTHS: [Hook; 2] = [
+    Hook {
+        program: "twsk_hashdance",
+        kind: "fentry",
+        target: "inet_twsk_hashdance_schedule",
+    },
+    Hook {
+        program: "twsk_hashdance",
+        kind: "fentry",
+        target: "inet_twsk_hashdance",
+    },
+];
+const FENTRY_END: Hook = Hook {
+    program: "twsk_kill",
+    kind: "fentry",
+    target: "inet_twsk_kill",
+};
 
 /// Where the peer's FIN reaching a timewait socket can be seen, cheapest
 /// first; the first this kernel accepts is used. fexit runs only for packets
@@ -261,9 +284,14 @@ impl Probe {
         let mut attached = Vec::new();
         let mut timewait = TimewaitDetection::Disabled;
         if timewait_hooks {
-            for name in TIMEWAIT_PROGRAMS {
-                let hook = Hook::tp_btf(name);
-                attached.push((hook, attach(&mut ebpf, &hook, btf)?));
+            match attach_fentry_lifecycle(&mut ebpf, btf) {
+                Some(hooks) => attached.extend(hooks),
+                None => {
+                    for name in TIMEWAIT_PROGRAMS {
+                        let hook = Hook::tp_btf(name);
+                        attached.push((hook, attach(&mut ebpf, &hook, btf)?));
+                    }
+                }
             }
             // The peer's FIN at a timewait socket: the first hook this
             // kernel accepts, or partial detection with every refusal named.
@@ -469,30 +497,47 @@ impl Probe {
     }
 }
 
+/// The fentry hooks for the timewait socket's birth and end, both or
+/// neither (a half would leave births or ends unseen).
+fn attach_fentry_lifecycle(ebpf: &mut Ebpf, btf: &AyaBtf) -> Option<Vec<(Hook, i32)>> {
+    let birth = FENTRY_BIRTHS
+        .iter()
+        .find_map(|hook| attach(ebpf, hook, btf).ok().map(|fd| (*hook, fd)))?;
+    match attach(ebpf, &FENTRY_END, btf) {
+        Ok(fd) => Some(vec![birth, (FENTRY_END, fd)]),
+        Err(_) => {
+            // Detaches it too.
+            if let Ok(program) = program::<FEntry>(ebpf, birth.0.program) {
+                let _ = program.unload();
+            }
+            None
+        }
+    }
+}
+
 /// Loads and attaches one program at its hook; returns its fd.
 fn attach(ebpf: &mut Ebpf, hook: &Hook, btf: &AyaBtf) -> Result<i32> {
     let (name, target) = (hook.program, hook.target);
     let loading = || format!("loading the {target} hook ({})", hook.kind);
-    if hook.kind == "fexit" {
-        let program: &mut FExit = program(ebpf, name)?;
-        program
-            .load(target, btf)
-            .map_err(|e| explain_load_error(e.into()))
-            .with_context(loading)?;
-        program
-            .attach()
-            .with_context(|| format!("attaching the {target} hook"))?;
-        return Ok(program.fd()?.as_fd().as_raw_fd());
+    // The program types share no trait for load and attach.
+    macro_rules! load_and_attach {
+        ($kind:ty) => {{
+            let program: &mut $kind = program(ebpf, name)?;
+            program
+                .load(target, btf)
+                .map_err(|e| explain_load_error(e.into()))
+                .with_context(loading)?;
+            program
+                .attach()
+                .with_context(|| format!("attaching the {target} hook"))?;
+            Ok(program.fd()?.as_fd().as_raw_fd())
+        }};
     }
-    let program: &mut BtfTracePoint = program(ebpf, name)?;
-    program
-        .load(target, btf)
-        .map_err(|e| explain_load_error(e.into()))
-        .with_context(loading)?;
-    program
-        .attach()
-        .with_context(|| format!("attaching the {target} hook"))?;
-    Ok(program.fd()?.as_fd().as_raw_fd())
+    match hook.kind {
+        "fentry" => load_and_attach!(FEntry),
+        "fexit" => load_and_attach!(FExit),
+        _ => load_and_attach!(BtfTracePoint),
+    }
 }
 
 /// Why the kernel refused an optional hook, in a few words rather than a

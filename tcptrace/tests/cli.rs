@@ -220,16 +220,23 @@ fn idle_tracer_wakes_rarely() {
     tracer.stop();
 }
 
-/// The hook for the peer's FIN at a timewait socket that this kernel is
-/// known to take: fexit where trampolines are allowed and kfree_skb has no
-/// rx_sk (the matrix's Debian 6.1), kfree_skb where fexit is refused (this
-/// project's locked-down 6.18).
-fn expected_fin_hook() -> Option<&'static str> {
+/// The timewait hooks this kernel is known to take: (birth and end, the
+/// peer's FIN). Where trampolines are allowed and kfree_skb has no rx_sk
+/// (the matrix's Debian 6.1): fentry and fexit; where trampolines are
+/// refused (this project's locked-down 6.18): the timer tracepoints and
+/// kfree_skb.
+fn expected_timewait_hooks() -> Option<([&'static str; 2], &'static str)> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     if release.starts_with("6.1.") {
-        Some("fexit/tcp_timewait_state_process")
+        Some((
+            ["fentry/inet_twsk_hashdance", "fentry/inet_twsk_kill"],
+            "fexit/tcp_timewait_state_process",
+        ))
     } else if release.starts_with("6.18.") {
-        Some("tp_btf/kfree_skb")
+        Some((
+            ["tp_btf/timer_start", "tp_btf/timer_cancel"],
+            "tp_btf/kfree_skb",
+        ))
     } else {
         None
     }
@@ -238,7 +245,6 @@ fn expected_fin_hook() -> Option<&'static str> {
 #[test]
 fn summary_and_doctor_name_the_hooks_this_kernel_took() {
     let netns = Netns::new();
-    let fin_hooks = ["fexit/tcp_timewait_state_process", "tp_btf/kfree_skb"];
     let check = |record: &serde_json::Value| {
         let hooks: Vec<&str> = record["hooks"]
             .as_array()
@@ -246,17 +252,15 @@ fn summary_and_doctor_name_the_hooks_this_kernel_took() {
             .iter()
             .map(|h| h.as_str().unwrap())
             .collect();
-        for always in [
-            "tp_btf/timer_start",
-            "tp_btf/timer_cancel",
-            "tp_btf/inet_sock_set_state",
-        ] {
-            assert!(hooks.contains(&always), "{always} in {hooks:?}");
-        }
-        let fin: Vec<&&str> = hooks.iter().filter(|h| fin_hooks.contains(h)).collect();
-        assert_eq!(fin.len(), 1, "one hook for the peer's FIN: {hooks:?}");
-        if let Some(expected) = expected_fin_hook() {
-            assert_eq!(*fin[0], expected, "{hooks:?}");
+        assert_eq!(
+            hooks.last(),
+            Some(&"tp_btf/inet_sock_set_state"),
+            "{hooks:?}"
+        );
+        // One way to see births and ends, one to see the peer's FIN.
+        assert_eq!(hooks.len(), 4, "{hooks:?}");
+        if let Some((lifecycle, fin)) = expected_timewait_hooks() {
+            assert_eq!(hooks[..3], [lifecycle[0], lifecycle[1], fin], "{hooks:?}");
         }
         assert_eq!(record["timewait_detection"], "exact", "{record}");
     };
@@ -308,7 +312,7 @@ fn probe_log_reports_a_socket_older_than_the_tracer() {
          it predates tracing (or its record was evicted)"
     );
     assert!(
-        records.stderr.iter().any(|line| *line == expected),
+        records.stderr.contains(&expected),
         "{expected:?} in {:#?}",
         records.stderr
     );

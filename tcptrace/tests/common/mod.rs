@@ -194,7 +194,9 @@ impl Tracer {
             last["emitted_by_probe"], last["events"],
             "everything written was read"
         );
-        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        // Everything it wrote, to the end: the reader thread ends (and the
+        // channel closes) at the exit's end-of-file.
+        let stderr: Vec<String> = self.stderr.iter().collect();
         Records { records, stderr }
     }
 }
