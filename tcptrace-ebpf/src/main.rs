@@ -605,7 +605,7 @@ fn emit_timewait_transition(change: &TimewaitChange, record: &SocketRecord, endp
         return;
     }
     let owner_known = record.flags & EVENT_OWNER_KNOWN != 0;
-    if !passes_filters(endpoints, owner_known, record.pid) {
+    if !passes_filters_apart(endpoints, owner_known, record.pid) {
         return;
     }
     let mut event_flags = EVENT_TIMEWAIT_SOCKET | (record.flags & EVENT_OWNER_KNOWN);
@@ -637,7 +637,15 @@ fn emit_timewait_transition(change: &TimewaitChange, record: &SocketRecord, endp
 }
 
 /// The filters every record passes before it reaches userspace.
+/// `passes_filters` as a call of its own, for the rarer paths: their
+/// frames stay small (see `StateChange`), the state change's path pays no
+/// call.
 #[inline(never)]
+fn passes_filters_apart(endpoints: &Endpoints, owner_known: bool, pid: u32) -> bool {
+    passes_filters(endpoints, owner_known, pid)
+}
+
+#[inline(always)]
 fn passes_filters(endpoints: &Endpoints, owner_known: bool, pid: u32) -> bool {
     let flags = config_flags();
     let family_ok = match endpoints.family {
@@ -762,7 +770,7 @@ fn log2(mut v: u64) -> usize {
 /// Adds one duration to its histogram (per metric and `--by` key).
 #[inline(never)]
 fn record_duration(which: u8, ns: u64, record: &SocketRecord, endpoints: &Endpoints) {
-    if !passes_filters(endpoints, record.flags & EVENT_OWNER_KNOWN != 0, record.pid) {
+    if !passes_filters_apart(endpoints, record.flags & EVENT_OWNER_KNOWN != 0, record.pid) {
         return;
     }
     let mut key = HistKey {
@@ -845,7 +853,7 @@ fn connection_over(record: &SocketRecord, endpoints: &Endpoints, end: u8, now: u
         return;
     }
     let owner_known = record.flags & EVENT_OWNER_KNOWN != 0;
-    if !passes_filters(endpoints, owner_known, record.pid) {
+    if !passes_filters_apart(endpoints, owner_known, record.pid) {
         return;
     }
     let mut conn_flags = 0u8;
@@ -910,21 +918,42 @@ fn connection_over(record: &SocketRecord, endpoints: &Endpoints, end: u8, now: u
 }
 
 /// The socket's addresses as the tracepoint's own record would have them.
-#[inline(never)]
+/// Loaded as 8- and 4-byte words: a byte array through a volatile load is
+/// taken apart byte by byte, which costs time and stack.
+#[inline(always)]
 fn socket_addresses(sk: u64, endpoints: &mut Endpoints) -> Result<(), i64> {
     let offsets = &CONFIG.offsets;
-    if endpoints.family == AF_INET6 {
-        endpoints.laddr = load_btf_field(sk, &offsets.sk_v6_saddr);
-        endpoints.raddr = load_btf_field(sk, &offsets.sk_v6_daddr);
-    } else {
-        // The bound local address (skc_rcv_saddr, inside struct sock: a
-        // direct load) equals inet_saddr once a TCP socket has an address.
-        let l: [u8; 4] = load_btf_field(sk, &offsets.tw_saddr);
-        let r: [u8; 4] = load_btf_field(sk, &offsets.sk_daddr);
-        endpoints.laddr[..4].copy_from_slice(&l);
-        endpoints.raddr[..4].copy_from_slice(&r);
+    let (laddr, raddr) = (
+        endpoints.laddr.as_mut_ptr() as *mut u64,
+        endpoints.raddr.as_mut_ptr() as *mut u64,
+    );
+    // SAFETY: laddr and raddr are 16 bytes each; unaligned writes.
+    unsafe {
+        if endpoints.family == AF_INET6 {
+            let l = config_u32(&offsets.sk_v6_saddr);
+            let r = config_u32(&offsets.sk_v6_daddr);
+            laddr.write_unaligned(load_word(sk, l));
+            laddr.add(1).write_unaligned(load_word(sk, l + 8));
+            raddr.write_unaligned(load_word(sk, r));
+            raddr.add(1).write_unaligned(load_word(sk, r + 8));
+        } else {
+            // The bound local address (skc_rcv_saddr, inside struct sock: a
+            // direct load) equals inet_saddr once a TCP socket has an address.
+            let l: u32 = load_btf_field(sk, &offsets.tw_saddr);
+            let r: u32 = load_btf_field(sk, &offsets.sk_daddr);
+            laddr.write_unaligned(u64::from(l));
+            laddr.add(1).write_unaligned(0);
+            raddr.write_unaligned(u64::from(r));
+            raddr.add(1).write_unaligned(0);
+        }
     }
     Ok(())
+}
+
+/// An 8-byte word of a BTF-typed object at `offset` (see `load_btf_field`).
+#[inline(always)]
+fn load_word(base: u64, offset: u32) -> u64 {
+    unsafe { core::ptr::read_volatile((base + offset as u64) as *const u64) }
 }
 
 /// Moves a connection's record to its new timewait socket at the hand-off.
@@ -1082,7 +1111,11 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let existing = if born { None } else { SOCKETS.get_ptr_mut(sk) };
     let record = match existing {
         Some(record) => {
-            known_socket(&mut change, record, handoff.is_some());
+            if let Some(which) = known_socket(&mut change, record, handoff.is_some()) {
+                // Called from here, not from known_socket: one call deep.
+                let record = unsafe { &*record };
+                record_duration(which, change.in_old_ns, record, &change.endpoints);
+            }
             Some(record)
         }
         None => first_sight(&mut change, born),
@@ -1184,7 +1217,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
 
 /// The current task owns the socket: take its pid and comm, and remember a
 /// connect() for recognising the reuse of a timewait socket.
-#[inline(never)]
+#[inline(always)]
 fn note_owner(change: &mut StateChange) {
     let pid_tgid = bpf_get_current_pid_tgid();
     change.pid = (pid_tgid >> 32) as u32;
@@ -1206,9 +1239,13 @@ fn note_owner(change: &mut StateChange) {
 
 /// A transition of a socket the probe has a record of: what the event says
 /// about the previous state and the owner, and the record brought up to
-/// date (its dwell histogram too).
-#[inline(never)]
-fn known_socket(change: &mut StateChange, record: *mut SocketRecord, handing_off: bool) {
+/// date. Returns the histogram the time in the previous state goes to.
+#[inline(always)]
+fn known_socket(
+    change: &mut StateChange,
+    record: *mut SocketRecord,
+    handing_off: bool,
+) -> Option<u8> {
     let record = unsafe { &mut *record };
     let now = change.now;
     change.in_old_ns = now.wrapping_sub(record.state_since_ns);
@@ -1236,15 +1273,14 @@ fn known_socket(change: &mut StateChange, record: *mut SocketRecord, handing_off
         diagnostics::unexpected_state(&change.endpoints, record.state, old, change.new);
     }
     note_phase(record, old, change.new, now);
-    // FIN_WAIT2 handed to a timewait socket is measured there.
-    if config_flags() & CONFIG_HISTOGRAMS != 0 && !(old == FIN_WAIT2 && handing_off) {
-        if let Some(which) = dwell_metric(old) {
-            record_duration(which, change.in_old_ns, record, &change.endpoints);
-        }
-    }
     if change.new != CLOSE {
         record.state_since_ns = now;
     }
+    // FIN_WAIT2 handed to a timewait socket is measured there.
+    if config_flags() & CONFIG_HISTOGRAMS != 0 && !(old == FIN_WAIT2 && handing_off) {
+        return dwell_metric(old);
+    }
+    None
 }
 
 /// First sight of a socket: born now if this is its first transition
@@ -1302,7 +1338,7 @@ fn report_syn_recv(change: &StateChange) {
         return;
     }
     let owner_known = change.event_flags & EVENT_OWNER_KNOWN != 0;
-    if !passes_filters(&change.endpoints, owner_known, change.pid) {
+    if !passes_filters_apart(&change.endpoints, owner_known, change.pid) {
         return;
     }
     let at = change.syn_recv_at;
@@ -1351,7 +1387,7 @@ fn track_listener(change: &StateChange) {
 }
 
 /// Keeps the phase boundaries `life` reports.
-#[inline(never)]
+#[inline(always)]
 fn note_phase(record: &mut SocketRecord, old: u8, new: u8, now: u64) {
     record.state = new;
     if new == ESTABLISHED {
