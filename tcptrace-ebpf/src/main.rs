@@ -1015,12 +1015,14 @@ fn hand_off(change: &TimewaitChange, record: &mut SocketRecord) -> bool {
     entered
 }
 
-/// What one run of the state program learned, handed by reference to the
-/// steps it calls. Kernels before 6.13 give all frames of a call chain 512
-/// bytes together (6.1's verifier refuses more), and BPF has four
-/// callee-saved registers: one big function spills most of its locals. So
-/// the steps are out of line and call only leaf functions, and what they
-/// share lives here, once.
+/// What one run of the state program learned, kept once and handed by
+/// reference to the steps it calls. Kernels before 6.13 give all frames of
+/// a call chain 512 bytes together (6.1's verifier refuses more), and BPF
+/// has four callee-saved registers: one big function spills most of its
+/// locals. So the rarer steps (a socket's first sight, the hand-off, a
+/// connection's end, histograms) are out of line and call only leaf
+/// functions, one call deep; the common path stays inline, as each BPF
+/// call costs about 15 ns (measured: 60 ns per run for four calls).
 struct StateChange {
     sk: u64,
     now: u64,
