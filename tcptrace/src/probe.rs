@@ -90,7 +90,7 @@ const TIMEWAIT_PROGRAMS: [&str; 2] = [TIMER_START_PROGRAM, TIMER_CANCEL_PROGRAM]
 pub struct Hook {
     /// The program's name in the probe object.
     pub program: &'static str,
-    /// How it is attached: "tp_btf" (BTF tracepoint) or "fexit".
+    /// How it is attached: "tp_btf" (BTF tracepoint), "fentry" or "fexit".
     pub kind: &'static str,
     /// The tracepoint or kernel function.
     pub target: &'static str,
