@@ -207,7 +207,7 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> u32 {
 /// are hooked in the timewait code itself, which runs only for timewait
 /// sockets, instead of on every timer of the machine. Birth: tcp_time_wait()
 /// arms the new socket's timer, then inserts it with
-/// inet_twsk_hashdance(_schedule)(tw, sk, ...) just before the full socket's
+/// inet_twsk_hashdance(tw, sk, ...) just before the full socket's
 /// -> CLOSE, on the same CPU.
 #[fentry(function = "inet_twsk_hashdance")]
 pub fn twsk_hashdance(ctx: FEntryContext) -> u32 {

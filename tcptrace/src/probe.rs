@@ -114,20 +114,15 @@ impl Hook {
 /// The timewait socket's birth and end hooked in the timewait code itself
 /// (fentry: runs only for timewait sockets), used instead of the timer
 /// tracepoints (which run for every timer of the machine) where the kernel
-/// allows trampolines. The birth function was renamed on newer kernels (it
-/// arms the timer too there): both names are tried.
-const FENTRY_BIRTHS: [Hook; 2] = [
-    Hook {
-        program: "twsk_hashdance",
-        kind: "fentry",
-        target: "inet_twsk_hashdance_schedule",
-    },
-    Hook {
-        program: "twsk_hashdance",
-        kind: "fentry",
-        target: "inet_twsk_hashdance",
-    },
-];
+/// allows trampolines. Newer kernels renamed the birth function
+/// (inet_twsk_hashdance_schedule, which arms the timer too): no kernel the
+/// project can boot has that name and trampolines, so it is not tried, and
+/// those kernels use the timer tracepoints.
+const FENTRY_BIRTH: Hook = Hook {
+    program: "twsk_hashdance",
+    kind: "fentry",
+    target: "inet_twsk_hashdance",
+};
 const FENTRY_END: Hook = Hook {
     program: "twsk_kill",
     kind: "fentry",
@@ -500,9 +495,7 @@ impl Probe {
 /// The fentry hooks for the timewait socket's birth and end, both or
 /// neither (a half would leave births or ends unseen).
 fn attach_fentry_lifecycle(ebpf: &mut Ebpf, btf: &AyaBtf) -> Option<Vec<(Hook, i32)>> {
-    let birth = FENTRY_BIRTHS
-        .iter()
-        .find_map(|hook| attach(ebpf, hook, btf).ok().map(|fd| (*hook, fd)))?;
+    let birth = (FENTRY_BIRTH, attach(ebpf, &FENTRY_BIRTH, btf).ok()?);
     match attach(ebpf, &FENTRY_END, btf) {
         Ok(fd) => Some(vec![birth, (FENTRY_END, fd)]),
         Err(_) => {
