@@ -1068,9 +1068,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
             family: load_btf_field(sk, &offsets.sk_family),
             lport: local_port(sk)?,
             rport: u16::from_be(load_btf_field::<u16>(sk, &offsets.sk_dport)),
-            _pad: 0,
-            laddr: [0; 16],
-            raddr: [0; 16],
+            ..Endpoints::EMPTY
         },
         pid: 0,
         comm: [0; COMM_LEN],
@@ -1195,24 +1193,9 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         socket_addresses(sk, &mut change.endpoints)?;
     }
     let change = &change;
-    emit_transition(now, || TransitionEvent {
-        ktime_ns: now,
-        skaddr: sk,
-        in_old_ns: change.in_old_ns,
-        age_ns: change.age_ns,
-        pid: change.pid,
-        netns: change.endpoints.netns,
-        family: change.endpoints.family,
-        lport: change.endpoints.lport,
-        rport: change.endpoints.rport,
-        old,
-        new,
-        flags: event_flags,
-        reason: end_reason::NONE,
-        _pad: [0; 6],
-        comm: change.comm,
-        laddr: change.endpoints.laddr,
-        raddr: change.endpoints.raddr,
+    let durations = (change.in_old_ns, change.age_ns);
+    emit_transition(now, || {
+        state_event(change, now, (old, new), event_flags, durations)
     });
     Ok(())
 }
@@ -1344,25 +1327,41 @@ fn report_syn_recv(change: &StateChange) {
         return;
     }
     let at = change.syn_recv_at;
-    emit_transition(at, || TransitionEvent {
+    let flags = (change.event_flags & EVENT_OWNER_KNOWN) | EVENT_AGE_KNOWN;
+    emit_transition(at, || {
+        state_event(change, at, (LISTEN, SYN_RECV), flags, (0, 0))
+    });
+}
+
+/// A full socket's transition as the ring carries it, from what the state
+/// program learned; `durations` is (in_old_ns, age_ns).
+#[inline(always)]
+fn state_event(
+    change: &StateChange,
+    at: u64,
+    (old, new): (u8, u8),
+    flags: u8,
+    (in_old_ns, age_ns): (u64, u64),
+) -> TransitionEvent {
+    TransitionEvent {
         ktime_ns: at,
         skaddr: change.sk,
-        in_old_ns: 0,
-        age_ns: 0,
+        in_old_ns,
+        age_ns,
         pid: change.pid,
         netns: change.endpoints.netns,
         family: change.endpoints.family,
         lport: change.endpoints.lport,
         rport: change.endpoints.rport,
-        old: LISTEN,
-        new: SYN_RECV,
-        flags: (change.event_flags & EVENT_OWNER_KNOWN) | EVENT_AGE_KNOWN,
+        old,
+        new,
+        flags,
         reason: end_reason::NONE,
         _pad: [0; 6],
         comm: change.comm,
         laddr: change.endpoints.laddr,
         raddr: change.endpoints.raddr,
-    });
+    }
 }
 
 /// Keeps `LISTENERS` (the owner of each listening port) up to date at

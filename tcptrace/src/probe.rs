@@ -15,6 +15,8 @@ use tcptrace_common::{
     COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL, HANDOFF_WINDOW_NS,
 };
 
+use crate::{btf::Btf, error::note, ring::RingReader};
+
 /// What to load: the probe's configuration and its map sizes.
 #[derive(Clone, Copy)]
 pub struct ProbeOptions {
@@ -69,8 +71,6 @@ fn name_states(text: &str) -> String {
 const PROBE_LOG_OFF: u8 = 0;
 /// Everything up to info (aya_log_common::Level::Info).
 const PROBE_LOG_ON: u8 = 3;
-
-use crate::{btf::Btf, error::note, ring::RingReader};
 
 static PROBE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace-probe"));
