@@ -15,9 +15,15 @@ const SLACK: u64 = 1_000 * MS;
 const ACK_DELAY: u64 = 50 * MS;
 
 fn assert_owner(t: &Value, peer_pid: u32, comm: &str) {
-    assert_eq!(t["pid"], peer_pid, "owner pid of {t}");
-    assert_eq!(t["comm"], comm, "owner comm of {t}");
-    assert_eq!(t["owner_known"], true);
+    assert_owner_given(t, peer_pid, comm, &Value::Null);
+}
+
+/// As `assert_owner`, naming `context` (the summaries: what the probe
+/// counted as missed) if it fails.
+fn assert_owner_given(t: &Value, peer_pid: u32, comm: &str, context: &Value) {
+    assert_eq!(t["pid"], peer_pid, "owner pid of {t}; {context}");
+    assert_eq!(t["comm"], comm, "owner comm of {t}; {context}");
+    assert_eq!(t["owner_known"], true, "{t}; {context}");
 }
 
 fn assert_endpoints(t: &Value, family: &str, addr: &str, lport: u16, rport: u16) {
@@ -77,9 +83,10 @@ fn close_sequence(addr: &str, family: &str, client_first: bool, closer_mode: &st
     };
 
     // TIME_WAIT begins when the peer's FIN arrives, hold_ms after the close.
+    let summaries = serde_json::json!({"headline": records.summary(), "all": all.summary()});
     let time_wait = records.find(closer_port, "FIN_WAIT2", "TIME_WAIT");
     assert_eq!(time_wait["timewait_socket"], true, "{time_wait}");
-    assert_owner(time_wait, closer_pid, closer_comm);
+    assert_owner_given(time_wait, closer_pid, closer_comm, &summaries);
     assert_endpoints(time_wait, family, addr, closer_port, closer_rport);
     let in_fin_wait2 = ns(&time_wait["in_old_ns"]);
     assert!(
@@ -93,7 +100,7 @@ fn close_sequence(addr: &str, family: &str, client_first: bool, closer_mode: &st
         handoff["timewait"], true,
         "{closer}'s FIN_WAIT2 -> CLOSE is the timewait hand-off"
     );
-    assert_owner(handoff, closer_pid, closer_comm);
+    assert_owner_given(handoff, closer_pid, closer_comm, &summaries);
     let entered = all.find(closer_port, "FIN_WAIT2", "TIME_WAIT");
     let after_handoff =
         ns(&entered["ktime_ns"]) - ns(&handoff["ktime_ns"]).min(ns(&entered["ktime_ns"]));
