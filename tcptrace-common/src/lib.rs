@@ -460,7 +460,8 @@ pub const COUNTER_RECORDS_ADDED: u32 = 10;
 pub const COUNTER_RECORDS_REMOVED: u32 = 11;
 pub const COUNTER_COUNT: u32 = 16;
 
-/// Timewait timer most recently armed on this CPU (per-CPU slot).
+/// A timewait socket born on this CPU whose full socket's hand-off
+/// (-> CLOSE, microseconds later on the same CPU) is still to come.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ArmedTimewait {
@@ -473,6 +474,18 @@ pub struct ArmedTimewait {
     /// Its sub-state: FIN_WAIT2 (peer's FIN still to come) or TIME_WAIT.
     pub substate: u8,
     pub _pad: [u8; 3],
+}
+
+/// Births awaiting their hand-off on one CPU. More than one: tcp_time_wait()
+/// re-enables softirqs between the birth and the hand-off, and a softirq
+/// run there may close another connection into TIME_WAIT on this CPU,
+/// nested between the first one's birth and hand-off.
+pub const ARMED_SLOTS: usize = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ArmedTimewaits {
+    pub slots: [ArmedTimewait; ARMED_SLOTS],
 }
 
 /// A timewait timer cancelled before its expiry on this CPU, waiting to be
@@ -541,6 +554,7 @@ mod pod {
     unsafe impl aya::Pod for ListenerOwner {}
     unsafe impl aya::Pod for ProbeConfig {}
     unsafe impl aya::Pod for ArmedTimewait {}
+    unsafe impl aya::Pod for ArmedTimewaits {}
     unsafe impl aya::Pod for ConnectionEvent {}
     unsafe impl aya::Pod for HistKey {}
     unsafe impl aya::Pod for HistValue {}

@@ -35,16 +35,16 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, FExitContext},
 };
 use tcptrace_common::{
-    closer, end_reason, hist_by, metric, tcp_state::*, ArmedTimewait, ConnectionEvent, Endpoints,
-    HistKey, HistValue, ListenerOwner, PendingCancel, ProbeConfig, RecentConnect, SocketRecord,
-    TransitionEvent, AF_INET, AF_INET6, COMM_LEN, CONFIG_EMIT_CONNECTIONS, CONFIG_EMIT_TRANSITIONS,
-    CONFIG_HANDOFF_ONLY, CONFIG_HIDE_HANDOFFS, CONFIG_HISTOGRAMS, CONFIG_IPV4, CONFIG_IPV6,
-    CONFIG_LPORT_FILTER, CONFIG_NETNS_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER,
-    CONFIG_RPORT_FILTER, CONFIG_TIMEWAIT_EVENTS, CONFIG_TIMEWAIT_HOOK, CONN_CLOSING_KNOWN,
-    CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN, CONN_START_SEEN,
-    CONN_TIME_WAIT_KNOWN, COUNTER_CONNECTIONS, COUNTER_COUNT, COUNTER_EMITTED,
-    COUNTER_HANDOFFS_UNSEEN, COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_RECORDS_ADDED,
-    COUNTER_RECORDS_REMOVED, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL,
+    closer, end_reason, hist_by, metric, tcp_state::*, ArmedTimewait, ArmedTimewaits,
+    ConnectionEvent, Endpoints, HistKey, HistValue, ListenerOwner, PendingCancel, ProbeConfig,
+    RecentConnect, SocketRecord, TransitionEvent, AF_INET, AF_INET6, ARMED_SLOTS, COMM_LEN,
+    CONFIG_EMIT_CONNECTIONS, CONFIG_EMIT_TRANSITIONS, CONFIG_HANDOFF_ONLY, CONFIG_HIDE_HANDOFFS,
+    CONFIG_HISTOGRAMS, CONFIG_IPV4, CONFIG_IPV6, CONFIG_LPORT_FILTER, CONFIG_NETNS_FILTER,
+    CONFIG_PID_FILTER, CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER, CONFIG_TIMEWAIT_EVENTS,
+    CONFIG_TIMEWAIT_HOOK, CONN_CLOSING_KNOWN, CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN,
+    CONN_OWNER_KNOWN, CONN_START_SEEN, CONN_TIME_WAIT_KNOWN, COUNTER_CONNECTIONS, COUNTER_COUNT,
+    COUNTER_EMITTED, COUNTER_HANDOFFS_UNSEEN, COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED,
+    COUNTER_RECORDS_ADDED, COUNTER_RECORDS_REMOVED, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL,
     COUNTER_TIMEWAIT_ENTRIES_LOST, COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL,
     EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED,
     EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET, HANDOFF_WINDOW_NS, HIST_BUCKETS,
@@ -95,7 +95,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT,
 static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
-static ARMED_TIMEWAIT: PerCpuArray<ArmedTimewait> = PerCpuArray::with_max_entries(1, 0);
+static ARMED_TIMEWAIT: PerCpuArray<ArmedTimewaits> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static PENDING_CANCEL: PerCpuArray<PendingCancel> = PerCpuArray::with_max_entries(1, 0);
@@ -336,32 +336,46 @@ fn timewait_born(tw: u64, substate: u8, now: u64) -> Result<(), i64> {
     }
     let lport: u16 = read_field(tw, &offsets.tw_num)?;
     let dport: u16 = read_field(tw, &offsets.tw_dport)?;
-    if let Some(slot) = ARMED_TIMEWAIT.get_ptr_mut(0) {
-        let previous = unsafe { &*slot };
-        if previous.ktime_ns != 0 {
-            // The previous timewait socket born on this CPU never saw its
-            // hand-off (which follows within microseconds, on this CPU).
-            count(COUNTER_HANDOFFS_UNSEEN);
-            diagnostics::handoff_unseen(previous.tw);
-            if let Some(orphan) = TIMEWAITS.get_ptr_mut(previous.tw) {
-                let orphan = unsafe { &mut *orphan };
-                if orphan.entry_pending != 0 {
-                    orphan.entry_pending = 0;
-                    count(COUNTER_TIMEWAIT_ENTRIES_LOST);
-                }
-            }
+    let Some(armed) = ARMED_TIMEWAIT.get_ptr_mut(0) else {
+        return Ok(());
+    };
+    let armed = unsafe { &mut *armed };
+    // A free slot, or one whose hand-off is overdue (it was skipped); with
+    // every slot waiting, the oldest gives way.
+    let mut chosen = 0;
+    let mut oldest = u64::MAX;
+    for i in 0..ARMED_SLOTS {
+        let at = armed.slots[i].ktime_ns;
+        if at == 0 || now.wrapping_sub(at) >= HANDOFF_WINDOW_NS {
+            chosen = i;
+            break;
         }
-        unsafe {
-            *slot = ArmedTimewait {
-                ktime_ns: now,
-                tw,
-                lport,
-                rport: u16::from_be(dport),
-                substate,
-                _pad: [0; 3],
-            };
+        if at < oldest {
+            oldest = at;
+            chosen = i;
         }
     }
+    let slot = &mut armed.slots[chosen];
+    if slot.ktime_ns != 0 {
+        // That socket's hand-off never came (the kernel skipped the run).
+        count(COUNTER_HANDOFFS_UNSEEN);
+        diagnostics::handoff_unseen(slot.tw);
+        if let Some(orphan) = TIMEWAITS.get_ptr_mut(slot.tw) {
+            let orphan = unsafe { &mut *orphan };
+            if orphan.entry_pending != 0 {
+                orphan.entry_pending = 0;
+                count(COUNTER_TIMEWAIT_ENTRIES_LOST);
+            }
+        }
+    }
+    *slot = ArmedTimewait {
+        ktime_ns: now,
+        tw,
+        lport,
+        rport: u16::from_be(dport),
+        substate,
+        _pad: [0; 3],
+    };
     Ok(())
 }
 
@@ -718,17 +732,20 @@ fn wakeup_flag(now: u64) -> u64 {
 /// tcp_time_wait() handing over: (address, sub-state).
 #[inline(always)]
 fn timewait_handoff(now: u64, lport: u16, rport: u16) -> Option<(u64, u8)> {
-    let slot = ARMED_TIMEWAIT.get_ptr_mut(0)?;
-    let slot = unsafe { &mut *slot };
-    let matched = slot.ktime_ns != 0
-        && now.wrapping_sub(slot.ktime_ns) < HANDOFF_WINDOW_NS
-        && slot.lport == lport
-        && slot.rport == rport;
-    if !matched {
-        return None;
+    let armed = ARMED_TIMEWAIT.get_ptr_mut(0)?;
+    let armed = unsafe { &mut *armed };
+    for i in 0..ARMED_SLOTS {
+        let slot = &mut armed.slots[i];
+        if slot.ktime_ns != 0
+            && now.wrapping_sub(slot.ktime_ns) < HANDOFF_WINDOW_NS
+            && slot.lport == lport
+            && slot.rport == rport
+        {
+            slot.ktime_ns = 0;
+            return Some((slot.tw, slot.substate));
+        }
     }
-    slot.ktime_ns = 0;
-    Some((slot.tw, slot.substate))
+    None
 }
 
 /// Transitions that only a system call of the owning process performs

@@ -8,7 +8,7 @@ use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 use tcptrace_common::{
-    ArmedTimewait, HistKey, HistValue, KernelOffsets, ListenerOwner, ProbeConfig, SocketRecord,
+    ArmedTimewaits, HistKey, HistValue, KernelOffsets, ListenerOwner, ProbeConfig, SocketRecord,
     CONFIG_TIMEWAIT_HOOK, COUNTER_CONNECTIONS, COUNTER_EMITTED, COUNTER_HANDOFFS_UNSEEN,
     COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_RECORDS_ADDED, COUNTER_RECORDS_REMOVED,
     COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_ENTRIES_LOST,
@@ -395,12 +395,12 @@ impl Probe {
         let Some(map) = self.ebpf.map("ARMED_TIMEWAIT") else {
             return Ok((0, 0));
         };
-        let armed: PerCpuArray<_, ArmedTimewait> = PerCpuArray::try_from(map)?;
+        let armed: PerCpuArray<_, ArmedTimewaits> = PerCpuArray::try_from(map)?;
         let timewaits: BpfHashMap<_, u64, SocketRecord> =
             BpfHashMap::try_from(self.ebpf.map("TIMEWAITS").context("no TIMEWAITS map")?)?;
         let now = crate::clock::Clock::now_ktime_ns();
         let (mut unseen, mut lost) = (0, 0);
-        for slot in armed.get(&0, 0)?.iter() {
+        for slot in armed.get(&0, 0)?.iter().flat_map(|cpu| cpu.slots.iter()) {
             if slot.ktime_ns != 0 && now.saturating_sub(slot.ktime_ns) > HANDOFF_WINDOW_NS {
                 unseen += 1;
                 if timewaits
