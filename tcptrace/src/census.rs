@@ -5,16 +5,16 @@
 use std::{collections::HashMap, io::Write, net::IpAddr, time::Duration};
 
 use anyhow::Result;
-use clap::{Args, ValueEnum};
+use clap::ValueEnum;
 use serde_json::{json, Value};
 use tcptrace_common::tcp_state::*;
 
 use crate::{
-    cli::{parse_seconds, ProbeArgs},
     clock::Clock,
-    error::UsageError,
     live::{self, Screen, Tracked},
+    options::{Output, Refresh},
     probe::Probe,
+    probe::ProbeOptions,
     session::{self, SessionOptions, View},
     socket_table::{Entry, Scope, SocketTable, Tuple},
     state,
@@ -52,90 +52,6 @@ impl By {
             By::Comm => "comm",
         }
     }
-}
-
-#[derive(Args, Debug)]
-#[command(long_about = "\
-Counts of TCP sockets per state: first from the kernel's own table (as ss
-and netstat read it), then kept up to date from the event stream and
-printed every --interval (redrawn in place on a terminal).
-
-Timewait sockets, which hold a connection after its application closed it,
-are in one of two sub-states: FIN_WAIT2 (closed first, the peer's FIN not
-in yet) or TIME_WAIT. ss and netstat show the first as FIN-WAIT-2, mixed
-with full sockets in FIN_WAIT2; the census counts them under FIN_WAIT2 too
-and says how many of each there are.
-
---by shows which remote port, remote address, local port or program
-(owner, or last owner for a closed connection) has the most sockets in
-the states of --states (TIME_WAIT by default).
-
-By default tcptrace's own network namespace is counted (like ss and
-netstat); --all-netns counts every namespace. Request sockets (half-open
-connections) are counted from the start-up walk only: the probe does not
-see them.")]
-pub struct CensusArgs {
-    /// Print the counts once (from the kernel's table) and exit.
-    #[arg(long)]
-    pub once: bool,
-
-    /// Print the counts every SECONDS.
-    #[arg(short, long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
-    pub interval: Duration,
-
-    /// Top keys per state: remote port, remote address, local port or
-    /// owner's command.
-    #[arg(long, value_enum)]
-    pub by: Option<By>,
-
-    /// States for --by (comma-separated state names, or "all").
-    #[arg(long, value_name = "LIST", default_value = "TIME_WAIT", value_parser = parse_states)]
-    pub states: StateList,
-
-    /// How many keys --by shows per state.
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    pub top: usize,
-
-    /// Print JSON Lines ({"type":"census",...}).
-    #[arg(short, long)]
-    pub json: bool,
-
-    /// Every network namespace, not only tcptrace's own.
-    #[arg(long)]
-    pub all_netns: bool,
-
-    /// Stop by itself after SECONDS.
-    #[arg(short, long, value_name = "SECONDS", value_parser = parse_seconds)]
-    pub duration: Option<Duration>,
-
-    #[command(flatten)]
-    pub probe: ProbeArgs,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StateList(pub Vec<u8>);
-
-pub fn parse_states(text: &str) -> Result<StateList, UsageError> {
-    if text.trim().eq_ignore_ascii_case("all") {
-        return Ok(StateList(STATES.to_vec()));
-    }
-    text.split(',')
-        .map(|name| {
-            let name = name.trim().to_ascii_uppercase().replace('-', "_");
-            STATES
-                .iter()
-                .copied()
-                .find(|&s| state::name(s) == name)
-                .ok_or_else(|| {
-                    UsageError(format!(
-                        "unknown state '{}' (one of: {}, or all)",
-                        name,
-                        STATES.map(state::name).join(", ")
-                    ))
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(StateList)
 }
 
 /// Sockets per state, as ss shows them, and the timewait sockets apart.
@@ -398,26 +314,47 @@ impl View for CensusView {
     }
 }
 
-pub async fn run(args: CensusArgs) -> Result<()> {
-    let scope = live::scope(args.all_netns)?;
-    let (probe, tracked) = live::start(&args.probe, scope).await?;
+/// `tcptrace census`.
+pub struct CensusOptions {
+    pub probe: ProbeOptions,
+    pub output: Output,
+    pub refresh: Refresh,
+    pub scope: Scope,
+    pub by: Option<By>,
+    /// The states --by looks at.
+    pub states: Vec<u8>,
+    /// Keys per state (at least 1).
+    pub top: usize,
+}
+
+pub async fn run(options: CensusOptions) -> Result<()> {
+    let CensusOptions {
+        probe,
+        output,
+        refresh,
+        scope,
+        by,
+        states,
+        top,
+    } = options;
+    let (probe, tracked) = live::start(&probe, scope).await?;
     let mut view = CensusView {
         tracked,
-        json: args.json,
-        once: args.once,
+        json: output.json,
+        once: refresh.once,
         done: false,
-        interval: args.interval,
-        by: args.by,
-        states: args.states.0.clone(),
-        top: args.top.max(1),
-        screen: Screen::new(args.json),
+        interval: refresh.interval,
+        by,
+        states,
+        top,
+        screen: Screen::new(output.json),
     };
-    let banner = (!args.once)
+    let banner = (!refresh.once)
         .then(|| "tcptrace: tracing socket counts per state (Ctrl-C to stop)".to_string());
     session::run(
         probe,
         &mut view,
-        SessionOptions::new(args.json, args.duration, banner),
+        SessionOptions::new(output.json, output.duration, banner),
     )
     .await
 }
@@ -485,15 +422,5 @@ mod tests {
         assert_eq!(record["timewait_sockets"]["FIN_WAIT2"], 1);
         assert_eq!(record["top"]["TIME_WAIT"][0]["key"], 443);
         assert_eq!(record["top"]["TIME_WAIT"][0]["count"], 2);
-    }
-
-    #[test]
-    fn state_lists() {
-        assert_eq!(
-            parse_states("time_wait,CLOSE-WAIT").unwrap(),
-            StateList(vec![TIME_WAIT, CLOSE_WAIT])
-        );
-        assert_eq!(parse_states("all").unwrap().0.len(), STATES.len());
-        assert!(parse_states("BOGUS").is_err());
     }
 }

@@ -4,48 +4,19 @@
 use std::{collections::HashMap, fmt::Write as _, fs, net::IpAddr, time::Duration};
 
 use anyhow::Result;
-use clap::Args;
 use serde_json::{json, Value};
 use tcptrace_common::tcp_state::{FIN_WAIT2, SYN_RECV, TIME_WAIT};
 
 use crate::{
     census::Counts,
-    cli::{parse_seconds, ProbeArgs},
     clock::Clock,
     live::{self, Tracked},
     probe::Probe,
+    probe::ProbeOptions,
     session::{self, SessionOptions, View},
     socket_table::{current_netns, Scope, TimewaitCounts},
     summary::RunContext,
 };
-
-#[derive(Args, Debug)]
-#[command(long_about = "\
-Reads the sysctls that TIME_WAIT advice tunes (net.ipv4.tcp_tw_reuse,
-tcp_fin_timeout, tcp_max_tw_buckets, ip_local_port_range, tcp_syncookies,
-and whether tcp_tw_recycle still exists: it was removed in Linux 4.12) in
-tcptrace's network namespace, and reports what they do here: timewait
-sockets against tcp_max_tw_buckets, ephemeral ports held in TIME_WAIT
-toward one peer against the port range, the kernel's own counters
-(/proc/net/netstat) and, with --observe, what the event stream shows in
-that window: connections entering TIME_WAIT, and timewait sockets ending
-by expiry, by tcp_fin_timeout, reused early or killed.
-
-Each sentence carries the number it rests on. Advice is given only when a
-number calls for it: e.g. tcp_tw_reuse only when TIME_WAIT sockets toward
-one peer hold at least half of the ephemeral port range.")]
-pub struct DoctorArgs {
-    /// Watch the event stream for SECONDS before reporting.
-    #[arg(short, long, value_name = "SECONDS", value_parser = parse_seconds)]
-    pub observe: Option<Duration>,
-
-    /// Print one JSON record ({"type":"doctor",...}) with the raw numbers.
-    #[arg(short, long)]
-    pub json: bool,
-
-    #[command(flatten)]
-    pub probe: ProbeArgs,
-}
 
 /// Share of the port range toward one peer from which tcp_tw_reuse or a
 /// wider range is advised.
@@ -610,13 +581,21 @@ impl View for DoctorView {
     }
 }
 
-pub async fn run(args: DoctorArgs) -> Result<()> {
+/// `tcptrace doctor`.
+pub struct DoctorOptions {
+    pub probe: ProbeOptions,
+    pub json: bool,
+    /// Watch the event stream this long before reporting.
+    pub observe: Option<Duration>,
+}
+
+pub async fn run(args: DoctorOptions) -> Result<()> {
     let netns = current_netns()?;
     let scope = Scope::Netns(netns);
     let Some(window) = args.observe else {
         // Loaded only to learn which hooks this kernel accepts, then
         // detached.
-        let probe = session::start_probe(&args.probe.options(live::probe_config()))?;
+        let probe = session::start_probe(&args.probe)?;
         let hooks = hooks_of(&probe);
         let followed = probe.timewait.hooked();
         drop(probe);

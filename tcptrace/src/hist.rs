@@ -11,19 +11,18 @@ use std::{
 };
 
 use anyhow::Result;
-use clap::{Args, ValueEnum};
+use clap::ValueEnum;
 use serde_json::json;
-use tcptrace_common::{
-    hist_by, metric, HistKey, HistValue, ProbeConfig, AF_INET6, CONFIG_HISTOGRAMS, HIST_BUCKETS,
-};
+use tcptrace_common::{hist_by, metric, HistKey, HistValue, AF_INET6, HIST_BUCKETS};
 
 use crate::{
-    cli::{parse_seconds, Common},
     clock::Clock,
     decode::comm_bytes,
-    error::{note, UsageError},
+    error::note,
     format::write_duration,
+    options::Output,
     probe::Probe,
+    probe::ProbeOptions,
     session::{self, SessionOptions, View},
     summary::{self, RunContext},
 };
@@ -38,7 +37,7 @@ pub enum By {
 }
 
 impl By {
-    fn probe_value(self) -> u32 {
+    pub fn probe_value(self) -> u32 {
         match self {
             By::Lport => hist_by::LPORT,
             By::Rport => hist_by::RPORT,
@@ -47,49 +46,6 @@ impl By {
             By::Pid => hist_by::PID,
         }
     }
-}
-
-#[derive(Args, Debug)]
-#[command(long_about = "\
-Log2 histograms (bcc/bpftrace style) of connection lifetime and of the time
-spent per state: handshake (SYN_SENT or SYN_RECV to ESTABLISHED),
-ESTABLISHED, CLOSE_WAIT (how long applications take to close after the peer
-did), FIN_WAIT2, LAST_ACK and TIME_WAIT (when the timewait hooks are
-attached). Each comes with count, p50, p90, p99 and max; percentiles are
-interpolated within their power-of-two bucket.
-
-The kernel aggregates: no event is copied to userspace, whatever the
-connection rate. Histograms are cumulative since start, printed every
---interval and at exit. A duration is counted when its state ends; a
-lifetime when the connection's last socket is gone (after TIME_WAIT for the
-side that closed first). Connections opened before tcptrace started add the
-states they are seen to enter, never a lifetime.")]
-pub struct HistArgs {
-    /// One histogram per key: local or remote port, remote address, owner's
-    /// command or pid (top keys by count; the rest are summed as "other").
-    #[arg(long, value_enum)]
-    pub by: Option<By>,
-
-    /// How many keys to show per metric with --by.
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    pub top: usize,
-
-    /// Print the histograms every SECONDS (besides at exit).
-    #[arg(short, long, value_name = "SECONDS", value_parser = parse_seconds)]
-    pub interval: Option<Duration>,
-
-    /// Only these metrics (comma-separated): lifetime, handshake,
-    /// established, close_wait, fin_wait2, last_ack, time_wait.
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_metric)]
-    pub metric: Vec<u8>,
-
-    #[command(flatten)]
-    pub common: Common,
-
-    /// Most keys the kernel keeps before counting new ones as "other".
-    #[arg(long, value_name = "N", default_value_t = crate::cli::DEFAULT_HISTOGRAM_KEYS,
-          value_parser = clap::value_parser!(u32).range(16..=65536))]
-    pub max_keys: u32,
 }
 
 pub const METRICS: [(u8, &str); metric::COUNT] = [
@@ -101,19 +57,6 @@ pub const METRICS: [(u8, &str); metric::COUNT] = [
     (metric::LAST_ACK, "last_ack"),
     (metric::TIME_WAIT, "time_wait"),
 ];
-
-fn parse_metric(text: &str) -> Result<u8, UsageError> {
-    METRICS
-        .iter()
-        .find(|(_, name)| *name == text.trim())
-        .map(|&(m, _)| m)
-        .ok_or_else(|| {
-            UsageError(format!(
-                "unknown metric '{text}' (one of: {})",
-                METRICS.map(|(_, n)| n).join(", ")
-            ))
-        })
-}
 
 pub fn metric_name(m: u8) -> &'static str {
     METRICS
@@ -423,28 +366,34 @@ impl View for HistView {
     }
 }
 
-pub async fn run(args: HistArgs) -> Result<()> {
-    args.common.filters.check_pid()?;
-    let mut config = ProbeConfig::empty();
-    config.flags |= CONFIG_HISTOGRAMS;
-    config.hist_by = args.by.map_or(hist_by::NONE, By::probe_value);
-    args.common.filters.apply(&mut config);
-    let mut options = args.common.probe.options(config);
-    options.histogram_keys = args.max_keys;
-    let probe = session::start_probe(&options)?;
+/// `tcptrace hist`.
+pub struct HistOptions {
+    pub probe: ProbeOptions,
+    pub output: Output,
+    pub by: Option<By>,
+    /// Keys shown per metric (at least 1).
+    pub top: usize,
+    /// Only these metrics; all when empty.
+    pub metrics: Vec<u8>,
+    pub interval: Option<Duration>,
+}
+
+pub async fn run(options: HistOptions) -> Result<()> {
+    let probe = session::start_probe(&options.probe)?;
+    let output = options.output;
     let mut view = HistView {
-        json: args.common.json,
-        by: args.by,
-        top: args.top.max(1),
-        metrics: args.metric.clone(),
-        interval: args.interval,
+        json: output.json,
+        by: options.by,
+        top: options.top,
+        metrics: options.metrics,
+        interval: options.interval,
         last: Vec::new(),
         overflow: 0,
     };
     session::run(
         probe,
         &mut view,
-        SessionOptions::new(args.common.json, args.common.duration, Some(
+        SessionOptions::new(output.json, output.duration, Some(
                 "tcptrace: aggregating TCP state durations in the kernel (Ctrl-C to print and stop)"
                     .into(),
             )),

@@ -5,15 +5,17 @@
 //! records into lines, `summary` keeps the tally and the loss counts.
 pub mod btf;
 pub mod census;
-pub mod cli;
 pub mod clock;
+pub mod command;
 pub mod decode;
 pub mod doctor;
 pub mod error;
+mod flags;
 pub mod format;
 pub mod hist;
 pub mod life;
 pub mod live;
+pub mod options;
 pub mod owners;
 pub mod preflight;
 pub mod probe;
@@ -27,28 +29,11 @@ pub mod tail;
 
 use std::process::ExitCode;
 
-use clap::{error::ErrorKind, Parser};
-
 /// The whole program; `main` only calls this.
 pub fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
-        Ok(args) => args,
-        Err(err)
-            if matches!(
-                err.kind(),
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-            ) =>
-        {
-            let _ = err.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(err) => {
-            // clap's message, on one line, without its "error: " prefix.
-            let text = err.render().to_string();
-            let first = text.lines().next().unwrap_or("bad arguments");
-            error::note!("tcptrace: {}", first.trim_start_matches("error: "));
-            return ExitCode::from(error::EXIT_USAGE);
-        }
+    let command = match flags::parse() {
+        Ok(command) => command,
+        Err(code) => return code,
     };
     let result = preflight::check().and_then(|()| {
         tokio::runtime::Builder::new_current_thread()
@@ -56,18 +41,7 @@ pub fn main() -> ExitCode {
             .enable_time()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|runtime| {
-                runtime.block_on(async {
-                    match cli.command {
-                        None => tail::run(cli.tail).await,
-                        Some(cli::Command::Life(args)) => life::run(args).await,
-                        Some(cli::Command::Hist(args)) => hist::run(args).await,
-                        Some(cli::Command::Stuck(args)) => stuck::run(args).await,
-                        Some(cli::Command::Census(args)) => census::run(args).await,
-                        Some(cli::Command::Doctor(args)) => doctor::run(args).await,
-                    }
-                })
-            })
+            .and_then(|runtime| runtime.block_on(command.run()))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,16 +5,13 @@
 //! first that is the end of TIME_WAIT, normally 60 s after the close.
 
 use anyhow::Result;
-use clap::Args;
 use serde_json::json;
 use tcptrace_common::{
-    closer, ConnectionEvent, ProbeConfig, CONFIG_EMIT_CONNECTIONS, CONN_CLOSING_KNOWN,
-    CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN, CONN_START_SEEN,
-    CONN_TIME_WAIT_KNOWN,
+    closer, ConnectionEvent, CONN_CLOSING_KNOWN, CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN,
+    CONN_OWNER_KNOWN, CONN_START_SEEN, CONN_TIME_WAIT_KNOWN,
 };
 
 use crate::{
-    cli::{Columns, Common},
     clock::Clock,
     decode::{address, comm_bytes, end_name},
     error::note,
@@ -22,30 +19,11 @@ use crate::{
         pad_left, pad_right, pad_to, write_duration, write_duration_column, write_json_opt_str,
         write_json_opt_u64, write_json_prefix, Endpoints, HumanFormat,
     },
+    options::{Columns, Output},
+    probe::ProbeOptions,
     session::{self, SessionOptions, View},
     summary::{self, RunContext},
 };
-
-#[derive(Args, Debug)]
-#[command(long_about = "\
-One record per finished connection (each end of it), like tcplife, but with
-the owner seen in its own context, which side closed first (local, remote or
-reset) and the time in each phase: handshake, ESTABLISHED, closing
-(FIN_WAIT1/FIN_WAIT2/CLOSING, or CLOSE_WAIT/LAST_ACK) and TIME_WAIT.
-
-A connection is reported when its last socket is gone. For the side that
-closed first that is the end of TIME_WAIT, normally 60 s after the close
-(or earlier when the socket is reused or killed); --no-timewait-hook reports
-it at the close instead, without TIME_WAIT. Connections opened before
-tcptrace started are reported with what is known (start_seen false, unknown
-phases null), never with invented durations.")]
-pub struct LifeArgs {
-    #[command(flatten)]
-    pub common: Common,
-
-    #[command(flatten)]
-    pub columns: Columns,
-}
 
 /// A decoded `ConnectionEvent`.
 #[derive(Clone, Copy, Debug)]
@@ -262,21 +240,29 @@ impl View for LifeView {
     }
 }
 
-pub async fn run(args: LifeArgs) -> Result<()> {
-    args.common.filters.check_pid()?;
-    let mut config = ProbeConfig::empty();
-    config.flags |= CONFIG_EMIT_CONNECTIONS;
-    args.common.filters.apply(&mut config);
-    let probe = session::start_probe(&args.common.probe.options(config))?;
+/// `tcptrace life`.
+pub struct LifeOptions {
+    pub probe: ProbeOptions,
+    pub output: Output,
+    pub columns: Columns,
+}
+
+pub async fn run(options: LifeOptions) -> Result<()> {
+    let LifeOptions {
+        probe,
+        output,
+        columns,
+    } = options;
+    let probe = session::start_probe(&probe)?;
     let mut view = LifeView {
-        json: args.common.json,
-        human: HumanFormat::new(args.columns.wide || args.common.filters.ipv6),
+        json: output.json,
+        human: HumanFormat::new(columns.wide),
         connections: 0,
         per_closer: [0; 4],
         start_unseen: 0,
         bad_records: 0,
     };
-    if !args.common.json && !args.columns.no_header {
+    if !output.json && columns.header {
         let mut header = Vec::new();
         view.write_header(&mut header);
         session::write_stdout(&header)?;
@@ -285,8 +271,8 @@ pub async fn run(args: LifeArgs) -> Result<()> {
         probe,
         &mut view,
         SessionOptions::new(
-            args.common.json,
-            args.common.duration,
+            output.json,
+            output.duration,
             Some(
                 "tcptrace: reporting finished connections (Ctrl-C to stop; connections that \
                  closed first appear when their TIME_WAIT ends)"

@@ -7,38 +7,20 @@ use std::{
 };
 
 use anyhow::Result;
-use tcptrace_common::{tcp_state, ProbeConfig, CONFIG_EMIT_TRANSITIONS, CONFIG_TIMEWAIT_EVENTS};
+use tcptrace_common::tcp_state;
 
 use crate::{
-    cli::ProbeArgs,
     clock::Clock,
     decode::Transition,
     error::note,
     probe::Probe,
+    probe::ProbeOptions,
     session,
     socket_table::{
-        self, current_netns, walk_with_owners, Scope, SocketTable, TimewaitCounts,
-        DEFAULT_MAX_SOCKETS,
+        self, walk_with_owners, Scope, SocketTable, TimewaitCounts, DEFAULT_MAX_SOCKETS,
     },
     summary::{self, RunContext},
 };
-
-/// Every transition, with the timewait sockets' own.
-pub fn probe_config() -> ProbeConfig {
-    let mut config = ProbeConfig::empty();
-    config.flags |= CONFIG_EMIT_TRANSITIONS | CONFIG_TIMEWAIT_EVENTS;
-    crate::state::allow_all(&mut config);
-    crate::cli::Filters::default().apply(&mut config);
-    config
-}
-
-pub fn scope(all_netns: bool) -> Result<Scope> {
-    Ok(if all_netns {
-        Scope::All
-    } else {
-        Scope::Netns(current_netns()?)
-    })
-}
 
 /// The socket table and the event counts of one run.
 pub struct Tracked {
@@ -93,8 +75,8 @@ impl Tracked {
 
 /// Loads the probe, then walks the kernel's socket table: whatever
 /// changes during the walk is in the ring and applied after it.
-pub async fn start(probe_args: &ProbeArgs, scope: Scope) -> Result<(Probe, Tracked)> {
-    let probe = session::start_probe(&probe_args.options(probe_config()))?;
+pub async fn start(probe: &ProbeOptions, scope: Scope) -> Result<(Probe, Tracked)> {
+    let probe = session::start_probe(probe)?;
     let tracked = seed(scope, probe.timewait.hooked())?;
     if !tracked.timewait_followed {
         note!("tcptrace: warning: timewait sockets are not followed live: TIME_WAIT counts are those of the start-up walk");

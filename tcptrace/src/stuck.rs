@@ -5,78 +5,21 @@
 use std::{collections::BTreeMap, io::Write, net::IpAddr, time::Duration};
 
 use anyhow::Result;
-use clap::Args;
 use serde_json::json;
 use tcptrace_common::tcp_state::{CLOSE_WAIT, FIN_WAIT2, LAST_ACK};
 
 use crate::{
-    cli::{parse_seconds, ProbeArgs},
     clock::Clock,
     format::write_endpoint,
     live::{self, age_text, Screen, Tracked},
+    options::{Output, Refresh},
     probe::Probe,
+    probe::ProbeOptions,
     session::{self, SessionOptions, View},
-    socket_table::{Owner, Tuple},
+    socket_table::{Owner, Scope, Tuple},
     state,
     summary::RunContext,
 };
-
-#[derive(Args, Debug)]
-#[command(long_about = "\
-Who is not closing their sockets: a live table of sockets sitting in
-CLOSE_WAIT (the peer closed, the application has not), FIN_WAIT2 (this
-side closed, the peer has not) and LAST_ACK for longer than --min-age, with
-the owning process, and a count per process.
-
-Sockets that were already in such a state when tcptrace started are found
-by walking the kernel's socket table (/proc/net/tcp and tcp6), their owner
-through the socket inode in /proc/PID/fd (as ss -p does). When they entered
-the state is unknown: they are shown whatever --min-age, with AGE as a
-lower bound (\">=\", JSON age_at_least), counted from tcptrace's start.
-
-A socket leaves the table as soon as its owner closes it (CLOSE_WAIT ->
-LAST_ACK) or it ends. A FIN_WAIT2 connection whose application has closed
-it lives on in a timewait socket (orphaned) until the peer's FIN or
-net.ipv4.tcp_fin_timeout: it is shown with its last known owner, marked
-orphaned.
-
-The table is redrawn in place on a terminal; otherwise a snapshot is
-printed every --interval. By default only tcptrace's own network namespace
-is shown (like ss and netstat); --all-netns shows every namespace.")]
-pub struct StuckArgs {
-    /// Show sockets that have been in their state for at least SECONDS.
-    #[arg(short = 'm', long, value_name = "SECONDS", default_value = "5",
-          value_parser = parse_seconds)]
-    pub min_age: Duration,
-
-    /// Refresh the table every SECONDS.
-    #[arg(short, long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
-    pub interval: Duration,
-
-    /// Print one snapshot (right after the start-up walk) and exit.
-    #[arg(long)]
-    pub once: bool,
-
-    /// Print JSON Lines: per refresh a "stuck_snapshot" record, then one
-    /// "stuck" record per socket and one "stuck_process" record per owner.
-    #[arg(short, long)]
-    pub json: bool,
-
-    /// Most rows shown per state (human output; JSON has them all).
-    #[arg(long, value_name = "N", default_value_t = 20)]
-    pub limit: usize,
-
-    /// Every network namespace, not only tcptrace's own.
-    #[arg(long)]
-    pub all_netns: bool,
-
-    /// Stop by itself after SECONDS.
-    #[arg(short, long, value_name = "SECONDS", value_parser = parse_seconds)]
-    pub duration: Option<Duration>,
-
-    #[command(flatten)]
-    pub probe: ProbeArgs,
-}
 
 /// The states shown, in display order.
 pub const STUCK_STATES: [u8; 3] = [CLOSE_WAIT, FIN_WAIT2, LAST_ACK];
@@ -344,27 +287,45 @@ impl View for StuckView {
     }
 }
 
-pub async fn run(args: StuckArgs) -> Result<()> {
-    let scope = live::scope(args.all_netns)?;
-    let (probe, tracked) = live::start(&args.probe, scope).await?;
+/// `tcptrace stuck`.
+pub struct StuckOptions {
+    pub probe: ProbeOptions,
+    pub output: Output,
+    pub refresh: Refresh,
+    pub scope: Scope,
+    pub min_age: Duration,
+    /// Rows per state in the human table (at least 1).
+    pub limit: usize,
+}
+
+pub async fn run(options: StuckOptions) -> Result<()> {
+    let StuckOptions {
+        probe,
+        output,
+        refresh,
+        scope,
+        min_age,
+        limit,
+    } = options;
+    let (probe, tracked) = live::start(&probe, scope).await?;
     let mut view = StuckView {
         tracked,
-        json: args.json,
-        once: args.once,
+        json: output.json,
+        once: refresh.once,
         done: false,
-        interval: args.interval,
-        min_age: args.min_age,
-        limit: args.limit.max(1),
-        screen: Screen::new(args.json),
+        interval: refresh.interval,
+        min_age,
+        limit,
+        screen: Screen::new(output.json),
     };
-    let banner = (!args.once).then(|| {
+    let banner = (!refresh.once).then(|| {
         "tcptrace: tracing stuck sockets (CLOSE_WAIT, FIN_WAIT2, LAST_ACK; Ctrl-C to stop)"
             .to_string()
     });
     session::run(
         probe,
         &mut view,
-        SessionOptions::new(args.json, args.duration, banner),
+        SessionOptions::new(output.json, output.duration, banner),
     )
     .await
 }

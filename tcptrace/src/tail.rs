@@ -2,10 +2,11 @@
 use anyhow::Result;
 
 use crate::{
-    cli::TailArgs,
     clock::Clock,
     decode::Transition,
     format::{Format, HumanFormat},
+    options::{Columns, Output},
+    probe::ProbeOptions,
     session::{self, SessionOptions, View},
     summary::{self, RunContext, RunStats},
 };
@@ -38,31 +39,40 @@ impl View for TailView {
     }
 }
 
-pub async fn run(args: TailArgs) -> Result<()> {
-    args.common.filters.check_pid()?;
-    let probe = session::start_probe(&args.common.probe.options(args.probe_config()))?;
-    let mut format = if args.common.json {
+/// `tcptrace` with no subcommand.
+pub struct TailOptions {
+    pub probe: ProbeOptions,
+    pub output: Output,
+    pub columns: Columns,
+}
+
+pub async fn run(options: TailOptions) -> Result<()> {
+    let TailOptions {
+        probe,
+        output,
+        columns,
+    } = options;
+    let probe = session::start_probe(&probe)?;
+    let mut format = if output.json {
         Format::Json
     } else {
-        Format::Human(HumanFormat::new(
-            args.columns.wide || args.common.filters.ipv6,
-        ))
+        Format::Human(HumanFormat::new(columns.wide))
     };
     let mut header = Vec::new();
     if let Format::Human(human) = &mut format {
-        if !args.columns.no_header {
+        if columns.header {
             human.write_header(&mut header);
         }
     }
     session::write_stdout(&header)?;
     let mut view = TailView {
         format,
-        json: args.common.json,
+        json: output.json,
         stats: RunStats::new(),
     };
     let banner = format!(
         "tcptrace: tracing TCP state transitions{}",
-        match args.common.duration {
+        match output.duration {
             Some(d) => format!(" for {:.1} s", d.as_secs_f64()),
             None => " (Ctrl-C to stop)".into(),
         }
@@ -70,7 +80,7 @@ pub async fn run(args: TailArgs) -> Result<()> {
     session::run(
         probe,
         &mut view,
-        SessionOptions::new(args.common.json, args.common.duration, Some(banner)),
+        SessionOptions::new(output.json, output.duration, Some(banner)),
     )
     .await
 }

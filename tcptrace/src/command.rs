@@ -1,0 +1,34 @@
+//! The commands, each with its validated options: what `main` runs.
+use anyhow::Result;
+
+use crate::{
+    census::{self, CensusOptions},
+    doctor::{self, DoctorOptions},
+    hist::{self, HistOptions},
+    life::{self, LifeOptions},
+    stuck::{self, StuckOptions},
+    tail::{self, TailOptions},
+};
+
+pub enum Command {
+    /// The live tail (no subcommand).
+    Tail(TailOptions),
+    Life(LifeOptions),
+    Hist(HistOptions),
+    Stuck(StuckOptions),
+    Census(CensusOptions),
+    Doctor(DoctorOptions),
+}
+
+impl Command {
+    pub async fn run(self) -> Result<()> {
+        match self {
+            Command::Tail(options) => tail::run(options).await,
+            Command::Life(options) => life::run(options).await,
+            Command::Hist(options) => hist::run(options).await,
+            Command::Stuck(options) => stuck::run(options).await,
+            Command::Census(options) => census::run(options).await,
+            Command::Doctor(options) => doctor::run(options).await,
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! From flags to the commands' validated options. The one place that turns
+//! filters and probe flags into the probe's configuration.
+use anyhow::Result;
+use tcptrace_common::{
+    hist_by, ProbeConfig, CONFIG_EMIT_CONNECTIONS, CONFIG_EMIT_TRANSITIONS, CONFIG_HANDOFF_ONLY,
+    CONFIG_HIDE_HANDOFFS, CONFIG_HISTOGRAMS, CONFIG_IPV4, CONFIG_IPV6, CONFIG_LPORT_FILTER,
+    CONFIG_NETNS_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER,
+    CONFIG_TIMEWAIT_EVENTS,
+};
+
+use super::defs::{
+    CensusFlags, Cli, Columns, Command as Sub, Common, DoctorFlags, Filters, HistFlags, LifeFlags,
+    Output, ProbeFlags, Refresh, StuckFlags, TailFlags, DEFAULT_HISTOGRAM_KEYS,
+};
+use crate::{
+    census::CensusOptions,
+    command::Command,
+    doctor::DoctorOptions,
+    error::UsageError,
+    hist::{self, HistOptions},
+    life::LifeOptions,
+    options,
+    probe::ProbeOptions,
+    socket_table::{current_netns, Scope},
+    state,
+    stuck::StuckOptions,
+    tail::TailOptions,
+};
+
+/// What a probe is loaded for; decides what it reports.
+enum Purpose {
+    /// Transitions: the headline ones, or every one (`--all`).
+    Tail { all: bool },
+    /// One record per finished connection.
+    Life,
+    /// Histograms aggregated in the kernel.
+    Hist { by: u32 },
+    /// Every transition, unfiltered, to keep a socket table (the views).
+    Table,
+}
+
+impl Cli {
+    /// The command this command line asks for, validated.
+    pub fn into_command(self) -> Result<Command> {
+        Ok(match self.command {
+            None => Command::Tail(self.tail.into_options()?),
+            Some(Sub::Life(flags)) => Command::Life(flags.into_options()?),
+            Some(Sub::Hist(flags)) => Command::Hist(flags.into_options()?),
+            Some(Sub::Stuck(flags)) => Command::Stuck(flags.into_options()?),
+            Some(Sub::Census(flags)) => Command::Census(flags.into_options()?),
+            Some(Sub::Doctor(flags)) => Command::Doctor(flags.into_options()?),
+        })
+    }
+}
+
+impl TailFlags {
+    fn into_options(self) -> Result<TailOptions> {
+        Ok(TailOptions {
+            columns: self.columns.options(&self.common.filters),
+            output: self.common.output.options(),
+            probe: self.common.probe_options(Purpose::Tail { all: self.all })?,
+        })
+    }
+}
+
+impl LifeFlags {
+    fn into_options(self) -> Result<LifeOptions> {
+        Ok(LifeOptions {
+            columns: self.columns.options(&self.common.filters),
+            output: self.common.output.options(),
+            probe: self.common.probe_options(Purpose::Life)?,
+        })
+    }
+}
+
+impl HistFlags {
+    fn into_options(self) -> Result<HistOptions> {
+        let by = self.by.map_or(hist_by::NONE, hist::By::probe_value);
+        let mut probe = self.common.probe_options(Purpose::Hist { by })?;
+        probe.histogram_keys = self.max_keys;
+        Ok(HistOptions {
+            output: self.common.output.options(),
+            probe,
+            by: self.by,
+            top: self.top.max(1),
+            metrics: self.metric,
+            interval: self.interval,
+        })
+    }
+}
+
+impl StuckFlags {
+    fn into_options(self) -> Result<StuckOptions> {
+        Ok(StuckOptions {
+            output: self.output.options(),
+            refresh: self.refresh.options(),
+            probe: self.probe.options(Purpose::Table.config()),
+            scope: scope(self.all_netns)?,
+            min_age: self.min_age,
+            limit: self.limit.max(1),
+        })
+    }
+}
+
+impl CensusFlags {
+    fn into_options(self) -> Result<CensusOptions> {
+        Ok(CensusOptions {
+            output: self.output.options(),
+            refresh: self.refresh.options(),
+            probe: self.probe.options(Purpose::Table.config()),
+            scope: scope(self.all_netns)?,
+            by: self.by,
+            states: self.states,
+            top: self.top.max(1),
+        })
+    }
+}
+
+impl DoctorFlags {
+    fn into_options(self) -> Result<DoctorOptions> {
+        Ok(DoctorOptions {
+            json: self.json,
+            observe: self.observe,
+            probe: self.probe.options(Purpose::Table.config()),
+        })
+    }
+}
+
+fn scope(all_netns: bool) -> Result<Scope> {
+    Ok(if all_netns {
+        Scope::All
+    } else {
+        Scope::Netns(current_netns()?)
+    })
+}
+
+impl Output {
+    fn options(&self) -> options::Output {
+        options::Output {
+            json: self.json,
+            duration: self.duration,
+        }
+    }
+}
+
+impl Refresh {
+    fn options(&self) -> options::Refresh {
+        options::Refresh {
+            interval: self.interval,
+            once: self.once,
+        }
+    }
+}
+
+impl Columns {
+    /// IPv6 addresses need the wide columns from the start.
+    fn options(&self, filters: &Filters) -> options::Columns {
+        options::Columns {
+            wide: self.wide || filters.ipv6,
+            header: !self.no_header,
+        }
+    }
+}
+
+impl Common {
+    fn probe_options(&self, purpose: Purpose) -> Result<ProbeOptions> {
+        self.filters.check_pid()?;
+        let mut config = purpose.config();
+        self.filters.apply(&mut config);
+        Ok(self.probe.options(config))
+    }
+}
+
+impl Purpose {
+    fn config(&self) -> ProbeConfig {
+        let mut config = ProbeConfig::empty();
+        match *self {
+            Purpose::Tail { all } => {
+                config.flags |= CONFIG_EMIT_TRANSITIONS | CONFIG_TIMEWAIT_EVENTS;
+                if all {
+                    state::allow_all(&mut config);
+                } else {
+                    // Hand-offs and resets from FIN_WAIT*/CLOSING are hidden
+                    // when the hooks can tell them apart; shown unclassified
+                    // otherwise.
+                    state::allow_headline(&mut config);
+                    config.flags |= CONFIG_HANDOFF_ONLY | CONFIG_HIDE_HANDOFFS;
+                }
+            }
+            Purpose::Life => config.flags |= CONFIG_EMIT_CONNECTIONS,
+            Purpose::Hist { by } => {
+                config.flags |= CONFIG_HISTOGRAMS;
+                config.hist_by = by;
+            }
+            Purpose::Table => {
+                config.flags |= CONFIG_EMIT_TRANSITIONS | CONFIG_TIMEWAIT_EVENTS;
+                state::allow_all(&mut config);
+            }
+        }
+        if matches!(self, Purpose::Table) {
+            Filters::default().apply(&mut config);
+        }
+        config
+    }
+}
+
+impl ProbeFlags {
+    fn options(&self, config: ProbeConfig) -> ProbeOptions {
+        ProbeOptions {
+            config,
+            ring_size: self.ring_size,
+            timewait_hook: !self.no_timewait_hook,
+            histogram_keys: DEFAULT_HISTOGRAM_KEYS,
+            probe_log: self.probe_log,
+        }
+    }
+}
+
+impl Filters {
+    fn apply(&self, config: &mut ProbeConfig) {
+        config.flags |= match (self.ipv4, self.ipv6) {
+            (true, false) => CONFIG_IPV4,
+            (false, true) => CONFIG_IPV6,
+            _ => CONFIG_IPV4 | CONFIG_IPV6,
+        };
+        if let Some(list) = &self.lport {
+            config.flags |= CONFIG_LPORT_FILTER;
+            list.fill(&mut config.lports);
+        }
+        if let Some(list) = &self.rport {
+            config.flags |= CONFIG_RPORT_FILTER;
+            list.fill(&mut config.rports);
+        }
+        if let Some(list) = &self.port {
+            config.flags |= CONFIG_PORT_EITHER;
+            list.fill(&mut config.lports);
+            list.fill(&mut config.rports);
+        }
+        if let Some(pid) = self.pid {
+            config.flags |= CONFIG_PID_FILTER;
+            config.pid = pid;
+        }
+        if let Some(inode) = self.netns {
+            config.flags |= CONFIG_NETNS_FILTER;
+            config.netns = inode;
+        }
+    }
+
+    /// `--pid` names a process that exists.
+    fn check_pid(&self) -> Result<(), UsageError> {
+        match self.pid {
+            Some(pid) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+                Err(UsageError(format!("--pid {pid}: no such process")))
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The command line: raw flags (`defs`), their values (`values`), and the
+//! validated options they build (`build`). Only `main` uses this module;
+//! the commands see their options, never the flags.
+mod build;
+mod defs;
+mod values;
+
+use std::process::ExitCode;
+
+use clap::{error::ErrorKind, Parser};
+
+use crate::{command::Command, error};
+
+/// The command the process's arguments ask for. On `--help` and
+/// `--version`, or a usage error (printed on one line), the exit code.
+pub fn parse() -> Result<Command, ExitCode> {
+    let cli = match defs::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = err.print();
+            return Err(ExitCode::SUCCESS);
+        }
+        Err(err) => {
+            // clap's message, on one line, without its "error: " prefix.
+            let text = err.render().to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            error::note!("tcptrace: {}", first.trim_start_matches("error: "));
+            return Err(ExitCode::from(error::EXIT_USAGE));
+        }
+    };
+    cli.into_command().map_err(|err| error::report(&err))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+    use tcptrace_common::{
+        port_in, tcp_state::*, CONFIG_HANDOFF_ONLY, CONFIG_IPV4, CONFIG_IPV6, CONFIG_PID_FILTER,
+        CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER,
+    };
+
+    use super::{defs::Cli, values::*};
+    use crate::command::Command;
+
+    /// The probe configuration the default command (the tail) builds.
+    fn tail_config(args: &[&str]) -> tcptrace_common::ProbeConfig {
+        match Cli::try_parse_from(args).unwrap().into_command().unwrap() {
+            Command::Tail(options) => options.probe.config,
+            _ => unreachable!("no subcommand: the tail"),
+        }
+    }
+
+    #[test]
+    fn port_lists() {
+        assert_eq!(parse_port_list("80").unwrap(), PortList(vec![(80, 80)]));
+        assert_eq!(
+            parse_port_list("80, 443,8000-8002").unwrap(),
+            PortList(vec![(80, 80), (443, 443), (8000, 8002)])
+        );
+        for bad in ["", "0", "65536", "http", "10-5", "1,,2", "-5", "5-"] {
+            let err = parse_port_list(bad).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("bad port list '{bad}'")), "{err}");
+        }
+    }
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_size("8M").unwrap(), 8 << 20);
+        assert_eq!(parse_ring_size("4096").unwrap(), 4096);
+        assert_eq!(parse_ring_size("256k").unwrap(), 256 << 10);
+        assert!(parse_ring_size("3M").is_err());
+        assert!(parse_ring_size("1K").is_err());
+        assert!(parse_ring_size("2G").is_err());
+        assert!(parse_ring_size("8X").is_err());
+        assert!(parse_ring_size("M").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_seconds("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("soon").is_err());
+    }
+
+    #[test]
+    fn config_from_flags() {
+        let pid = std::process::id().to_string();
+        let c = tail_config(&["tcptrace", "-6", "--lport", "8000-8001", "--pid", &pid]);
+        assert_eq!(c.flags & (CONFIG_IPV4 | CONFIG_IPV6), CONFIG_IPV6);
+        assert!(c.flags & CONFIG_HANDOFF_ONLY != 0);
+        assert!(port_in(&c.lports, 8000) && port_in(&c.lports, 8001));
+        assert!(!port_in(&c.lports, 7999) && !port_in(&c.lports, 8002));
+        assert!(c.flags & CONFIG_RPORT_FILTER == 0);
+        assert_eq!(
+            (c.flags & CONFIG_PID_FILTER != 0, c.pid),
+            (true, std::process::id())
+        );
+        assert!(c.wants(FIN_WAIT2, CLOSE) && !c.wants(CLOSE, SYN_SENT));
+
+        let all = tail_config(&["tcptrace", "--all"]);
+        assert!(all.wants(CLOSE, SYN_SENT) && all.flags & CONFIG_HANDOFF_ONLY == 0);
+        assert_eq!(
+            all.flags & (CONFIG_IPV4 | CONFIG_IPV6),
+            CONFIG_IPV4 | CONFIG_IPV6
+        );
+    }
+
+    #[test]
+    fn either_port() {
+        let c = tail_config(&["tcptrace", "--port", "8080"]);
+        assert!(c.flags & CONFIG_PORT_EITHER != 0);
+        assert!(port_in(&c.lports, 8080) && port_in(&c.rports, 8080));
+        assert!(Cli::try_parse_from(["tcptrace", "--port", "1", "--lport", "2"]).is_err());
+    }
+
+    #[test]
+    fn conflicting_families_are_rejected() {
+        assert!(Cli::try_parse_from(["tcptrace", "-4", "-6"]).is_err());
+        assert!(Cli::try_parse_from(["tcptrace", "--lport", "x"]).is_err());
+    }
+
+    #[test]
+    fn state_lists() {
+        assert_eq!(
+            parse_states("time_wait,CLOSE-WAIT").unwrap(),
+            vec![TIME_WAIT, CLOSE_WAIT]
+        );
+        assert_eq!(
+            parse_states("all").unwrap().len(),
+            crate::census::STATES.len()
+        );
+        assert!(parse_states("BOGUS").is_err());
+    }
+
+    #[test]
+    fn missing_pid_is_a_usage_error() {
+        let cli = Cli::try_parse_from(["tcptrace", "--pid", "999999999"]).unwrap();
+        let Err(err) = cli.into_command() else {
+            panic!("a pid that does not exist is refused");
+        };
+        let err = err.to_string();
+        assert_eq!(err, "--pid 999999999: no such process");
+    }
+}
