@@ -16,7 +16,7 @@ use crate::{
     probe::Probe,
     probe::ProbeOptions,
     session::{self, SessionOptions, View},
-    socket_table::{Entry, Scope, SocketTable, Tuple},
+    sockets::{Entry, Scope, SocketTable, Tuple},
     state,
     summary::RunContext,
 };
@@ -362,7 +362,7 @@ pub async fn run(options: CensusOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::socket_table::{Owner, Walked};
+    use crate::sockets::{Owner, Walked};
 
     fn walked(lport: u16, rport: u16, state: u8, timewait: bool) -> Walked {
         Walked {

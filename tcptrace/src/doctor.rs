@@ -14,7 +14,7 @@ use crate::{
     probe::Probe,
     probe::ProbeOptions,
     session::{self, SessionOptions, View},
-    socket_table::{current_netns, Scope, TimewaitCounts},
+    sockets::{current_netns, Scope, TimewaitCounts},
     summary::RunContext,
 };
 
@@ -633,7 +633,7 @@ pub async fn run(args: DoctorOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::socket_table::{SocketTable, Tuple, Walked};
+    use crate::sockets::{SocketTable, Tuple, Walked};
     use tcptrace_common::tcp_state::TIME_WAIT;
 
     #[test]

@@ -3,29 +3,28 @@
 //! Modules follow the pipeline: `preflight` refuses early, `probe` loads the
 //! kernel side, `tail` runs the ring-buffer loop, `decode` and `format` turn
 //! records into lines, `summary` keeps the tally and the loss counts.
-pub mod btf;
-pub mod census;
+mod btf;
+mod census;
 pub mod clock;
-pub mod command;
+mod command;
 pub mod decode;
-pub mod doctor;
-pub mod error;
+mod doctor;
+mod error;
 mod flags;
 pub mod format;
-pub mod hist;
-pub mod life;
-pub mod live;
-pub mod options;
-pub mod owners;
-pub mod preflight;
-pub mod probe;
-pub mod ring;
-pub mod session;
-pub mod socket_table;
-pub mod state;
-pub mod stuck;
-pub mod summary;
-pub mod tail;
+mod hist;
+mod life;
+mod live;
+mod options;
+mod preflight;
+mod probe;
+mod ring;
+mod session;
+mod sockets;
+mod state;
+mod stuck;
+mod summary;
+mod tail;
 
 use std::process::ExitCode;
 

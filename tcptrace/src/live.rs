@@ -7,7 +7,6 @@ use std::{
 };
 
 use anyhow::Result;
-use tcptrace_common::tcp_state;
 
 use crate::{
     clock::Clock,
@@ -16,9 +15,7 @@ use crate::{
     probe::Probe,
     probe::ProbeOptions,
     session,
-    socket_table::{
-        self, walk_with_owners, Scope, SocketTable, TimewaitCounts, DEFAULT_MAX_SOCKETS,
-    },
+    sockets::{self, walk_with_owners, Scope, SocketTable, TimewaitCounts, DEFAULT_MAX_SOCKETS},
     summary::{self, RunContext},
 };
 
@@ -189,23 +186,6 @@ pub fn age_text(ns: u64) -> String {
     }
 }
 
-/// ss's name of a state (`ss -tan`), for comparisons and the census.
-pub fn ss_name(state: u8) -> &'static str {
-    match state {
-        tcp_state::ESTABLISHED => "ESTAB",
-        tcp_state::SYN_SENT => "SYN-SENT",
-        tcp_state::SYN_RECV => "SYN-RECV",
-        tcp_state::FIN_WAIT1 => "FIN-WAIT-1",
-        tcp_state::FIN_WAIT2 => "FIN-WAIT-2",
-        tcp_state::TIME_WAIT => "TIME-WAIT",
-        tcp_state::CLOSE_WAIT => "CLOSE-WAIT",
-        tcp_state::LAST_ACK => "LAST-ACK",
-        tcp_state::LISTEN => "LISTEN",
-        tcp_state::CLOSING => "CLOSING",
-        _ => "UNKNOWN",
-    }
-}
-
 /// Re-reads the timewait sockets from the kernel when the hooks that
 /// follow them are not attached.
 /// Also re-reads the timewait sockets found in FIN_WAIT2 by the start-up
@@ -215,7 +195,7 @@ pub fn resync_timewait(tracked: &mut Tracked) {
     if tracked.timewait_followed && !tracked.table.has_walked_fin_wait2() {
         return;
     }
-    if let Ok(walked) = socket_table::walk(tracked.table.scope()) {
+    if let Ok(walked) = sockets::walk(tracked.table.scope()) {
         if tracked.timewait_followed {
             tracked.table.update_walked_fin_wait2(&walked);
         } else {

@@ -23,9 +23,9 @@ use tokio::{
 use crate::{
     clock::Clock,
     error::note,
-    owners,
     probe::{LossCounters, Probe, ProbeLog, ProbeOptions, TimewaitDetection},
     ring::RingReader,
+    sockets,
     summary::{self, RunContext},
 };
 
@@ -108,7 +108,7 @@ pub fn start_probe(options: &ProbeOptions) -> Result<Probe> {
         ),
         TimewaitDetection::Exact | TimewaitDetection::Disabled => {}
     }
-    if let Err(err) = probe.seed_listeners(&owners::existing_listeners()) {
+    if let Err(err) = probe.seed_listeners(&sockets::existing_listeners()) {
         note!("tcptrace: warning: owners of existing listeners unknown: {err:#}");
     }
     Ok(probe)

@@ -16,7 +16,7 @@ use crate::{
     probe::Probe,
     probe::ProbeOptions,
     session::{self, SessionOptions, View},
-    socket_table::{Owner, Scope, Tuple},
+    sockets::{Owner, Scope, Tuple},
     state,
     summary::RunContext,
 };
@@ -333,7 +333,7 @@ pub async fn run(options: StuckOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::socket_table::{Scope, Walked};
+    use crate::sockets::{Scope, Walked};
     use std::collections::HashMap;
 
     fn tuple(lport: u16) -> Tuple {
@@ -348,10 +348,8 @@ mod tests {
 
     #[test]
     fn walked_sockets_are_shown_with_a_lower_bound() {
-        let mut tracked = Tracked::new(
-            crate::socket_table::SocketTable::new(Scope::Netns(1), 100),
-            true,
-        );
+        let mut tracked =
+            Tracked::new(crate::sockets::SocketTable::new(Scope::Netns(1), 100), true);
         let walked = [
             Walked {
                 tuple: tuple(1000),

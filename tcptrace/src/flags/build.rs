@@ -21,7 +21,7 @@ use crate::{
     life::LifeOptions,
     options,
     probe::ProbeOptions,
-    socket_table::{current_netns, Scope},
+    sockets::{current_netns, Scope},
     state,
     stuck::StuckOptions,
     tail::TailOptions,

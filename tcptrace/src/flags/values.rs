@@ -98,7 +98,7 @@ pub fn parse_netns(text: &str) -> Result<u32, UsageError> {
         name if !name.contains('/') => format!("/run/netns/{name}"),
         path => path.to_string(),
     };
-    crate::socket_table::netns_inode(std::path::Path::new(&path))
+    crate::sockets::netns_inode(std::path::Path::new(&path))
         .map_err(|e| UsageError(format!("--netns {text}: {path}: {e}")))
 }
 

@@ -14,21 +14,11 @@
 //! (SO_REUSEPORT), so they are kept as a list per tuple. A connecting socket
 //! has no local port yet at CLOSE -> SYN_SENT: it is keyed by its kernel
 //! address until it gets one.
-use std::{
-    collections::{HashMap, HashSet},
-    fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, net::IpAddr};
 
-use anyhow::{Context, Result};
-use tcptrace_common::{end_reason, tcp_state::*, COMM_LEN};
+use tcptrace_common::{tcp_state::*, COMM_LEN};
 
-use crate::{
-    decode::{comm_bytes, Timewait, Transition},
-    owners,
-};
+use crate::decode::{comm_bytes, Timewait, Transition};
 
 /// Most sockets kept; more are counted in `SocketTable::dropped`.
 pub const DEFAULT_MAX_SOCKETS: usize = 1 << 20;
@@ -55,8 +45,12 @@ impl Tuple {
     }
 }
 
-/// The process that owns (or last owned) a socket.
-pub use crate::owners::{inode_owners, Owner};
+/// Who holds (or last held) a socket open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: [u8; COMM_LEN],
+}
 
 impl Owner {
     pub fn of(t: &Transition) -> Option<Owner> {
@@ -126,13 +120,6 @@ impl Scope {
     }
 }
 
-/// A socket as the views see it.
-#[derive(Clone, Copy, Debug)]
-pub struct SocketView<'a> {
-    pub tuple: &'a Tuple,
-    pub entry: &'a Entry,
-}
-
 pub struct SocketTable {
     scope: Scope,
     max: usize,
@@ -175,10 +162,6 @@ impl SocketTable {
         self.conns.len()
             + self.connecting.len()
             + self.listeners.values().map(Vec::len).sum::<usize>()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Adds what the start-up walk found. Events already in the ring are
@@ -487,267 +470,15 @@ impl SocketTable {
     }
 }
 
-/// Counts of what the event stream said, for `doctor`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TimewaitCounts {
-    /// Full sockets handed to a timewait socket.
-    pub handoffs: u64,
-    /// Connections entering sub-state TIME_WAIT (at the hand-off or later).
-    pub time_wait_entries: u64,
-    pub expired: u64,
-    pub fin_timeout: u64,
-    pub reused: u64,
-    pub killed: u64,
-    /// Every transition seen in scope.
-    pub events: u64,
-}
-
-impl TimewaitCounts {
-    pub fn note(&mut self, t: &Transition) {
-        self.events += 1;
-        if t.timewait == Timewait::Handoff {
-            self.handoffs += 1;
-        }
-        if t.timewait_socket {
-            match (t.new, t.end) {
-                (TIME_WAIT, _) => self.time_wait_entries += 1,
-                (CLOSE, end_reason::EXPIRED) => self.expired += 1,
-                (CLOSE, end_reason::FIN_TIMEOUT) => self.fin_timeout += 1,
-                (CLOSE, end_reason::REUSED) => self.reused += 1,
-                (CLOSE, end_reason::KILLED) => self.killed += 1,
-                _ => {}
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The walk.
-
-/// Parses `/proc/net/tcp` or `tcp6` as shown in namespace `netns`.
-pub fn parse_proc_net_tcp(text: &str, netns: u32) -> Vec<Walked> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| parse_line(line, netns))
-        .collect()
-}
-
-fn parse_line(line: &str, netns: u32) -> Option<Walked> {
-    let mut fields = line.split_whitespace();
-    let _slot = fields.next()?;
-    let (local, lport) = parse_endpoint(fields.next()?)?;
-    let (remote, rport) = parse_endpoint(fields.next()?)?;
-    let state = u8::from_str_radix(fields.next()?, 16).ok()?;
-    let _queues = fields.next()?;
-    let timer = fields.next()?;
-    let timer_active = u8::from_str_radix(timer.split(':').next()?, 16).ok()?;
-    let _retransmits = fields.next()?;
-    let _uid = fields.next()?;
-    let _timeout = fields.next()?;
-    let inode = fields.next()?.parse().ok()?;
-    // Timewait sockets show timer 3 (tw_timer), inode 0 and their
-    // sub-state (FIN_WAIT2 or TIME_WAIT) as the state.
-    let timewait = timer_active == 3 && inode == 0;
-    if !(ESTABLISHED..=CLOSING).contains(&state) || state == CLOSE {
-        return None;
-    }
-    Some(Walked {
-        tuple: Tuple {
-            netns,
-            local,
-            lport,
-            remote,
-            rport,
-        },
-        state,
-        timewait,
-        inode,
-    })
-}
-
-/// `0100007F:1F90` or a 32-digit IPv6 address: each 32-bit word printed
-/// as a number in host order.
-fn parse_endpoint(text: &str) -> Option<(IpAddr, u16)> {
-    let (addr, port) = text.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| -> Option<[u8; 4]> {
-        Some(
-            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
-                .ok()?
-                .to_ne_bytes(),
-        )
-    };
-    let addr = match addr.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
-        32 => {
-            let mut bytes = [0u8; 16];
-            for i in 0..4 {
-                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
-            }
-            IpAddr::V6(Ipv6Addr::from(bytes))
-        }
-        _ => return None,
-    };
-    Some((addr, port))
-}
-
-/// Inode of a network namespace file (`/proc/PID/ns/net`, `/run/netns/X`).
-pub fn netns_inode(path: &Path) -> std::io::Result<u32> {
-    Ok(fs::metadata(path)?.ino() as u32)
-}
-
-/// tcptrace's own network namespace.
-pub fn current_netns() -> Result<u32> {
-    netns_inode(Path::new("/proc/self/ns/net")).context("reading /proc/self/ns/net")
-}
-
-/// Walks the kernel's TCP tables of every namespace in `scope`.
-pub fn walk(scope: Scope) -> Result<Vec<Walked>> {
-    match scope {
-        Scope::Netns(netns) => read_tables(Path::new("/proc/self/net"), netns),
-        Scope::All => {
-            let mut seen = HashSet::new();
-            let mut out = Vec::new();
-            for (netns, pid) in namespaces_with_processes() {
-                if seen.contains(&netns) {
-                    continue;
-                }
-                // The process may be gone: the next one in it will do.
-                if let Ok(found) = read_tables(&PathBuf::from(format!("/proc/{pid}/net")), netns) {
-                    out.extend(found);
-                    seen.insert(netns);
-                }
-            }
-            // Named namespaces without a process (`ip netns add`).
-            for dir in ["/run/netns", "/var/run/netns"] {
-                let Ok(entries) = fs::read_dir(dir) else {
-                    continue;
-                };
-                for entry in entries.flatten() {
-                    let path = entry.path();
-                    let Ok(netns) = netns_inode(&path) else {
-                        continue;
-                    };
-                    if seen.insert(netns) {
-                        if let Ok(found) = read_tables_in(&path, netns) {
-                            out.extend(found);
-                        }
-                    }
-                }
-            }
-            Ok(out)
-        }
-    }
-}
-
-fn read_tables(dir: &Path, netns: u32) -> Result<Vec<Walked>> {
-    let mut out = Vec::new();
-    for name in ["tcp", "tcp6"] {
-        let path = dir.join(name);
-        match fs::read_to_string(&path) {
-            Ok(text) => out.extend(parse_proc_net_tcp(&text, netns)),
-            // No IPv6 in this kernel.
-            Err(e) if name == "tcp6" && e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        }
-    }
-    Ok(out)
-}
-
-/// Reads the tables of the namespace at `ns_path` from a thread that
-/// joins it (setns changes the calling thread only).
-fn read_tables_in(ns_path: &Path, netns: u32) -> Result<Vec<Walked>> {
-    let ns_path = ns_path.to_path_buf();
-    std::thread::spawn(move || -> Result<Vec<Walked>> {
-        let file =
-            fs::File::open(&ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
-        // SAFETY: a valid namespace fd; only this thread changes namespace.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("entering {}", ns_path.display()));
-        }
-        read_tables(Path::new("/proc/thread-self/net"), netns)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("namespace reader panicked"))?
-}
-
-/// (namespace inode, pid) for every process, one entry per process.
-fn namespaces_with_processes() -> Vec<(u32, u32)> {
-    owners::processes()
-        .filter_map(|(pid, dir)| Some((netns_inode(&dir.join("ns/net")).ok()?, pid)))
-        .collect()
-}
-
-/// Walks `scope` and finds the owner of every full socket.
-pub fn walk_with_owners(scope: Scope) -> Result<(Vec<Walked>, HashMap<u64, Owner>)> {
-    let walked = walk(scope)?;
-    let inodes = walked.iter().map(|w| w.inode).filter(|&i| i != 0).collect();
-    let owners = inode_owners(&inodes);
-    Ok((walked, owners))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::decode::tests::{bytes_of, raw_event};
+    use crate::sockets::Walked;
     use tcptrace_common::{
         AF_INET, EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF,
         EVENT_TIMEWAIT_SOCKET,
     };
-
-    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:1F90 0100007F:D431 08 00000000:00000000 00:00000000 00000000     0        0 12346 1 0000000000000000 20 4 30 10 -1
-   2: 0100007F:D432 0100007F:1F90 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0000000000000000
-   3: 0100007F:D433 0100007F:1F90 05 00000000:00000000 03:00000BB8 00000000     0        0 0 3 0000000000000000
-   4: 0100007F:D434 0100007F:1F90 05 00000000:00000000 00:00000000 00000000     0        0 12347 1 0000000000000000 20 4 30 10 -1
-";
-
-    #[test]
-    fn parses_ipv4_lines() {
-        let found = parse_proc_net_tcp(TABLE, 7);
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(found.len(), 5);
-        assert_eq!(found[0].state, LISTEN);
-        assert_eq!(found[0].tuple.local, lo);
-        assert_eq!(found[0].tuple.lport, 8080);
-        assert_eq!(found[0].tuple.remote, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        assert_eq!((found[0].inode, found[0].timewait), (12345, false));
-        assert_eq!(found[1].state, CLOSE_WAIT);
-        assert_eq!((found[1].tuple.rport, found[1].tuple.netns), (0xD431, 7));
-        assert_eq!((found[2].state, found[2].timewait), (TIME_WAIT, true));
-        assert_eq!((found[3].state, found[3].timewait), (FIN_WAIT2, true));
-        assert_eq!((found[4].state, found[4].timewait), (FIN_WAIT2, false));
-    }
-
-    #[test]
-    fn parses_ipv6_lines() {
-        let line = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000001000000:1F90 0000000000000000FFFF00000100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 999 1 0000000000000000 20 4 30 10 -1
-";
-        let found = parse_proc_net_tcp(line, 1);
-        assert_eq!(found[0].tuple.local, "::1".parse::<IpAddr>().unwrap());
-        assert_eq!(
-            found[0].tuple.remote,
-            "::ffff:127.0.0.1".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!((found[0].tuple.lport, found[0].tuple.rport), (8080, 50000));
-        assert_eq!(found[0].state, ESTABLISHED);
-    }
-
-    #[test]
-    fn reads_our_own_namespace() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let netns = current_netns().unwrap();
-        let (walked, owners) = walk_with_owners(Scope::Netns(netns)).unwrap();
-        let w = walked
-            .iter()
-            .find(|w| w.tuple.lport == port && w.state == LISTEN)
-            .expect("our listener");
-        assert_eq!(owners[&w.inode].pid, std::process::id());
-    }
 
     fn event(old: u8, new: u8, flags: u8, ktime_ns: u64) -> Transition {
         let mut ev = raw_event(AF_INET, old, new, flags);
@@ -770,7 +501,7 @@ mod tests {
         assert_eq!(e.state, LAST_ACK);
         assert_eq!(e.owner.unwrap().pid, 4242);
         t.apply(&event(LAST_ACK, CLOSE, 0, 30));
-        assert!(t.is_empty());
+        assert!((t.len() == 0));
     }
 
     #[test]
@@ -792,7 +523,7 @@ mod tests {
             (TIME_WAIT, true, Some(50))
         );
         t.apply(&event(TIME_WAIT, CLOSE, EVENT_TIMEWAIT_SOCKET, 60));
-        assert!(t.is_empty());
+        assert!((t.len() == 0));
     }
 
     #[test]
@@ -809,7 +540,7 @@ mod tests {
     fn reset_removes_and_reuse_is_not_undone() {
         let mut t = table();
         t.apply(&event(FIN_WAIT2, CLOSE, EVENT_TIMEWAIT_CHECKED, 5));
-        assert!(t.is_empty());
+        assert!((t.len() == 0));
         // A new connection took the tuple before the old timewait socket's
         // end was reported: the end must not remove it.
         t.apply(&event(SYN_SENT, ESTABLISHED, 0, 10));
@@ -857,7 +588,7 @@ mod tests {
         t.apply(&event(LISTEN, CLOSE, EVENT_OWNER_KNOWN, 10));
         t.apply(&event(LISTEN, CLOSE, EVENT_OWNER_KNOWN, 11));
         t.apply(&event(LISTEN, CLOSE, EVENT_OWNER_KNOWN, 12));
-        assert!(t.is_empty());
+        assert!((t.len() == 0));
     }
 
     #[test]
