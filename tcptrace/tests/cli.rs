@@ -296,7 +296,7 @@ fn summary_and_doctor_name_the_hooks_this_kernel_took() {
 fn probe_log_reports_a_socket_older_than_the_tracer() {
     let netns = Netns::new();
     let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 50);
-    let hold = common::outlasting_startup_ms(1500);
+    let hold = common::outlasting_startup_ms(3000);
     let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", hold);
     std::thread::sleep(Duration::from_millis(300));
     let tracer = Tracer::start(
