@@ -1,8 +1,11 @@
 //! tcptrace: live TCP state transitions with the owning process.
 //!
-//! Modules follow the pipeline: `preflight` refuses early, `probe` loads the
-//! kernel side, `tail` runs the ring-buffer loop, `decode` and `format` turn
-//! records into lines, `summary` keeps the tally and the loss counts.
+//! Layers, each using only those below it: `main` -> `flags` (the command
+//! line, turned into validated options) -> `command` and the commands
+//! (`tail`, `life`, `hist`, `stuck`, `census`, `doctor`, with `live` for
+//! what the three views share) -> `session` (the event loop) -> `probe`
+//! (loading, with `preflight` and `btf`), `ring` and `decode` (records in),
+//! `format` and `summary` (lines out), `sockets` (procfs and the table).
 mod btf;
 mod census;
 pub mod clock;
