@@ -440,7 +440,8 @@ pub const COUNTER_SOCKET_MAP_FULL: u32 = 1;
 pub const COUNTER_TIMEWAIT_HANDOFFS: u32 = 2;
 /// Events written to the ring: what userspace must end up reading.
 pub const COUNTER_EMITTED: u32 = 3;
-/// Transitions lost because a read of the socket failed.
+/// Runs of any program that lost their work because a read of a kernel
+/// object failed (a transition, or a timewait socket's birth, FIN or end).
 pub const COUNTER_READ_FAILED: u32 = 4;
 /// Timewait sockets whose record could not be stored (map full even with LRU).
 pub const COUNTER_TIMEWAIT_MAP_FULL: u32 = 5;

@@ -54,6 +54,16 @@ use tcptrace_common::COUNTER_READ_FAILED;
 
 use crate::maps::count;
 
+/// Every program's errors are failed reads of a kernel object: what the
+/// run was following is lost (a transition, or a timewait socket's birth,
+/// FIN or end), and counted.
+#[inline(always)]
+fn counted(result: Result<(), i64>) {
+    if result.is_err() {
+        count(COUNTER_READ_FAILED);
+    }
+}
+
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     if let Err(err) = state::try_inet_sock_set_state(&ctx) {
@@ -66,13 +76,13 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "timer_start")]
 pub fn timer_start(ctx: BtfTracePointContext) -> u32 {
-    let _ = timewait::try_timer_start(&ctx);
+    counted(timewait::try_timer_start(&ctx));
     0
 }
 
 #[btf_tracepoint(function = "timer_cancel")]
 pub fn timer_cancel(ctx: BtfTracePointContext) -> u32 {
-    let _ = timewait::try_timer_cancel(&ctx);
+    counted(timewait::try_timer_cancel(&ctx));
     0
 }
 
@@ -84,7 +94,7 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> u32 {
 /// -> CLOSE, on the same CPU.
 #[fentry(function = "inet_twsk_hashdance")]
 pub fn twsk_hashdance(ctx: FEntryContext) -> u32 {
-    let _ = timewait::try_twsk_hashdance(ctx.arg(0));
+    counted(timewait::try_twsk_hashdance(ctx.arg(0)));
     0
 }
 
@@ -93,14 +103,14 @@ pub fn twsk_hashdance(ctx: FEntryContext) -> u32 {
 /// namespace exit).
 #[fentry(function = "inet_twsk_kill")]
 pub fn twsk_kill(ctx: FEntryContext) -> u32 {
-    let _ = timewait::try_twsk_kill(ctx.arg(0));
+    counted(timewait::try_twsk_kill(ctx.arg(0)));
     0
 }
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> u32 {
     let _ = timewait::resolve_pending_cancel(0);
-    let _ = timewait::try_kfree_skb(&ctx);
+    counted(timewait::try_kfree_skb(&ctx));
     0
 }
 
@@ -111,7 +121,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> u32 {
 /// socket's sub-state says whether that packet was the FIN.
 #[fexit(function = "tcp_timewait_state_process")]
 pub fn timewait_state_process(ctx: FExitContext) -> u32 {
-    let _ = timewait::packet_at_timewait(ctx.arg(0));
+    counted(timewait::packet_at_timewait(ctx.arg(0)));
     0
 }
 
