@@ -95,6 +95,7 @@ pub fn emit_timewait_transition(
         event_flags |= EVENT_AGE_KNOWN;
     }
     emit_transition(now, || TransitionEvent {
+        header: TransitionEvent::HEADER,
         ktime_ns: now,
         skaddr: tw,
         in_old_ns: in_old_ns.unwrap_or(0),

@@ -68,6 +68,7 @@ pub fn connection_over(record: &SocketRecord, endpoints: &Endpoints, end: u8, no
         conn_flags |= CONN_TIME_WAIT_KNOWN;
     }
     emit_connection(now, || ConnectionEvent {
+        header: ConnectionEvent::HEADER,
         ktime_ns: now,
         handshake_ns,
         established_ns,

@@ -355,6 +355,7 @@ pub fn state_event(
     (in_old_ns, age_ns): (u64, u64),
 ) -> TransitionEvent {
     TransitionEvent {
+        header: TransitionEvent::HEADER,
         ktime_ns: at,
         skaddr: change.sk,
         in_old_ns,

@@ -12,7 +12,7 @@ use tcptrace_common::{tcp_state, ProbeConfig, CONFIG_EMIT_TRANSITIONS, CONFIG_TI
 use crate::{
     cli::ProbeArgs,
     clock::Clock,
-    decode::Transition,
+    decode::Record,
     error::note,
     probe::Probe,
     session,
@@ -63,14 +63,14 @@ impl Tracked {
     }
 
     pub fn record(&mut self, data: &[u8]) {
-        match Transition::decode(data) {
-            Ok(t) => {
+        match Record::decode(data) {
+            Ok(Record::Transition(t)) => {
                 if self.table.scope().covers(t.netns) {
                     self.counts.note(&t);
                     self.table.apply(&t);
                 }
             }
-            Err(_) => self.bad_records += 1,
+            _ => self.bad_records += 1,
         }
     }
 
@@ -188,6 +188,9 @@ pub fn finish(json: bool, tracked: &Tracked, ctx: &RunContext, clock: &Clock, ou
                 tracked.table.dropped,
                 DEFAULT_MAX_SOCKETS
             );
+        }
+        if tracked.bad_records > 0 {
+            note!("tcptrace: {} malformed ring records", tracked.bad_records);
         }
         let losses = ctx.losses.ring_full + ctx.losses.recursion_misses;
         if losses > 0 {
