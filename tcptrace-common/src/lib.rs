@@ -71,10 +71,52 @@ pub mod end_reason {
 
 pub const COMM_LEN: usize = 16;
 
+/// What a ring-buffer record is (`RecordHeader::kind`).
+pub mod record_kind {
+    /// A `TransitionEvent`.
+    pub const TRANSITION: u8 = 1;
+    /// A `ConnectionEvent`.
+    pub const CONNECTION: u8 = 2;
+}
+
+/// `RecordHeader::version` of the records this probe writes.
+pub const RECORD_VERSION: u8 = 1;
+
+/// The first field of every record in the ring buffer: the reader tells
+/// the kinds apart, and checks each one's length, without knowing how the
+/// probe was configured. 8 bytes, so the record's own fields keep their
+/// alignment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// `record_kind::*`.
+    pub kind: u8,
+    /// `RECORD_VERSION`.
+    pub version: u8,
+    /// Size of the whole record, this header included.
+    pub len: u16,
+    pub _pad: u32,
+}
+
+impl RecordHeader {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+
+    pub const fn new(kind: u8, len: usize) -> Self {
+        RecordHeader {
+            kind,
+            version: RECORD_VERSION,
+            len: len as u16,
+            _pad: 0,
+        }
+    }
+}
+
 /// One TCP state transition, as written into the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransitionEvent {
+    /// `TransitionEvent::HEADER`.
+    pub header: RecordHeader,
     /// CLOCK_MONOTONIC time of the transition (bpf_ktime_get_ns).
     pub ktime_ns: u64,
     /// Kernel address of the `struct sock`; identifies the socket while it lives.
@@ -104,6 +146,7 @@ pub struct TransitionEvent {
 
 impl TransitionEvent {
     pub const SIZE: usize = core::mem::size_of::<Self>();
+    pub const HEADER: RecordHeader = RecordHeader::new(record_kind::TRANSITION, Self::SIZE);
 }
 
 /// Per-connection state the probe keeps between transitions: in `SOCKETS`
@@ -183,6 +226,8 @@ pub const CONN_TIME_WAIT_KNOWN: u8 = 1 << 5;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionEvent {
+    /// `ConnectionEvent::HEADER`.
+    pub header: RecordHeader,
     /// When the connection ended (its last socket closed).
     pub ktime_ns: u64,
     pub handshake_ns: u64,
@@ -209,6 +254,7 @@ pub struct ConnectionEvent {
 
 impl ConnectionEvent {
     pub const SIZE: usize = core::mem::size_of::<Self>();
+    pub const HEADER: RecordHeader = RecordHeader::new(record_kind::CONNECTION, Self::SIZE);
 }
 
 /// What a histogram measures (`HistKey::metric`).
@@ -440,7 +486,8 @@ pub const COUNTER_SOCKET_MAP_FULL: u32 = 1;
 pub const COUNTER_TIMEWAIT_HANDOFFS: u32 = 2;
 /// Events written to the ring: what userspace must end up reading.
 pub const COUNTER_EMITTED: u32 = 3;
-/// Transitions lost because a read of the socket failed.
+/// Runs of any program that lost their work because a read of a kernel
+/// object failed (a transition, or a timewait socket's birth, FIN or end).
 pub const COUNTER_READ_FAILED: u32 = 4;
 /// Timewait sockets whose record could not be stored (map full even with LRU).
 pub const COUNTER_TIMEWAIT_MAP_FULL: u32 = 5;
@@ -549,6 +596,7 @@ pub struct RecentConnect {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    unsafe impl aya::Pod for RecordHeader {}
     unsafe impl aya::Pod for TransitionEvent {}
     unsafe impl aya::Pod for SocketRecord {}
     unsafe impl aya::Pod for ListenerOwner {}
@@ -567,8 +615,14 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(TransitionEvent::SIZE, 104);
-        assert_eq!(ConnectionEvent::SIZE, 120);
+        assert_eq!(RecordHeader::SIZE, 8);
+        assert_eq!(TransitionEvent::SIZE, 112);
+        assert_eq!(ConnectionEvent::SIZE, 128);
+        // The header comes first, and says how long the whole record is.
+        assert_eq!(core::mem::offset_of!(TransitionEvent, header), 0);
+        assert_eq!(core::mem::offset_of!(ConnectionEvent, header), 0);
+        assert_eq!(TransitionEvent::HEADER.len as usize, TransitionEvent::SIZE);
+        assert_eq!(ConnectionEvent::HEADER.len as usize, ConnectionEvent::SIZE);
         assert_eq!(core::mem::size_of::<SocketRecord>(), 64);
         assert_eq!(core::mem::size_of::<ListenerOwner>(), 24);
         assert_eq!(core::mem::size_of::<HistKey>(), 24);

@@ -93,6 +93,7 @@ fn records(family: u16) -> Vec<[u8; TransitionEvent::SIZE]> {
                     .octets();
             }
             let event = TransitionEvent {
+                header: TransitionEvent::HEADER,
                 ktime_ns: base_ktime + i * 30_000,
                 skaddr: 0xffff_8881_0a10_0000 + (i / 5) * 0x9c0,
                 in_old_ns: 18_500 + i,

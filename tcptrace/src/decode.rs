@@ -1,13 +1,92 @@
-//! Turning ring-buffer records into typed transitions (no allocation).
+//! Turning ring-buffer records into typed values (no allocation).
+//!
+//! Every record starts with a `RecordHeader` (kind, version, length):
+//! `Record::decode` is the one place that checks it, and a record that is
+//! short, of an unknown kind or version, or of the wrong length for its
+//! kind is refused as a `BadRecord`, never read as something else.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use bytes::Buf;
 
 use crate::format::Endpoints;
 use tcptrace_common::{
-    end_reason, TransitionEvent, AF_INET6, COMM_LEN, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN,
-    EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET,
+    closer, end_reason, record_kind, ConnectionEvent, RecordHeader, TransitionEvent, AF_INET6,
+    COMM_LEN, CONN_CLOSING_KNOWN, CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN,
+    CONN_START_SEEN, CONN_TIME_WAIT_KNOWN, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN,
+    EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET, RECORD_VERSION,
 };
+
+/// One record of the ring buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    Transition(Transition),
+    Connection(Connection),
+}
+
+/// Why a ring-buffer record was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadRecord {
+    #[error("ring-buffer record of {0} bytes, shorter than its header")]
+    Short(usize),
+    #[error("ring-buffer record of unknown kind {0}")]
+    UnknownKind(u8),
+    #[error("ring-buffer record of kind {kind} in version {version}, expected {RECORD_VERSION}")]
+    Version { kind: u8, version: u8 },
+    #[error(
+        "ring-buffer record of kind {kind}: {len} bytes, its header says {header_len}, \
+         expected {expected}"
+    )]
+    Length {
+        kind: u8,
+        len: usize,
+        header_len: u16,
+        expected: usize,
+    },
+    /// A well-formed record of another kind than the one asked for.
+    #[error("ring-buffer record of kind {0} where another kind was expected")]
+    OtherKind(u8),
+}
+
+impl Record {
+    /// Decodes one record as the probe wrote it (native endian), after
+    /// checking its header.
+    pub fn decode(data: &[u8]) -> Result<Self, BadRecord> {
+        let mut head = data;
+        if head.len() < RecordHeader::SIZE {
+            return Err(BadRecord::Short(data.len()));
+        }
+        let kind = head.get_u8();
+        let version = head.get_u8();
+        let header_len = head.get_u16_ne();
+        let expected = match kind {
+            record_kind::TRANSITION => TransitionEvent::SIZE,
+            record_kind::CONNECTION => ConnectionEvent::SIZE,
+            _ => return Err(BadRecord::UnknownKind(kind)),
+        };
+        if version != RECORD_VERSION {
+            return Err(BadRecord::Version { kind, version });
+        }
+        if data.len() != expected || header_len as usize != expected {
+            return Err(BadRecord::Length {
+                kind,
+                len: data.len(),
+                header_len,
+                expected,
+            });
+        }
+        Ok(match kind {
+            record_kind::TRANSITION => Record::Transition(Transition::from_checked(data)),
+            _ => Record::Connection(Connection::from_checked(data)),
+        })
+    }
+
+    fn kind(&self) -> u8 {
+        match self {
+            Record::Transition(_) => record_kind::TRANSITION,
+            Record::Connection(_) => record_kind::CONNECTION,
+        }
+    }
+}
 
 /// What the timewait detection says about a transition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,16 +135,18 @@ pub fn end_name(reason: u8) -> Option<&'static str> {
     }
 }
 
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("ring-buffer record of {0} bytes, expected {expected}", expected = TransitionEvent::SIZE)]
-pub struct BadRecord(pub usize);
-
 impl Transition {
-    /// Decodes one `TransitionEvent` as the probe wrote it (native endian).
-    pub fn decode(mut data: &[u8]) -> Result<Self, BadRecord> {
-        if data.len() < TransitionEvent::SIZE {
-            return Err(BadRecord(data.len()));
+    /// Decodes one ring-buffer record that must be a transition.
+    pub fn decode(data: &[u8]) -> Result<Self, BadRecord> {
+        match Record::decode(data)? {
+            Record::Transition(t) => Ok(t),
+            other => Err(BadRecord::OtherKind(other.kind())),
         }
+    }
+
+    /// A `TransitionEvent` whose header `Record::decode` checked.
+    fn from_checked(mut data: &[u8]) -> Self {
+        data.advance(RecordHeader::SIZE);
         let ktime_ns = data.get_u64_ne();
         let skaddr = data.get_u64_ne();
         let in_old_ns = data.get_u64_ne();
@@ -99,7 +180,7 @@ impl Transition {
         } else {
             Timewait::NotHandoff
         };
-        Ok(Transition {
+        Transition {
             ktime_ns,
             skaddr,
             in_old_ns: known(EVENT_IN_OLD_KNOWN, in_old_ns),
@@ -116,7 +197,7 @@ impl Transition {
             timewait,
             timewait_socket,
             end,
-        })
+        }
     }
 
     /// The owner's command name (bytes up to the first NUL); empty if unknown.
@@ -138,6 +219,90 @@ impl Transition {
             remote: self.remote,
             rport: self.rport,
         }
+    }
+}
+
+/// A decoded `ConnectionEvent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub event: ConnectionEvent,
+}
+
+impl Connection {
+    /// Decodes one ring-buffer record that must be a connection.
+    pub fn decode(data: &[u8]) -> Result<Self, BadRecord> {
+        match Record::decode(data)? {
+            Record::Connection(c) => Ok(c),
+            other => Err(BadRecord::OtherKind(other.kind())),
+        }
+    }
+
+    /// A `ConnectionEvent` whose header `Record::decode` checked.
+    fn from_checked(data: &[u8]) -> Self {
+        assert!(data.len() >= ConnectionEvent::SIZE);
+        // SAFETY: ConnectionEvent is plain integers and byte arrays: any
+        // bytes are a valid value; read_unaligned copes with alignment.
+        let event = unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<ConnectionEvent>()) };
+        Connection { event }
+    }
+
+    fn known(&self, bit: u8, value: u64) -> Option<u64> {
+        (self.event.flags & bit != 0).then_some(value)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.known(CONN_OWNER_KNOWN, 0).map(|_| self.event.pid)
+    }
+
+    pub fn comm(&self) -> &[u8] {
+        if self.pid().is_none() {
+            return &[];
+        }
+        comm_bytes(&self.event.comm)
+    }
+
+    pub fn endpoints(&self) -> Endpoints {
+        let e = &self.event;
+        Endpoints {
+            local: address(e.family, e.laddr),
+            lport: e.lport,
+            remote: address(e.family, e.raddr),
+            rport: e.rport,
+        }
+    }
+
+    pub fn closer(&self) -> Option<&'static str> {
+        match self.event.closer {
+            closer::LOCAL => Some("local"),
+            closer::REMOTE => Some("remote"),
+            closer::RESET => Some("reset"),
+            _ => None,
+        }
+    }
+
+    pub fn start_seen(&self) -> bool {
+        self.event.flags & CONN_START_SEEN != 0
+    }
+
+    pub fn handshake_ns(&self) -> Option<u64> {
+        self.known(CONN_HANDSHAKE_KNOWN, self.event.handshake_ns)
+    }
+
+    pub fn established_ns(&self) -> Option<u64> {
+        self.known(CONN_ESTABLISHED_KNOWN, self.event.established_ns)
+    }
+
+    pub fn closing_ns(&self) -> Option<u64> {
+        self.known(CONN_CLOSING_KNOWN, self.event.closing_ns)
+    }
+
+    pub fn time_wait_ns(&self) -> Option<u64> {
+        self.known(CONN_TIME_WAIT_KNOWN, self.event.time_wait_ns)
+    }
+
+    /// The whole lifetime, when its start was seen.
+    pub fn lifetime_ns(&self) -> Option<u64> {
+        self.known(CONN_START_SEEN, self.event.lifetime_ns)
     }
 }
 
@@ -175,6 +340,7 @@ pub(crate) mod tests {
             raddr = "2001:db8::7".parse::<Ipv6Addr>().unwrap().octets();
         }
         TransitionEvent {
+            header: TransitionEvent::HEADER,
             ktime_ns: 1_000_000_123,
             skaddr: 0xffff_8881_0000_1234,
             in_old_ns: 1_500_000,
@@ -258,8 +424,178 @@ pub(crate) mod tests {
         assert_eq!(t.netns, 4026531840);
     }
 
+    fn raw_connection() -> ConnectionEvent {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..5].copy_from_slice(b"nginx");
+        let mut laddr = [0u8; 16];
+        laddr[..4].copy_from_slice(&[192, 0, 2, 1]);
+        let mut raddr = [0u8; 16];
+        raddr[..4].copy_from_slice(&[198, 51, 100, 7]);
+        ConnectionEvent {
+            header: ConnectionEvent::HEADER,
+            ktime_ns: 61_000_000_000,
+            handshake_ns: 120_000,
+            established_ns: 5_000_000,
+            closing_ns: 40_000,
+            time_wait_ns: 60_000_000_000,
+            lifetime_ns: 60_005_160_000,
+            pid: 1234,
+            netns: 4026531840,
+            family: AF_INET,
+            lport: 443,
+            rport: 51000,
+            closer: closer::LOCAL,
+            flags: CONN_OWNER_KNOWN
+                | CONN_START_SEEN
+                | CONN_HANDSHAKE_KNOWN
+                | CONN_ESTABLISHED_KNOWN
+                | CONN_CLOSING_KNOWN
+                | CONN_TIME_WAIT_KNOWN,
+            end: end_reason::EXPIRED,
+            _pad: [0; 7],
+            comm,
+            laddr,
+            raddr,
+        }
+    }
+
+    fn connection_bytes(ev: &ConnectionEvent) -> Vec<u8> {
+        // SAFETY: ConnectionEvent is repr(C) with explicit padding only.
+        unsafe {
+            std::slice::from_raw_parts((ev as *const ConnectionEvent).cast(), ConnectionEvent::SIZE)
+        }
+        .to_vec()
+    }
+
     #[test]
-    fn short_record_is_an_error() {
-        assert_eq!(Transition::decode(&[0u8; 10]), Err(BadRecord(10)));
+    fn transition_record_round_trips() {
+        let ev = raw_event(AF_INET, ESTABLISHED, FIN_WAIT1, EVENT_OWNER_KNOWN);
+        let Ok(Record::Transition(t)) = Record::decode(bytes_of(&ev)) else {
+            panic!("not a transition");
+        };
+        assert_eq!(t, Transition::decode(bytes_of(&ev)).unwrap());
+        assert_eq!(
+            (t.ktime_ns, t.skaddr, t.netns),
+            (ev.ktime_ns, ev.skaddr, ev.netns)
+        );
+        assert_eq!((t.old, t.new, t.pid), (ESTABLISHED, FIN_WAIT1, Some(4242)));
+        assert_eq!((t.lport, t.rport), (45678, 80));
+        assert_eq!(t.local, "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn connection_record_round_trips() {
+        let ev = raw_connection();
+        let bytes = connection_bytes(&ev);
+        let Ok(Record::Connection(c)) = Record::decode(&bytes) else {
+            panic!("not a connection");
+        };
+        assert_eq!(c.event, ev);
+        assert_eq!(c, Connection::decode(&bytes).unwrap());
+        assert_eq!(c.pid(), Some(1234));
+        assert_eq!(c.comm(), b"nginx");
+        assert_eq!(c.closer(), Some("local"));
+        assert!(c.start_seen());
+        assert_eq!(c.handshake_ns(), Some(120_000));
+        assert_eq!(c.time_wait_ns(), Some(60_000_000_000));
+        assert_eq!(c.lifetime_ns(), Some(60_005_160_000));
+        let e = c.endpoints();
+        assert_eq!((e.lport, e.rport), (443, 51000));
+        assert_eq!(e.remote, "198.51.100.7".parse::<IpAddr>().unwrap());
+        // Unaligned in the buffer: still read whole.
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&bytes);
+        assert_eq!(Record::decode(&shifted[1..]), Ok(Record::Connection(c)));
+    }
+
+    #[test]
+    fn short_record_is_refused() {
+        assert_eq!(Record::decode(&[]), Err(BadRecord::Short(0)));
+        assert_eq!(
+            Record::decode(&[record_kind::TRANSITION, RECORD_VERSION, 112, 0]),
+            Err(BadRecord::Short(4))
+        );
+        let ev = raw_event(AF_INET, ESTABLISHED, FIN_WAIT1, 0);
+        let bytes = bytes_of(&ev);
+        assert_eq!(
+            Record::decode(&bytes[..TransitionEvent::SIZE - 1]),
+            Err(BadRecord::Length {
+                kind: record_kind::TRANSITION,
+                len: TransitionEvent::SIZE - 1,
+                header_len: TransitionEvent::SIZE as u16,
+                expected: TransitionEvent::SIZE,
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_kind_is_refused() {
+        for kind in [0, 3, 255] {
+            let mut ev = raw_event(AF_INET, ESTABLISHED, FIN_WAIT1, 0);
+            ev.header.kind = kind;
+            assert_eq!(
+                Record::decode(bytes_of(&ev)),
+                Err(BadRecord::UnknownKind(kind))
+            );
+        }
+        // A record without a header (the layout before it had one) starts
+        // with the low byte of a timestamp: refused, not misread.
+        assert_eq!(
+            Transition::decode(&[0u8; 10]),
+            Err(BadRecord::UnknownKind(0))
+        );
+    }
+
+    #[test]
+    fn other_version_is_refused() {
+        let mut ev = raw_connection();
+        ev.header.version = RECORD_VERSION + 1;
+        assert_eq!(
+            Record::decode(&connection_bytes(&ev)),
+            Err(BadRecord::Version {
+                kind: record_kind::CONNECTION,
+                version: RECORD_VERSION + 1
+            })
+        );
+    }
+
+    #[test]
+    fn wrong_length_is_refused() {
+        // The header's length disagrees with the kind's.
+        let mut ev = raw_event(AF_INET, ESTABLISHED, FIN_WAIT1, 0);
+        ev.header.len += 8;
+        assert!(matches!(
+            Record::decode(bytes_of(&ev)),
+            Err(BadRecord::Length { header_len, .. }) if header_len as usize == TransitionEvent::SIZE + 8
+        ));
+        // A connection record labelled a transition.
+        let mut conn = raw_connection();
+        conn.header.kind = record_kind::TRANSITION;
+        assert!(matches!(
+            Record::decode(&connection_bytes(&conn)),
+            Err(BadRecord::Length { len, expected, .. })
+                if len == ConnectionEvent::SIZE && expected == TransitionEvent::SIZE
+        ));
+        // Trailing bytes beyond the record.
+        let mut long = connection_bytes(&raw_connection());
+        long.extend_from_slice(&[0; 8]);
+        assert!(matches!(
+            Record::decode(&long),
+            Err(BadRecord::Length { len, .. }) if len == ConnectionEvent::SIZE + 8
+        ));
+    }
+
+    #[test]
+    fn other_kind_is_refused_where_one_kind_is_expected() {
+        let conn = connection_bytes(&raw_connection());
+        assert_eq!(
+            Transition::decode(&conn),
+            Err(BadRecord::OtherKind(record_kind::CONNECTION))
+        );
+        let ev = raw_event(AF_INET, ESTABLISHED, FIN_WAIT1, 0);
+        assert_eq!(
+            Connection::decode(bytes_of(&ev)),
+            Err(BadRecord::OtherKind(record_kind::TRANSITION))
+        );
     }
 }

@@ -6,101 +6,20 @@
 
 use anyhow::Result;
 use serde_json::json;
-use tcptrace_common::{
-    closer, ConnectionEvent, CONN_CLOSING_KNOWN, CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN,
-    CONN_OWNER_KNOWN, CONN_START_SEEN, CONN_TIME_WAIT_KNOWN,
-};
 
 use crate::{
     clock::Clock,
-    decode::{address, comm_bytes, end_name},
+    decode::{end_name, Connection, Record},
     error::note,
     format::{
         pad_left, pad_right, pad_to, write_duration, write_duration_column, write_json_opt_str,
-        write_json_opt_u64, write_json_prefix, Endpoints, HumanFormat,
+        write_json_opt_u64, write_json_prefix, HumanFormat,
     },
     options::{Columns, Output},
     probe::ProbeOptions,
     session::{self, SessionOptions, View},
     summary::{self, RunContext},
 };
-
-/// A decoded `ConnectionEvent`.
-#[derive(Clone, Copy, Debug)]
-pub struct Connection {
-    pub event: ConnectionEvent,
-}
-
-impl Connection {
-    pub fn decode(data: &[u8]) -> Option<Self> {
-        if data.len() < ConnectionEvent::SIZE {
-            return None;
-        }
-        // SAFETY: ConnectionEvent is plain integers and byte arrays: any
-        // bytes are a valid value; read_unaligned copes with alignment.
-        let event = unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<ConnectionEvent>()) };
-        Some(Connection { event })
-    }
-
-    fn known(&self, bit: u8, value: u64) -> Option<u64> {
-        (self.event.flags & bit != 0).then_some(value)
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.known(CONN_OWNER_KNOWN, 0).map(|_| self.event.pid)
-    }
-
-    pub fn comm(&self) -> &[u8] {
-        if self.pid().is_none() {
-            return &[];
-        }
-        comm_bytes(&self.event.comm)
-    }
-
-    pub fn endpoints(&self) -> Endpoints {
-        let e = &self.event;
-        Endpoints {
-            local: address(e.family, e.laddr),
-            lport: e.lport,
-            remote: address(e.family, e.raddr),
-            rport: e.rport,
-        }
-    }
-
-    pub fn closer(&self) -> Option<&'static str> {
-        match self.event.closer {
-            closer::LOCAL => Some("local"),
-            closer::REMOTE => Some("remote"),
-            closer::RESET => Some("reset"),
-            _ => None,
-        }
-    }
-
-    pub fn start_seen(&self) -> bool {
-        self.event.flags & CONN_START_SEEN != 0
-    }
-
-    pub fn handshake_ns(&self) -> Option<u64> {
-        self.known(CONN_HANDSHAKE_KNOWN, self.event.handshake_ns)
-    }
-
-    pub fn established_ns(&self) -> Option<u64> {
-        self.known(CONN_ESTABLISHED_KNOWN, self.event.established_ns)
-    }
-
-    pub fn closing_ns(&self) -> Option<u64> {
-        self.known(CONN_CLOSING_KNOWN, self.event.closing_ns)
-    }
-
-    pub fn time_wait_ns(&self) -> Option<u64> {
-        self.known(CONN_TIME_WAIT_KNOWN, self.event.time_wait_ns)
-    }
-
-    /// The whole lifetime, when its start was seen.
-    pub fn lifetime_ns(&self) -> Option<u64> {
-        self.known(CONN_START_SEEN, self.event.lifetime_ns)
-    }
-}
 
 struct LifeView {
     json: bool,
@@ -199,7 +118,7 @@ pub fn write_json_connection(out: &mut Vec<u8>, clock: &Clock, c: &Connection) {
 
 impl View for LifeView {
     fn record(&mut self, data: &[u8], clock: &Clock, out: &mut Vec<u8>) {
-        let Some(c) = Connection::decode(data) else {
+        let Ok(Record::Connection(c)) = Record::decode(data) else {
             self.bad_records += 1;
             return;
         };
@@ -234,6 +153,9 @@ impl View for LifeView {
                 self.connections,
                 self.start_unseen
             );
+            if self.bad_records > 0 {
+                note!("tcptrace: {} malformed ring records", self.bad_records);
+            }
             summary::write_human_losses(&mut std::io::stderr(), ctx);
         }
         Ok(())

@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use crate::{
     clock::Clock,
-    decode::Transition,
+    decode::Record,
     error::note,
     probe::Probe,
     probe::ProbeOptions,
@@ -42,14 +42,14 @@ impl Tracked {
     }
 
     pub fn record(&mut self, data: &[u8]) {
-        match Transition::decode(data) {
-            Ok(t) => {
+        match Record::decode(data) {
+            Ok(Record::Transition(t)) => {
                 if self.table.scope().covers(t.netns) {
                     self.counts.note(&t);
                     self.table.apply(&t);
                 }
             }
-            Err(_) => self.bad_records += 1,
+            _ => self.bad_records += 1,
         }
     }
 
@@ -167,6 +167,9 @@ pub fn finish(json: bool, tracked: &Tracked, ctx: &RunContext, clock: &Clock, ou
                 tracked.table.dropped,
                 DEFAULT_MAX_SOCKETS
             );
+        }
+        if tracked.bad_records > 0 {
+            note!("tcptrace: {} malformed ring records", tracked.bad_records);
         }
         let losses = ctx.losses.ring_full + ctx.losses.recursion_misses;
         if losses > 0 {

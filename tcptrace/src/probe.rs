@@ -193,7 +193,8 @@ pub struct LossCounters {
     /// Runs of the timewait timer hook the kernel skipped: no event is lost,
     /// but a hand-off may then be reported as not one.
     pub timewait_hook_misses: u64,
-    /// Transitions lost because the probe could not read the socket.
+    /// Runs of any probe program that lost their work (a transition, or a
+    /// timewait socket's birth, FIN or end) to a failed read.
     pub read_failures: u64,
     /// Socket records the map refused (never expected with an LRU map).
     pub socket_map_full: u64,

@@ -3,7 +3,7 @@ use anyhow::Result;
 
 use crate::{
     clock::Clock,
-    decode::Transition,
+    decode::Record,
     format::{Format, HumanFormat},
     options::{Columns, Output},
     probe::ProbeOptions,
@@ -20,12 +20,12 @@ struct TailView {
 impl View for TailView {
     #[inline]
     fn record(&mut self, data: &[u8], clock: &Clock, out: &mut Vec<u8>) {
-        match Transition::decode(data) {
-            Ok(t) => {
+        match Record::decode(data) {
+            Ok(Record::Transition(t)) => {
                 self.stats.record(&t);
                 self.format.write_transition(out, clock, &t);
             }
-            Err(_) => self.stats.bad_records += 1,
+            _ => self.stats.bad_records += 1,
         }
     }
 
