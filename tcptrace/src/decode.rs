@@ -3,7 +3,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use bytes::Buf;
 
-use crate::format::Endpoints;
+use crate::printer::Endpoints;
 use tcptrace_common::{
     end_reason, TransitionEvent, AF_INET6, COMM_LEN, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN,
     EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET,

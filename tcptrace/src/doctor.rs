@@ -13,6 +13,7 @@ use crate::{
     cli::{parse_seconds, ProbeArgs},
     clock::Clock,
     live::{self, Tracked},
+    printer::{self, human::endpoint_text},
     probe::Probe,
     session::{self, SessionOptions, View},
     socket_table::{current_netns, Scope, TimewaitCounts},
@@ -195,13 +196,6 @@ fn pct(part: f64, whole: f64) -> f64 {
         100.0 * part / whole
     } else {
         0.0
-    }
-}
-
-fn endpoint_text(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-        IpAddr::V4(a) => format!("{a}:{port}"),
     }
 }
 
@@ -624,7 +618,7 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
         let f = facts(&tracked, &HashMap::new(), None, Some(hooks));
         let mut out = Vec::new();
         write_report(args.json, &f, netns, &mut out);
-        return session::write_stdout(&out);
+        return printer::write_stdout(&out);
     };
     let netstat_before = read_netstat();
     let (probe, tracked) = live::start(&args.probe, scope).await?;

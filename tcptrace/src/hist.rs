@@ -21,11 +21,12 @@ use crate::{
     cli::{parse_seconds, Common},
     clock::Clock,
     decode::comm_bytes,
-    error::{note, UsageError},
-    format::write_duration,
+    error::UsageError,
+    printer,
+    printer::human::duration_text,
     probe::Probe,
     session::{self, SessionOptions, View},
-    summary::{self, RunContext},
+    summary::RunContext,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -309,12 +310,6 @@ pub fn write_json_histogram(out: &mut Vec<u8>, m: u8, key: &KeyValue, h: &Histog
     out.push(b'\n');
 }
 
-fn duration_text(ns: u64) -> String {
-    let mut buf = Vec::new();
-    write_duration(&mut buf, ns);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 /// bcc-style: one line per non-empty bucket range with an ASCII bar.
 pub fn write_human_histogram(out: &mut Vec<u8>, m: u8, key: &KeyValue, h: &Histogram) {
     let label = match key {
@@ -405,19 +400,11 @@ impl View for HistView {
     fn finish(&mut self, ctx: &RunContext, clock: &Clock, out: &mut Vec<u8>) -> Result<()> {
         self.print(out, clock);
         if self.json {
-            let record = json!({
-                "type": "summary",
-                "histograms_over_key_limit": self.overflow,
-            });
-            summary::write_json_record(out, record, clock, ctx);
+            printer::json::write_histogram_summary(out, clock, self.overflow, ctx);
         } else {
-            if self.overflow > 0 {
-                note!(
-                    "tcptrace: {} durations went to \"other\": more keys than --max-keys",
-                    self.overflow
-                );
-            }
-            summary::write_human_losses(&mut std::io::stderr(), ctx);
+            let mut text = Vec::new();
+            printer::human::write_histogram_summary(&mut text, self.overflow, ctx);
+            printer::write_stderr(&text);
         }
         Ok(())
     }

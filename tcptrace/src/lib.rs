@@ -1,8 +1,9 @@
 //! tcptrace: live TCP state transitions with the owning process.
 //!
 //! Modules follow the pipeline: `preflight` refuses early, `probe` loads the
-//! kernel side, `tail` runs the ring-buffer loop, `decode` and `format` turn
-//! records into lines, `summary` keeps the tally and the loss counts.
+//! kernel side, `tail` runs the ring-buffer loop, `decode` turns records into
+//! values, `printer` prints every record (JSON and human), `summary` keeps
+//! the tally and the loss counts.
 pub mod btf;
 pub mod census;
 pub mod cli;
@@ -10,12 +11,12 @@ pub mod clock;
 pub mod decode;
 pub mod doctor;
 pub mod error;
-pub mod format;
 pub mod hist;
 pub mod life;
 pub mod live;
 pub mod owners;
 pub mod preflight;
+pub mod printer;
 pub mod probe;
 pub mod ring;
 pub mod session;

@@ -14,13 +14,14 @@ use crate::{
     clock::Clock,
     decode::Transition,
     error::note,
+    printer,
     probe::Probe,
     session,
     socket_table::{
         self, current_netns, walk_with_owners, Scope, SocketTable, TimewaitCounts,
         DEFAULT_MAX_SOCKETS,
     },
-    summary::{self, RunContext},
+    summary::{RunContext, TableTally},
 };
 
 /// Every transition, with the timewait sockets' own.
@@ -168,31 +169,25 @@ pub fn refresh_every(once: bool, interval: Duration) -> Duration {
     }
 }
 
-/// The end of a run: the JSON summary, or loss lines on stderr.
+/// The end of a run: the JSON summary, or what was missed on stderr.
 pub fn finish(json: bool, tracked: &Tracked, ctx: &RunContext, clock: &Clock, out: &mut Vec<u8>) {
+    let tally = TableTally {
+        events: tracked.counts.events,
+        sockets: tracked.table.len(),
+        sockets_dropped: tracked.table.dropped,
+        bad_records: tracked.bad_records,
+    };
     if json {
-        let mut record = serde_json::json!({
-            "type": "summary",
-            "events": tracked.counts.events,
-            "sockets": tracked.table.len(),
-            "sockets_dropped": tracked.table.dropped,
-            "bad_records": tracked.bad_records,
-        });
-        summary::add_loss_fields(&mut record, clock, ctx);
-        let _ = serde_json::to_writer(&mut *out, &record);
-        out.push(b'\n');
+        printer::json::write_table_summary(out, clock, &tally, ctx);
     } else {
-        if tracked.table.dropped > 0 {
-            note!(
-                "tcptrace: {} sockets not tracked: more than {} at once",
-                tracked.table.dropped,
-                DEFAULT_MAX_SOCKETS
-            );
-        }
-        let losses = ctx.losses.ring_full + ctx.losses.recursion_misses;
-        if losses > 0 {
-            summary::write_human_losses(&mut std::io::stderr(), ctx);
-        }
+        let mut text = Vec::new();
+        printer::human::write_table_summary(
+            &mut text,
+            tally.sockets_dropped,
+            DEFAULT_MAX_SOCKETS,
+            ctx,
+        );
+        printer::write_stderr(&text);
     }
 }
 

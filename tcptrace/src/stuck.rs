@@ -2,7 +2,7 @@
 //! sockets sitting in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK for longer than
 //! `--min-age`, with their owners, including those stuck before tcptrace
 //! started (found by walking the kernel's socket table).
-use std::{collections::BTreeMap, io::Write, net::IpAddr, time::Duration};
+use std::{collections::BTreeMap, io::Write, time::Duration};
 
 use anyhow::Result;
 use clap::Args;
@@ -12,8 +12,8 @@ use tcptrace_common::tcp_state::{CLOSE_WAIT, FIN_WAIT2, LAST_ACK};
 use crate::{
     cli::{parse_seconds, ProbeArgs},
     clock::Clock,
-    format::write_endpoint,
     live::{self, age_text, Screen, Tracked},
+    printer::human::endpoint_text as endpoint,
     probe::Probe,
     session::{self, SessionOptions, View},
     socket_table::{Owner, Tuple},
@@ -217,12 +217,6 @@ fn write_json(out: &mut Vec<u8>, clock: &Clock, now: u64, min_age: Duration, row
         let _ = serde_json::to_writer(&mut *out, &record);
         out.push(b'\n');
     }
-}
-
-fn endpoint(addr: IpAddr, port: u16) -> String {
-    let mut text = Vec::new();
-    write_endpoint(&mut text, addr, port);
-    String::from_utf8_lossy(&text).into_owned()
 }
 
 fn write_human(

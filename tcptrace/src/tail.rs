@@ -5,9 +5,9 @@ use crate::{
     cli::TailArgs,
     clock::Clock,
     decode::Transition,
-    format::{Format, HumanFormat},
+    printer::{self, Format},
     session::{self, SessionOptions, View},
-    summary::{self, RunContext, RunStats},
+    summary::{RunContext, RunStats},
 };
 
 struct TailView {
@@ -30,9 +30,11 @@ impl View for TailView {
 
     fn finish(&mut self, ctx: &RunContext, clock: &Clock, out: &mut Vec<u8>) -> Result<()> {
         if self.json {
-            summary::write_json_summary(out, clock, &self.stats, ctx);
+            printer::json::write_summary(out, clock, &self.stats, ctx);
         } else {
-            summary::write_human_summary(&mut std::io::stderr(), &self.stats, ctx);
+            let mut text = Vec::new();
+            printer::human::write_summary(&mut text, &self.stats, ctx);
+            printer::write_stderr(&text);
         }
         Ok(())
     }
@@ -41,20 +43,17 @@ impl View for TailView {
 pub async fn run(args: TailArgs) -> Result<()> {
     args.common.filters.check_pid()?;
     let probe = session::start_probe(&args.common.probe.options(args.probe_config()))?;
-    let mut format = if args.common.json {
-        Format::Json
-    } else {
-        Format::Human(HumanFormat::new(
-            args.columns.wide || args.common.filters.ipv6,
-        ))
-    };
+    let mut format = Format::new(
+        args.common.json,
+        args.columns.wide || args.common.filters.ipv6,
+    );
     let mut header = Vec::new();
     if let Format::Human(human) = &mut format {
         if !args.columns.no_header {
             human.write_header(&mut header);
         }
     }
-    session::write_stdout(&header)?;
+    printer::write_stdout(&header)?;
     let mut view = TailView {
         format,
         json: args.common.json,
