@@ -20,6 +20,7 @@ pub mod printer;
 pub mod probe;
 pub mod ring;
 pub mod session;
+pub mod snapshot;
 pub mod socket_table;
 pub mod state;
 pub mod stuck;

@@ -191,16 +191,7 @@ pub fn finish(json: bool, tracked: &Tracked, ctx: &RunContext, clock: &Clock, ou
     }
 }
 
-/// `12.3s`, `4m05s`, `2h03m`
-pub fn age_text(ns: u64) -> String {
-    let s = ns / 1_000_000_000;
-    match s {
-        0..60 => format!("{:.1}s", ns as f64 / 1e9),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
-    }
-}
+pub use crate::printer::human::age_text;
 
 /// ss's name of a state (`ss -tan`), for comparisons and the census.
 pub fn ss_name(state: u8) -> &'static str {

@@ -1,11 +1,19 @@
 //! Human output: the columns of the per-event views and the summaries.
 use std::{io::Write, net::IpAddr};
 
+use std::time::Duration;
+
+use tcptrace_common::tcp_state::{CLOSE_WAIT, FIN_WAIT2};
+
 use super::{json::write_addr, ConnectionRecord, Endpoints};
 use crate::{
     clock::Clock,
     decode::{end_name, Timewait, Transition},
     probe::LossCounters,
+    snapshot::{
+        metric_name, Counts, Finding, Histogram, KeyValue, ProcessCounts, StuckRow, TopKeys,
+        STATES, STUCK_STATES,
+    },
     state,
     summary::{RunContext, RunStats},
 };
@@ -228,6 +236,206 @@ pub fn duration_text(ns: u64) -> String {
     let mut buf = Vec::new();
     write_duration(&mut buf, ns);
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// `stuck`'s table: per state its sockets, then the count per owner.
+pub fn write_stuck(
+    out: &mut Vec<u8>,
+    clock: &Clock,
+    now: u64,
+    min_age: Duration,
+    limit: usize,
+    rows: &[StuckRow],
+    processes: ProcessCounts,
+) {
+    let mut local_time = Vec::new();
+    clock.write_local_time(&mut local_time, now);
+    let _ = writeln!(
+        out,
+        "{}  sockets in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK for {} or more",
+        String::from_utf8_lossy(&local_time),
+        age_text(min_age.as_nanos() as u64)
+    );
+    let width = rows
+        .iter()
+        .map(|r| endpoint_text(r.tuple.local, r.tuple.lport).len().max(21))
+        .max()
+        .unwrap_or(21);
+    for s in STUCK_STATES {
+        let of_state: Vec<&StuckRow> = rows.iter().filter(|r| r.state == s).collect();
+        let what = match s {
+            CLOSE_WAIT => "the peer closed, the owner has not",
+            FIN_WAIT2 => "closed here, waiting for the peer's FIN",
+            _ => "closed, waiting for the peer's last ACK",
+        };
+        let _ = writeln!(
+            out,
+            "\n{} ({what}): {}",
+            state::name(s),
+            match of_state.len() {
+                0 => "none".to_string(),
+                1 => "1 socket".to_string(),
+                n => format!("{n} sockets"),
+            }
+        );
+        if of_state.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "{:>8} {:<16} {:<width$} {:<width$} {:>10}",
+            "PID", "COMM", "LOCAL", "REMOTE", "AGE"
+        );
+        for row in of_state.iter().take(limit) {
+            let (pid, comm) = match row.owner {
+                Some(o) => (o.pid.to_string(), o.comm_str()),
+                None => ("-".into(), "-".into()),
+            };
+            let age = if row.age_at_least {
+                format!(">={}", age_text(row.age_ns))
+            } else {
+                age_text(row.age_ns)
+            };
+            let _ = writeln!(
+                out,
+                "{pid:>8} {comm:<16} {:<width$} {:<width$} {age:>10}{}",
+                endpoint_text(row.tuple.local, row.tuple.lport),
+                endpoint_text(row.tuple.remote, row.tuple.rport),
+                if row.orphaned { "  orphaned" } else { "" },
+            );
+        }
+        if of_state.len() > limit {
+            let _ = writeln!(out, "... and {} more", of_state.len() - limit);
+        }
+    }
+    if !processes.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:>8} {:<16} {:>10} {:>9} {:>8} {:>18}",
+            "PID", "COMM", "CLOSE_WAIT", "FIN_WAIT2", "LAST_ACK", "FIN_WAIT2 ORPHANED"
+        );
+        let mut by_count: Vec<_> = processes.into_iter().collect();
+        by_count.sort_by_key(|(_, c)| std::cmp::Reverse(c.iter().sum::<u64>()));
+        for (owner, c) in by_count {
+            let (pid, comm) = match owner {
+                Some(o) => (o.pid.to_string(), o.comm_str()),
+                None => ("-".into(), "-".into()),
+            };
+            let _ = writeln!(
+                out,
+                "{pid:>8} {comm:<16} {:>10} {:>9} {:>8} {:>18}",
+                c[0], c[1], c[2], c[3]
+            );
+        }
+    }
+}
+
+/// bcc-style: one line per non-empty bucket range with an ASCII bar.
+pub fn write_histogram(out: &mut Vec<u8>, m: u8, key: &KeyValue, h: &Histogram) {
+    let label = match key {
+        KeyValue::All => metric_name(m).to_string(),
+        key => format!("{} [{}]", metric_name(m), key.label()),
+    };
+    let _ = writeln!(
+        out,
+        "@{label}: count {}, p50 {}, p90 {}, p99 {}, max {}",
+        h.count,
+        duration_text(h.quantile(0.50)),
+        duration_text(h.quantile(0.90)),
+        duration_text(h.quantile(0.99)),
+        duration_text(h.max_ns)
+    );
+    let first = h.buckets.iter().position(|&n| n > 0).unwrap_or(0);
+    let last = h.buckets.iter().rposition(|&n| n > 0).unwrap_or(0);
+    let peak = h.buckets.iter().copied().max().unwrap_or(1).max(1);
+    for i in first..=last {
+        let (lo, hi) = Histogram::bucket_range(i);
+        let n = h.buckets[i];
+        let bar = (n * 40).div_ceil(peak) as usize;
+        let range = format!("[{}, {})", duration_text(lo), duration_text(hi));
+        let _ = writeln!(
+            out,
+            "  {range:<22} {n:>9} |{:<40}|",
+            "@".repeat(bar.min(40))
+        );
+    }
+    out.push(b'\n');
+}
+
+/// `census`'s table: `netns` is `None` for every namespace; `top` the
+/// `--by` name and its keys.
+pub fn write_census(
+    out: &mut Vec<u8>,
+    clock: &Clock,
+    now: u64,
+    netns: Option<u32>,
+    counts: &Counts,
+    top_keys: Option<(&str, &TopKeys)>,
+) {
+    let mut local_time = Vec::new();
+    clock.write_local_time(&mut local_time, now);
+    let _ = writeln!(
+        out,
+        "{}  TCP sockets{}",
+        String::from_utf8_lossy(&local_time),
+        match netns {
+            None => " in every network namespace".to_string(),
+            Some(n) => format!(" in network namespace {n}"),
+        }
+    );
+    let _ = writeln!(out, "{:<12} {:>9}", "STATE", "COUNT");
+    for s in STATES {
+        let n = counts.per_state[s as usize];
+        let _ = write!(out, "{:<12} {n:>9}", state::name(s));
+        if s == FIN_WAIT2 && n > 0 {
+            let _ = write!(
+                out,
+                "  ({} full sockets, {} orphaned in timewait sockets)",
+                counts.fin_wait2_full, counts.timewait_fin_wait2
+            );
+        }
+        out.push(b'\n');
+    }
+    let _ = writeln!(out, "{:<12} {:>9}", "total", counts.total());
+    let _ = writeln!(
+        out,
+        "timewait sockets: {} (sub-state TIME_WAIT {}, FIN_WAIT2 {})",
+        counts.timewait_sockets(),
+        counts.timewait_time_wait,
+        counts.timewait_fin_wait2
+    );
+    if let Some((by, keys)) = top_keys {
+        for (s, keys) in keys {
+            let _ = writeln!(out, "\nTOP {} BY {}", state::name(*s), by);
+            if keys.is_empty() {
+                let _ = writeln!(out, "  (none)");
+            }
+            for (k, c) in keys {
+                let _ = writeln!(out, "{c:>9}  {}", k.label());
+            }
+        }
+    }
+}
+
+/// The doctor's sentences, each with its advice.
+pub fn write_doctor(out: &mut Vec<u8>, findings: &[Finding]) {
+    for x in findings {
+        let _ = writeln!(out, "{}: {}", x.topic, x.text);
+        if let Some(a) = &x.advice {
+            let _ = writeln!(out, "  advice: {a}");
+        }
+    }
+}
+
+/// `12.3s`, `4m05s`, `2h03m`
+pub fn age_text(ns: u64) -> String {
+    let s = ns / 1_000_000_000;
+    match s {
+        0..60 => format!("{:.1}s", ns as f64 / 1e9),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
 }
 
 /// The loss lines of every human summary.

@@ -3,15 +3,20 @@
 //! byte by byte into the batch buffer (no allocation); the rarer ones
 //! (`lost`, `summary`, the view snapshots) through serde_json, whose maps
 //! keep the order written here (`preserve_order`).
-use std::{io::Write, net::IpAddr};
+use std::{collections::HashMap, io::Write, net::IpAddr, time::Duration};
 
 use serde_json::{json, Map, Value};
+use tcptrace_common::tcp_state::{CLOSE_WAIT, FIN_WAIT2, LAST_ACK, SYN_RECV, TIME_WAIT};
 
-use super::{ConnectionRecord, Endpoints};
+use super::{human::endpoint_text, ConnectionRecord, Endpoints};
 use crate::{
     clock::Clock,
-    decode::{end_name, Timewait, Transition},
+    decode::{comm_bytes, end_name, Timewait, Transition},
     probe::LossCounters,
+    snapshot::{
+        metric_name, Counts, Facts, Finding, Histogram, Key, KeyValue, ProcessCounts, StuckRow,
+        TopKeys, NETSTAT_KEYS, STATES,
+    },
     state,
     summary::{ConnectionTally, RunContext, RunStats},
 };
@@ -255,6 +260,231 @@ pub fn write_table_summary(
         "bad_records": table.bad_records,
     });
     write_summary_record(out, object(fields), clock, ctx);
+}
+
+// ---- the views' snapshots ----
+
+/// Per refresh of `stuck`: `{"type":"stuck_snapshot",...}`, one
+/// `{"type":"stuck",...}` per socket and one `{"type":"stuck_process",...}`
+/// per owner.
+pub fn write_stuck(
+    out: &mut Vec<u8>,
+    clock: &Clock,
+    now: u64,
+    min_age: Duration,
+    rows: &[StuckRow],
+    processes: &ProcessCounts,
+) {
+    let count = |s: u8| rows.iter().filter(|r| r.state == s).count();
+    write_value(
+        out,
+        &json!({
+            "type": "stuck_snapshot",
+            "time": time_value(clock, now),
+            "min_age_ns": min_age.as_nanos() as u64,
+            "sockets": rows.len(),
+            "close_wait": count(CLOSE_WAIT),
+            "fin_wait2": count(FIN_WAIT2),
+            "last_ack": count(LAST_ACK),
+        }),
+    );
+    let mut num = itoa::Buffer::new();
+    for row in rows {
+        out.extend_from_slice(b"{\"type\":\"stuck\",\"state\":\"");
+        out.extend_from_slice(state::name(row.state).as_bytes());
+        out.extend_from_slice(b"\",");
+        write_owner(
+            out,
+            row.owner.map(|o| o.pid),
+            row.owner.as_ref().map_or(&[][..], |o| comm_bytes(&o.comm)),
+        );
+        out.extend_from_slice(b",\"orphaned\":");
+        out.extend_from_slice(if row.orphaned { b"true," } else { b"false," });
+        let t = &row.tuple;
+        let ends = Endpoints {
+            local: t.local,
+            lport: t.lport,
+            remote: t.remote,
+            rport: t.rport,
+        };
+        write_endpoints(out, ends, t.netns);
+        out.extend_from_slice(b",\"age_ns\":");
+        out.extend_from_slice(num.format(row.age_ns).as_bytes());
+        out.extend_from_slice(b",\"age_at_least\":");
+        out.extend_from_slice(if row.age_at_least {
+            b"true}\n"
+        } else {
+            b"false}\n"
+        });
+    }
+    for (owner, c) in processes {
+        write_value(
+            out,
+            &json!({
+                "type": "stuck_process",
+                "pid": owner.map_or(0, |o| o.pid),
+                "comm": owner.map_or(String::new(), |o| o.comm_str()),
+                "owner_known": owner.is_some(),
+                "close_wait": c[0],
+                "fin_wait2": c[1],
+                "last_ack": c[2],
+                "fin_wait2_orphaned": c[3],
+            }),
+        );
+    }
+}
+
+fn census_key(key: &Key) -> Value {
+    match key {
+        Key::Port(p) => json!(p),
+        Key::Addr(a) => json!(a.to_string()),
+        Key::Comm(c) => json!(c),
+    }
+}
+
+/// `{"type":"census",...}`: `netns` is `None` for every namespace; `top`
+/// the `--by` name and its keys.
+pub fn write_census(
+    out: &mut Vec<u8>,
+    clock: &Clock,
+    now: u64,
+    netns: Option<u32>,
+    counts: &Counts,
+    top_keys: Option<(&str, &TopKeys)>,
+) {
+    let states: Map<String, Value> = STATES
+        .iter()
+        .map(|&s| {
+            (
+                state::name(s).to_string(),
+                json!(counts.per_state[s as usize]),
+            )
+        })
+        .collect();
+    let mut record = json!({
+        "type": "census",
+        "time": time_value(clock, now),
+        "netns": netns,
+        "total": counts.total(),
+        "states": states,
+        "fin_wait2": {"full": counts.fin_wait2_full, "timewait": counts.timewait_fin_wait2},
+        "timewait_sockets": {
+            "total": counts.timewait_sockets(),
+            "FIN_WAIT2": counts.timewait_fin_wait2,
+            "TIME_WAIT": counts.timewait_time_wait,
+        },
+    });
+    if let Some((by, keys)) = top_keys {
+        let top: Map<String, Value> = keys
+            .iter()
+            .map(|(s, keys)| {
+                let list: Vec<Value> = keys
+                    .iter()
+                    .map(|(k, c)| json!({"key": census_key(k), "count": c}))
+                    .collect();
+                (state::name(*s).to_string(), json!(list))
+            })
+            .collect();
+        record["by"] = json!(by);
+        record["top"] = Value::Object(top);
+    }
+    write_value(out, &record);
+}
+
+fn histogram_key(key: &KeyValue) -> Value {
+    match key {
+        KeyValue::All => Value::Null,
+        KeyValue::Port(p) => json!(p),
+        KeyValue::Pid(p) => json!(p),
+        KeyValue::Addr(a) => json!(a.to_string()),
+        KeyValue::Comm(c) => json!(c),
+        KeyValue::Other => json!("other"),
+    }
+}
+
+/// `{"type":"histogram",...}`
+pub fn write_histogram(out: &mut Vec<u8>, m: u8, key: &KeyValue, h: &Histogram) {
+    let buckets: Vec<_> = h
+        .buckets
+        .iter()
+        .enumerate()
+        .filter(|(_, &n)| n > 0)
+        .map(|(i, &n)| {
+            let (lo, hi) = Histogram::bucket_range(i);
+            json!({"ge_ns": lo, "lt_ns": hi, "count": n})
+        })
+        .collect();
+    let record = json!({
+        "type": "histogram",
+        "metric": metric_name(m),
+        "key": histogram_key(key),
+        "count": h.count,
+        "p50_ns": h.quantile(0.50),
+        "p90_ns": h.quantile(0.90),
+        "p99_ns": h.quantile(0.99),
+        "max_ns": h.max_ns,
+        "buckets": buckets,
+    });
+    write_value(out, &record);
+}
+
+/// `{"type":"doctor",...}`: the raw numbers and the findings.
+pub fn write_doctor(out: &mut Vec<u8>, f: &Facts, findings: &[Finding], netns: u32) {
+    let s = &f.sysctls;
+    let c = &f.counts;
+    let pick = |m: &HashMap<String, u64>| -> Value {
+        NETSTAT_KEYS
+            .iter()
+            .map(|k| (k.to_string(), json!(m.get(*k))))
+            .collect::<Map<_, _>>()
+            .into()
+    };
+    let record = json!({
+        "type": "doctor",
+        "kernel": f.kernel,
+        "hooks": f.hooks.as_ref().map(|(hooks, _)| hooks),
+        "timewait_detection": f.hooks.as_ref().map(|(_, detection)| detection),
+        "netns": netns,
+        "sysctls": {
+            "tcp_tw_reuse": s.tcp_tw_reuse,
+            "tcp_fin_timeout": s.tcp_fin_timeout,
+            "tcp_max_tw_buckets": s.tcp_max_tw_buckets,
+            "ip_local_port_range": s.ip_local_port_range.map(|(a, b)| json!([a, b])),
+            "tcp_syncookies": s.tcp_syncookies,
+            "tcp_tw_recycle": s.tcp_tw_recycle,
+            "tcp_tw_recycle_exists": s.tcp_tw_recycle.is_some(),
+        },
+        "sockets": {
+            "timewait": c.timewait_sockets(),
+            "time_wait": c.per_state[TIME_WAIT as usize],
+            "timewait_fin_wait2": c.timewait_fin_wait2,
+            "fin_wait2_full": c.fin_wait2_full,
+            "fin_wait2": c.per_state[FIN_WAIT2 as usize],
+            "syn_recv": c.per_state[SYN_RECV as usize],
+            "total": c.total(),
+        },
+        "ephemeral": f.ports.as_ref().map(|p| json!({
+            "range_size": p.range_size,
+            "timewait_in_range": p.timewait_in_range,
+            "max_per_peer": p.max_per_peer,
+            "peer": p.peer.map(|(a, port)| endpoint_text(a, port)),
+        })),
+        "netstat": pick(&f.netstat),
+        "netstat_delta": f.netstat_delta.as_ref().map(pick),
+        "observed": f.observed.as_ref().map(|(window, o)| json!({
+            "seconds": window.as_secs_f64(),
+            "handoffs": o.handoffs,
+            "time_wait_entries": o.time_wait_entries,
+            "expired": o.expired,
+            "fin_timeout": o.fin_timeout,
+            "reused": o.reused,
+            "killed": o.killed,
+        })),
+        "findings": findings.iter().map(|x| json!({
+            "topic": x.topic, "text": x.text, "advice": x.advice,
+        })).collect::<Vec<_>>(),
+    });
+    write_value(out, &record);
 }
 
 pub fn write_opt_str(out: &mut Vec<u8>, value: Option<&str>) {
