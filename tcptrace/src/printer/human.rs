@@ -1,7 +1,5 @@
 //! Human output: the columns of the per-event views and the summaries.
-use std::{io::Write, net::IpAddr};
-
-use std::time::Duration;
+use std::{io::Write, net::IpAddr, time::Duration};
 
 use tcptrace_common::tcp_state::{CLOSE_WAIT, FIN_WAIT2};
 

@@ -26,6 +26,8 @@ use crate::{clock::Clock, decode::Transition};
 
 pub mod human;
 pub mod json;
+#[cfg(test)]
+mod readme;
 
 pub use human::HumanFormat;
 
@@ -137,4 +139,28 @@ pub fn write_stdout(bytes: &[u8]) -> Result<()> {
 /// Human summaries and loss lines. A closed stderr is not an error.
 pub fn write_stderr(bytes: &[u8]) {
     let _ = io::stderr().write_all(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    /// Commands call the printer, never the reverse.
+    #[test]
+    fn printing_imports_no_command() {
+        const COMMANDS: [&str; 10] = [
+            "census", "cli", "doctor", "hist", "life", "live", "session", "stuck", "tail", "lib",
+        ];
+        for (file, text) in [
+            ("mod.rs", include_str!("mod.rs")),
+            ("json.rs", include_str!("json.rs")),
+            ("human.rs", include_str!("human.rs")),
+            ("snapshot.rs", include_str!("../snapshot.rs")),
+        ] {
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            for command in COMMANDS {
+                for needle in [format!("crate::{command}"), format!("    {command}::")] {
+                    assert!(!code.contains(&needle), "{file} imports {command}");
+                }
+            }
+        }
+    }
 }
