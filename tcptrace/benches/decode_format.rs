@@ -9,7 +9,7 @@ use std::{hint::black_box, time::Instant};
 use tcptrace::{
     clock::Clock,
     decode::Transition,
-    format::{write_json_transition, HumanFormat},
+    printer::{json::write_transition as write_json_transition, HumanFormat},
 };
 use tcptrace_common::{
     tcp_state::*, TransitionEvent, AF_INET, AF_INET6, COMM_LEN, EVENT_AGE_KNOWN,

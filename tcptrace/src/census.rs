@@ -2,38 +2,24 @@
 //! then every second, as `netstat -n | awk '/^tcp/ {print $6}' | sort |
 //! uniq -c` meant to show, with TIME_WAIT's two sub-states told apart and
 //! the top peers, ports or programs behind each state.
-use std::{collections::HashMap, io::Write, net::IpAddr, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::Result;
 use clap::ValueEnum;
-use serde_json::{json, Value};
 use tcptrace_common::tcp_state::*;
 
+pub use crate::snapshot::{Counts, Key, TopKeys, STATES};
 use crate::{
     clock::Clock,
     live::{self, Screen, Tracked},
     options::{Output, Refresh},
+    printer,
     probe::Probe,
     probe::ProbeOptions,
     session::{self, SessionOptions, View},
     sockets::{Entry, Scope, SocketTable, Tuple},
-    state,
     summary::RunContext,
 };
-
-/// The states counted, in netstat's order of interest.
-pub const STATES: [u8; 10] = [
-    ESTABLISHED,
-    SYN_SENT,
-    SYN_RECV,
-    FIN_WAIT1,
-    FIN_WAIT2,
-    TIME_WAIT,
-    CLOSE_WAIT,
-    LAST_ACK,
-    LISTEN,
-    CLOSING,
-];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum By {
@@ -54,18 +40,6 @@ impl By {
     }
 }
 
-/// Sockets per state, as ss shows them, and the timewait sockets apart.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub per_state: [u64; COUNT],
-    /// Full sockets in FIN_WAIT2 (the application still holds them, or is
-    /// closing them).
-    pub fin_wait2_full: u64,
-    /// Timewait sockets in sub-state FIN_WAIT2 and TIME_WAIT.
-    pub timewait_fin_wait2: u64,
-    pub timewait_time_wait: u64,
-}
-
 impl Counts {
     pub fn of(table: &SocketTable) -> Counts {
         let mut c = Counts::default();
@@ -84,22 +58,6 @@ impl Counts {
             _ => {}
         }
     }
-
-    pub fn total(&self) -> u64 {
-        STATES.iter().map(|&s| self.per_state[s as usize]).sum()
-    }
-
-    pub fn timewait_sockets(&self) -> u64 {
-        self.timewait_fin_wait2 + self.timewait_time_wait
-    }
-}
-
-/// A --by key.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Key {
-    Port(u16),
-    Addr(IpAddr),
-    Comm(String),
 }
 
 impl Key {
@@ -111,26 +69,7 @@ impl Key {
             By::Comm => Key::Comm(e.owner.map_or("-".into(), |o| o.comm_str())),
         }
     }
-
-    fn json(&self) -> Value {
-        match self {
-            Key::Port(p) => json!(p),
-            Key::Addr(a) => json!(a.to_string()),
-            Key::Comm(c) => json!(c),
-        }
-    }
-
-    fn label(&self) -> String {
-        match self {
-            Key::Port(p) => p.to_string(),
-            Key::Addr(a) => a.to_string(),
-            Key::Comm(c) => c.clone(),
-        }
-    }
 }
-
-/// Per state, its top keys with their counts.
-pub type TopKeys = Vec<(u8, Vec<(Key, u64)>)>;
 
 /// The `n` keys with the most sockets in each of `states`, most first.
 pub fn top(table: &SocketTable, by: By, states: &[u8], n: usize) -> TopKeys {
@@ -155,54 +94,6 @@ pub fn top(table: &SocketTable, by: By, states: &[u8], n: usize) -> TopKeys {
         .collect()
 }
 
-pub fn json_record(
-    clock: &Clock,
-    now: u64,
-    scope: Scope,
-    counts: &Counts,
-    top_keys: Option<(By, &TopKeys)>,
-) -> Value {
-    let mut time = Vec::new();
-    clock.write_rfc3339(&mut time, now);
-    let states: serde_json::Map<String, Value> = STATES
-        .iter()
-        .map(|&s| {
-            (
-                state::name(s).to_string(),
-                json!(counts.per_state[s as usize]),
-            )
-        })
-        .collect();
-    let mut record = json!({
-        "type": "census",
-        "time": String::from_utf8_lossy(&time),
-        "netns": match scope { Scope::Netns(n) => json!(n), Scope::All => Value::Null },
-        "total": counts.total(),
-        "states": states,
-        "fin_wait2": {"full": counts.fin_wait2_full, "timewait": counts.timewait_fin_wait2},
-        "timewait_sockets": {
-            "total": counts.timewait_sockets(),
-            "FIN_WAIT2": counts.timewait_fin_wait2,
-            "TIME_WAIT": counts.timewait_time_wait,
-        },
-    });
-    if let Some((by, keys)) = top_keys {
-        let top: serde_json::Map<String, Value> = keys
-            .iter()
-            .map(|(s, keys)| {
-                let list: Vec<Value> = keys
-                    .iter()
-                    .map(|(k, c)| json!({"key": k.json(), "count": c}))
-                    .collect();
-                (state::name(*s).to_string(), json!(list))
-            })
-            .collect();
-        record["by"] = json!(by.name());
-        record["top"] = Value::Object(top);
-    }
-    record
-}
-
 struct CensusView {
     tracked: Tracked,
     json: bool,
@@ -223,62 +114,17 @@ impl CensusView {
         let keys = self
             .by
             .map(|by| (by, top(table, by, &self.states, self.top)));
+        let netns = match table.scope() {
+            Scope::All => None,
+            Scope::Netns(n) => Some(n),
+        };
+        let top_keys = keys.as_ref().map(|(by, k)| (by.name(), k));
         if self.json {
-            let record = json_record(
-                clock,
-                now,
-                table.scope(),
-                &counts,
-                keys.as_ref().map(|(by, k)| (*by, k)),
-            );
-            let _ = serde_json::to_writer(&mut *out, &record);
-            out.push(b'\n');
+            printer::json::write_census(out, clock, now, netns, &counts, top_keys);
             return;
         }
         self.screen.begin(out);
-        let mut local_time = Vec::new();
-        clock.write_local_time(&mut local_time, now);
-        let _ = writeln!(
-            out,
-            "{}  TCP sockets{}",
-            String::from_utf8_lossy(&local_time),
-            match table.scope() {
-                Scope::All => " in every network namespace".to_string(),
-                Scope::Netns(n) => format!(" in network namespace {n}"),
-            }
-        );
-        let _ = writeln!(out, "{:<12} {:>9}", "STATE", "COUNT");
-        for s in STATES {
-            let n = counts.per_state[s as usize];
-            let _ = write!(out, "{:<12} {n:>9}", state::name(s));
-            if s == FIN_WAIT2 && n > 0 {
-                let _ = write!(
-                    out,
-                    "  ({} full sockets, {} orphaned in timewait sockets)",
-                    counts.fin_wait2_full, counts.timewait_fin_wait2
-                );
-            }
-            out.push(b'\n');
-        }
-        let _ = writeln!(out, "{:<12} {:>9}", "total", counts.total());
-        let _ = writeln!(
-            out,
-            "timewait sockets: {} (sub-state TIME_WAIT {}, FIN_WAIT2 {})",
-            counts.timewait_sockets(),
-            counts.timewait_time_wait,
-            counts.timewait_fin_wait2
-        );
-        if let Some((by, keys)) = keys {
-            for (s, keys) in keys {
-                let _ = writeln!(out, "\nTOP {} BY {}", state::name(s), by.name());
-                if keys.is_empty() {
-                    let _ = writeln!(out, "  (none)");
-                }
-                for (k, c) in keys {
-                    let _ = writeln!(out, "{c:>9}  {}", k.label());
-                }
-            }
-        }
+        printer::human::write_census(out, clock, now, netns, &counts, top_keys);
     }
 }
 
@@ -411,13 +257,16 @@ mod tests {
             keys[0].1,
             vec![(Key::Comm("-".into()), 1), (Key::Comm("nginx".into()), 1)]
         );
-        let record = json_record(
+        let mut out = Vec::new();
+        printer::json::write_census(
+            &mut out,
             &Clock::new(),
             0,
-            Scope::Netns(1),
+            Some(1),
             &c,
-            Some((By::Rport, &top(&table, By::Rport, &[TIME_WAIT], 5))),
+            Some((By::Rport.name(), &top(&table, By::Rport, &[TIME_WAIT], 5))),
         );
+        let record: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(record["states"]["TIME_WAIT"], 3);
         assert_eq!(record["timewait_sockets"]["FIN_WAIT2"], 1);
         assert_eq!(record["top"]["TIME_WAIT"][0]["key"], 443);

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use bytes::Buf;
 
-use crate::format::Endpoints;
+use crate::printer::Endpoints;
 use tcptrace_common::{
     closer, end_reason, record_kind, ConnectionEvent, RecordHeader, TransitionEvent, AF_INET6,
     COMM_LEN, CONN_CLOSING_KNOWN, CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN,

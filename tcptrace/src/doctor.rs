@@ -4,17 +4,18 @@
 use std::{collections::HashMap, fmt::Write as _, fs, net::IpAddr, time::Duration};
 
 use anyhow::Result;
-use serde_json::{json, Value};
-use tcptrace_common::tcp_state::{FIN_WAIT2, SYN_RECV, TIME_WAIT};
+use tcptrace_common::tcp_state::SYN_RECV;
 
+pub use crate::snapshot::{Facts, Finding, PortUse, Sysctls};
 use crate::{
     census::Counts,
     clock::Clock,
     live::{self, Tracked},
+    printer::{self, human::endpoint_text},
     probe::Probe,
     probe::ProbeOptions,
     session::{self, SessionOptions, View},
-    sockets::{current_netns, Scope, TimewaitCounts},
+    sockets::{current_netns, Scope},
     summary::RunContext,
 };
 
@@ -25,18 +26,6 @@ pub const PORT_PRESSURE: f64 = 0.5;
 pub const TABLE_PRESSURE: f64 = 0.8;
 /// TIME_WAIT lasts this long in Linux (TCP_TIMEWAIT_LEN).
 const TIME_WAIT_SECONDS: f64 = 60.0;
-
-/// The knobs, as read (`None`: absent or unreadable).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Sysctls {
-    pub tcp_tw_reuse: Option<i64>,
-    pub tcp_fin_timeout: Option<i64>,
-    pub tcp_max_tw_buckets: Option<i64>,
-    pub ip_local_port_range: Option<(u16, u16)>,
-    pub tcp_syncookies: Option<i64>,
-    /// `None`: the file does not exist (Linux 4.12 and later).
-    pub tcp_tw_recycle: Option<i64>,
-}
 
 fn sysctl(name: &str) -> Option<String> {
     fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
@@ -94,26 +83,6 @@ fn read_netstat() -> HashMap<String, u64> {
         .unwrap_or_default()
 }
 
-const NETSTAT_KEYS: [&str; 8] = [
-    "TW",
-    "TWRecycled",
-    "TWKilled",
-    "TCPTimeWaitOverflow",
-    "SyncookiesSent",
-    "SyncookiesFailed",
-    "ListenOverflows",
-    "ListenDrops",
-];
-
-/// Ephemeral ports held by timewait sockets.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PortUse {
-    pub range_size: u64,
-    pub timewait_in_range: u64,
-    pub max_per_peer: u64,
-    pub peer: Option<(IpAddr, u16)>,
-}
-
 pub fn port_use(tracked: &Tracked, range: (u16, u16)) -> PortUse {
     let (lo, hi) = range;
     let mut per_peer: HashMap<(IpAddr, u16), u64> = HashMap::new();
@@ -137,42 +106,11 @@ pub fn port_use(tracked: &Tracked, range: (u16, u16)) -> PortUse {
     use_
 }
 
-/// One sentence (and, when a number calls for it, what to do).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Finding {
-    pub topic: &'static str,
-    pub text: String,
-    pub advice: Option<String>,
-}
-
-/// Everything the report rests on.
-#[derive(Clone, Debug, Default)]
-pub struct Facts {
-    pub kernel: String,
-    pub sysctls: Sysctls,
-    pub counts: Counts,
-    pub ports: Option<PortUse>,
-    pub netstat: HashMap<String, u64>,
-    /// Counter increases during the window.
-    pub netstat_delta: Option<HashMap<String, u64>>,
-    pub observed: Option<(Duration, TimewaitCounts)>,
-    /// The kernel hooks the probe attached here, and the timewait
-    /// detection they allow (`None`: not loaded).
-    pub hooks: Option<(Vec<String>, String)>,
-}
-
 fn pct(part: f64, whole: f64) -> f64 {
     if whole > 0.0 {
         100.0 * part / whole
     } else {
         0.0
-    }
-}
-
-fn endpoint_text(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-        IpAddr::V4(a) => format!("{a}:{port}"),
     }
 }
 
@@ -436,74 +374,6 @@ pub fn findings(f: &Facts) -> Vec<Finding> {
     out
 }
 
-pub fn json_report(f: &Facts, netns: u32) -> Value {
-    let s = &f.sysctls;
-    let c = &f.counts;
-    let pick = |m: &HashMap<String, u64>| -> Value {
-        NETSTAT_KEYS
-            .iter()
-            .map(|k| (k.to_string(), json!(m.get(*k))))
-            .collect::<serde_json::Map<_, _>>()
-            .into()
-    };
-    json!({
-        "type": "doctor",
-        "kernel": f.kernel,
-        "hooks": f.hooks.as_ref().map(|(hooks, _)| hooks),
-        "timewait_detection": f.hooks.as_ref().map(|(_, detection)| detection),
-        "netns": netns,
-        "sysctls": {
-            "tcp_tw_reuse": s.tcp_tw_reuse,
-            "tcp_fin_timeout": s.tcp_fin_timeout,
-            "tcp_max_tw_buckets": s.tcp_max_tw_buckets,
-            "ip_local_port_range": s.ip_local_port_range.map(|(a, b)| json!([a, b])),
-            "tcp_syncookies": s.tcp_syncookies,
-            "tcp_tw_recycle": s.tcp_tw_recycle,
-            "tcp_tw_recycle_exists": s.tcp_tw_recycle.is_some(),
-        },
-        "sockets": {
-            "timewait": c.timewait_sockets(),
-            "time_wait": c.per_state[TIME_WAIT as usize],
-            "timewait_fin_wait2": c.timewait_fin_wait2,
-            "fin_wait2_full": c.fin_wait2_full,
-            "fin_wait2": c.per_state[FIN_WAIT2 as usize],
-            "syn_recv": c.per_state[SYN_RECV as usize],
-            "total": c.total(),
-        },
-        "ephemeral": f.ports.as_ref().map(|p| json!({
-            "range_size": p.range_size,
-            "timewait_in_range": p.timewait_in_range,
-            "max_per_peer": p.max_per_peer,
-            "peer": p.peer.map(|(a, port)| endpoint_text(a, port)),
-        })),
-        "netstat": pick(&f.netstat),
-        "netstat_delta": f.netstat_delta.as_ref().map(pick),
-        "observed": f.observed.as_ref().map(|(window, o)| json!({
-            "seconds": window.as_secs_f64(),
-            "handoffs": o.handoffs,
-            "time_wait_entries": o.time_wait_entries,
-            "expired": o.expired,
-            "fin_timeout": o.fin_timeout,
-            "reused": o.reused,
-            "killed": o.killed,
-        })),
-        "findings": findings(f).iter().map(|x| json!({
-            "topic": x.topic, "text": x.text, "advice": x.advice,
-        })).collect::<Vec<_>>(),
-    })
-}
-
-pub fn human_report(f: &Facts) -> String {
-    let mut out = String::new();
-    for x in findings(f) {
-        let _ = writeln!(out, "{}: {}", x.topic, x.text);
-        if let Some(a) = &x.advice {
-            let _ = writeln!(out, "  advice: {a}");
-        }
-    }
-    out
-}
-
 fn facts(
     tracked: &Tracked,
     netstat_before: &HashMap<String, u64>,
@@ -546,11 +416,11 @@ fn hooks_of(probe: &Probe) -> (Vec<String>, String) {
 }
 
 fn write_report(json: bool, f: &Facts, netns: u32, out: &mut Vec<u8>) {
+    let findings = findings(f);
     if json {
-        let _ = serde_json::to_writer(&mut *out, &json_report(f, netns));
-        out.push(b'\n');
+        printer::json::write_doctor(out, f, &findings, netns);
     } else {
-        out.extend_from_slice(human_report(f).as_bytes());
+        printer::human::write_doctor(out, &findings);
     }
 }
 
@@ -603,7 +473,7 @@ pub async fn run(args: DoctorOptions) -> Result<()> {
         let f = facts(&tracked, &HashMap::new(), None, Some(hooks));
         let mut out = Vec::new();
         write_report(args.json, &f, netns, &mut out);
-        return session::write_stdout(&out);
+        return printer::write_stdout(&out);
     };
     let netstat_before = read_netstat();
     let (probe, tracked) = live::start(&args.probe, scope).await?;

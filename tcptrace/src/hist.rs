@@ -12,19 +12,18 @@ use std::{
 
 use anyhow::Result;
 use clap::ValueEnum;
-use serde_json::json;
-use tcptrace_common::{hist_by, metric, HistKey, HistValue, AF_INET6, HIST_BUCKETS};
+use tcptrace_common::{hist_by, HistKey, HistValue, AF_INET6};
 
+pub use crate::snapshot::{Histogram, KeyValue, METRICS};
 use crate::{
     clock::Clock,
     decode::comm_bytes,
-    error::note,
-    format::write_duration,
     options::Output,
+    printer,
     probe::Probe,
     probe::ProbeOptions,
     session::{self, SessionOptions, View},
-    summary::{self, RunContext},
+    summary::RunContext,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -48,36 +47,8 @@ impl By {
     }
 }
 
-pub const METRICS: [(u8, &str); metric::COUNT] = [
-    (metric::LIFETIME, "lifetime"),
-    (metric::HANDSHAKE, "handshake"),
-    (metric::ESTABLISHED, "established"),
-    (metric::CLOSE_WAIT, "close_wait"),
-    (metric::FIN_WAIT2, "fin_wait2"),
-    (metric::LAST_ACK, "last_ack"),
-    (metric::TIME_WAIT, "time_wait"),
-];
-
-pub fn metric_name(m: u8) -> &'static str {
-    METRICS
-        .iter()
-        .find(|&&(id, _)| id == m)
-        .map_or("unknown", |&(_, n)| n)
-}
-
-/// What a histogram's key is, for display.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum KeyValue {
-    All,
-    Port(u16),
-    Addr(IpAddr),
-    Comm(String),
-    Pid(u32),
-    Other,
-}
-
 impl KeyValue {
-    fn from_probe(key: &HistKey, by: Option<By>) -> Self {
+    pub(crate) fn from_probe(key: &HistKey, by: Option<By>) -> Self {
         if key.other != 0 {
             return KeyValue::Other;
         }
@@ -93,98 +64,6 @@ impl KeyValue {
                 IpAddr::V4(Ipv4Addr::new(v[0], v[1], v[2], v[3]))
             }),
         }
-    }
-
-    fn json(&self) -> serde_json::Value {
-        match self {
-            KeyValue::All => serde_json::Value::Null,
-            KeyValue::Port(p) => json!(p),
-            KeyValue::Pid(p) => json!(p),
-            KeyValue::Addr(a) => json!(a.to_string()),
-            KeyValue::Comm(c) => json!(c),
-            KeyValue::Other => json!("other"),
-        }
-    }
-
-    fn label(&self) -> String {
-        match self {
-            KeyValue::All => String::new(),
-            KeyValue::Port(p) => p.to_string(),
-            KeyValue::Pid(p) => p.to_string(),
-            KeyValue::Addr(a) => a.to_string(),
-            KeyValue::Comm(c) => c.clone(),
-            KeyValue::Other => "other".into(),
-        }
-    }
-}
-
-/// One histogram, summed over CPUs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Histogram {
-    pub count: u64,
-    pub max_ns: u64,
-    pub buckets: [u64; HIST_BUCKETS],
-}
-
-impl Histogram {
-    fn empty() -> Self {
-        Histogram {
-            count: 0,
-            max_ns: 0,
-            buckets: [0; HIST_BUCKETS],
-        }
-    }
-
-    fn add(&mut self, v: &HistValue) {
-        self.count += v.count;
-        self.max_ns = self.max_ns.max(v.max_ns);
-        for (total, n) in self.buckets.iter_mut().zip(v.buckets.iter()) {
-            *total += n;
-        }
-    }
-
-    fn merge(&mut self, other: &Histogram) {
-        self.count += other.count;
-        self.max_ns = self.max_ns.max(other.max_ns);
-        for (total, n) in self.buckets.iter_mut().zip(other.buckets.iter()) {
-            *total += n;
-        }
-    }
-
-    /// Range of bucket `i`: [lo, hi) in ns.
-    pub fn bucket_range(i: usize) -> (u64, u64) {
-        let lo = if i == 0 { 0 } else { 1u64 << i };
-        let hi = if i + 1 >= 64 {
-            u64::MAX
-        } else {
-            1u64 << (i + 1)
-        };
-        (lo, hi)
-    }
-
-    /// The q-quantile (0 < q <= 1), interpolated linearly inside its
-    /// bucket and never above the largest value seen.
-    pub fn quantile(&self, q: f64) -> u64 {
-        if self.count == 0 {
-            return 0;
-        }
-        let rank = (q * self.count as f64).ceil().max(1.0);
-        let mut seen = 0u64;
-        for (i, &n) in self.buckets.iter().enumerate() {
-            if n == 0 {
-                continue;
-            }
-            if (seen + n) as f64 >= rank {
-                let (lo, hi) = Self::bucket_range(i);
-                let hi = hi.min(self.max_ns.saturating_add(1)).max(lo);
-                let within = (rank - seen as f64) / n as f64;
-                let value = lo as f64 + within * (hi - lo) as f64;
-                // Inside the bucket: [lo, hi).
-                return (value as u64).min(hi.saturating_sub(1)).min(self.max_ns);
-            }
-            seen += n;
-        }
-        self.max_ns
     }
 }
 
@@ -226,70 +105,6 @@ pub fn arrange(
     out
 }
 
-pub fn write_json_histogram(out: &mut Vec<u8>, m: u8, key: &KeyValue, h: &Histogram) {
-    let buckets: Vec<_> = h
-        .buckets
-        .iter()
-        .enumerate()
-        .filter(|(_, &n)| n > 0)
-        .map(|(i, &n)| {
-            let (lo, hi) = Histogram::bucket_range(i);
-            json!({"ge_ns": lo, "lt_ns": hi, "count": n})
-        })
-        .collect();
-    let record = json!({
-        "type": "histogram",
-        "metric": metric_name(m),
-        "key": key.json(),
-        "count": h.count,
-        "p50_ns": h.quantile(0.50),
-        "p90_ns": h.quantile(0.90),
-        "p99_ns": h.quantile(0.99),
-        "max_ns": h.max_ns,
-        "buckets": buckets,
-    });
-    let _ = serde_json::to_writer(&mut *out, &record);
-    out.push(b'\n');
-}
-
-fn duration_text(ns: u64) -> String {
-    let mut buf = Vec::new();
-    write_duration(&mut buf, ns);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// bcc-style: one line per non-empty bucket range with an ASCII bar.
-pub fn write_human_histogram(out: &mut Vec<u8>, m: u8, key: &KeyValue, h: &Histogram) {
-    let label = match key {
-        KeyValue::All => metric_name(m).to_string(),
-        key => format!("{} [{}]", metric_name(m), key.label()),
-    };
-    let _ = writeln!(
-        out,
-        "@{label}: count {}, p50 {}, p90 {}, p99 {}, max {}",
-        h.count,
-        duration_text(h.quantile(0.50)),
-        duration_text(h.quantile(0.90)),
-        duration_text(h.quantile(0.99)),
-        duration_text(h.max_ns)
-    );
-    let first = h.buckets.iter().position(|&n| n > 0).unwrap_or(0);
-    let last = h.buckets.iter().rposition(|&n| n > 0).unwrap_or(0);
-    let peak = h.buckets.iter().copied().max().unwrap_or(1).max(1);
-    for i in first..=last {
-        let (lo, hi) = Histogram::bucket_range(i);
-        let n = h.buckets[i];
-        let bar = (n * 40).div_ceil(peak) as usize;
-        let range = format!("[{}, {})", duration_text(lo), duration_text(hi));
-        let _ = writeln!(
-            out,
-            "  {range:<22} {n:>9} |{:<40}|",
-            "@".repeat(bar.min(40))
-        );
-    }
-    out.push(b'\n');
-}
-
 struct HistView {
     json: bool,
     by: Option<By>,
@@ -313,9 +128,9 @@ impl HistView {
         for (m, key, h) in arranged.iter().filter(|(m, _, _)| wanted(*m)) {
             any = true;
             if self.json {
-                write_json_histogram(out, *m, key, h);
+                printer::json::write_histogram(out, *m, key, h);
             } else {
-                write_human_histogram(out, *m, key, h);
+                printer::human::write_histogram(out, *m, key, h);
             }
         }
         if !any && !self.json {
@@ -348,19 +163,11 @@ impl View for HistView {
     fn finish(&mut self, ctx: &RunContext, clock: &Clock, out: &mut Vec<u8>) -> Result<()> {
         self.print(out, clock);
         if self.json {
-            let record = json!({
-                "type": "summary",
-                "histograms_over_key_limit": self.overflow,
-            });
-            summary::write_json_record(out, record, clock, ctx);
+            printer::json::write_histogram_summary(out, clock, self.overflow, ctx);
         } else {
-            if self.overflow > 0 {
-                note!(
-                    "tcptrace: {} durations went to \"other\": more keys than --max-keys",
-                    self.overflow
-                );
-            }
-            summary::write_human_losses(&mut std::io::stderr(), ctx);
+            let mut text = Vec::new();
+            printer::human::write_histogram_summary(&mut text, self.overflow, ctx);
+            printer::write_stderr(&text);
         }
         Ok(())
     }
@@ -404,6 +211,7 @@ pub async fn run(options: HistOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tcptrace_common::{metric, HIST_BUCKETS};
 
     fn hist(values: &[u64]) -> Histogram {
         let mut h = Histogram::empty();
@@ -479,7 +287,7 @@ mod tests {
             ]
         );
         let mut out = Vec::new();
-        write_json_histogram(
+        printer::json::write_histogram(
             &mut out,
             metric::LIFETIME,
             &KeyValue::Port(443),

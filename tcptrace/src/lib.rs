@@ -5,7 +5,8 @@
 //! (`tail`, `life`, `hist`, `stuck`, `census`, `doctor`, with `live` for
 //! what the three views share) -> `session` (the event loop) -> `probe`
 //! (loading, with `preflight` and `btf`), `ring` and `decode` (records in),
-//! `format` and `summary` (lines out), `sockets` (procfs and the table).
+//! `printer` (every line out, JSON and human; `snapshot` holds what the
+//! views hand it, `summary` the tallies), `sockets` (procfs and the table).
 mod btf;
 mod census;
 pub mod clock;
@@ -14,15 +15,16 @@ pub mod decode;
 mod doctor;
 mod error;
 mod flags;
-pub mod format;
 mod hist;
 mod life;
 mod live;
 mod options;
 mod preflight;
+pub mod printer;
 mod probe;
 mod ring;
 mod session;
+mod snapshot;
 mod sockets;
 mod state;
 mod stuck;

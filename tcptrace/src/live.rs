@@ -12,11 +12,12 @@ use crate::{
     clock::Clock,
     decode::Record,
     error::note,
+    printer,
     probe::Probe,
     probe::ProbeOptions,
     session,
     sockets::{self, walk_with_owners, Scope, SocketTable, TimewaitCounts, DEFAULT_MAX_SOCKETS},
-    summary::{self, RunContext},
+    summary::{RunContext, TableTally},
 };
 
 /// The socket table and the event counts of one run.
@@ -147,45 +148,20 @@ pub fn refresh_every(once: bool, interval: Duration) -> Duration {
     }
 }
 
-/// The end of a run: the JSON summary, or loss lines on stderr.
+/// The end of a run: the JSON summary, or what was missed on stderr.
 pub fn finish(json: bool, tracked: &Tracked, ctx: &RunContext, clock: &Clock, out: &mut Vec<u8>) {
+    let tally = TableTally {
+        events: tracked.counts.events,
+        sockets: tracked.table.len(),
+        sockets_dropped: tracked.table.dropped,
+        bad_records: tracked.bad_records,
+    };
     if json {
-        let mut record = serde_json::json!({
-            "type": "summary",
-            "events": tracked.counts.events,
-            "sockets": tracked.table.len(),
-            "sockets_dropped": tracked.table.dropped,
-            "bad_records": tracked.bad_records,
-        });
-        summary::add_loss_fields(&mut record, clock, ctx);
-        let _ = serde_json::to_writer(&mut *out, &record);
-        out.push(b'\n');
+        printer::json::write_table_summary(out, clock, &tally, ctx);
     } else {
-        if tracked.table.dropped > 0 {
-            note!(
-                "tcptrace: {} sockets not tracked: more than {} at once",
-                tracked.table.dropped,
-                DEFAULT_MAX_SOCKETS
-            );
-        }
-        if tracked.bad_records > 0 {
-            note!("tcptrace: {} malformed ring records", tracked.bad_records);
-        }
-        let losses = ctx.losses.ring_full + ctx.losses.recursion_misses;
-        if losses > 0 {
-            summary::write_human_losses(&mut std::io::stderr(), ctx);
-        }
-    }
-}
-
-/// `12.3s`, `4m05s`, `2h03m`
-pub fn age_text(ns: u64) -> String {
-    let s = ns / 1_000_000_000;
-    match s {
-        0..60 => format!("{:.1}s", ns as f64 / 1e9),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+        let mut text = Vec::new();
+        printer::human::write_table_summary(&mut text, &tally, DEFAULT_MAX_SOCKETS, ctx);
+        printer::write_stderr(&text);
     }
 }
 

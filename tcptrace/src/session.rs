@@ -11,7 +11,7 @@
 //! collect events submitted without a wake-up; it re-arms only while it
 //! finds events, so an idle tracer sleeps. The once-a-second timer reads the
 //! loss counters; a view may ask for its own refresh timer.
-use std::{fs::File, io::Write, os::fd::AsFd, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -23,10 +23,11 @@ use tokio::{
 use crate::{
     clock::Clock,
     error::note,
+    printer::{self, Sink},
     probe::{LossCounters, Probe, ProbeLog, ProbeOptions, TimewaitDetection},
     ring::RingReader,
     sockets,
-    summary::{self, RunContext},
+    summary::RunContext,
 };
 
 /// Records handled per wake before other work gets a turn.
@@ -114,14 +115,6 @@ pub fn start_probe(options: &ProbeOptions) -> Result<Probe> {
     Ok(probe)
 }
 
-/// Writes directly to stdout (headers before the loop starts).
-pub fn write_stdout(bytes: &[u8]) -> Result<()> {
-    std::io::stdout()
-        .write_all(bytes)
-        .and_then(|()| std::io::stdout().flush())
-        .context("writing to stdout")
-}
-
 /// A periodic timer on a timerfd: the kernel wakes the loop exactly once
 /// per period. (tokio's timer wheel would wake it two or three times per
 /// second-long timer, cascading it down its levels.)
@@ -183,21 +176,6 @@ impl Ticker {
     }
 }
 
-struct Sink {
-    out: File,
-    buf: Vec<u8>,
-}
-
-impl Sink {
-    fn flush(&mut self) -> Result<()> {
-        if !self.buf.is_empty() {
-            self.out.write_all(&self.buf).context("writing to stdout")?;
-            self.buf.clear();
-        }
-        Ok(())
-    }
-}
-
 /// Runs `view` on the probe's records until Ctrl-C, SIGTERM, the duration
 /// or the view itself ends it; then drains the ring and lets the view
 /// write its summary.
@@ -219,14 +197,7 @@ pub async fn run(mut probe: Probe, view: &mut impl View, options: SessionOptions
         .context("registering the ring buffer with epoll")?;
 
     let clock = Clock::new();
-    let stdout = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .context("duplicating stdout")?;
-    let mut sink = Sink {
-        out: File::from(stdout),
-        buf: Vec::with_capacity(BATCH * 200),
-    };
+    let mut sink = Sink::stdout(BATCH * 200)?;
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -346,10 +317,10 @@ fn report_losses(
     let now = probe.loss_counters()?;
     if now.total() > before.total() || now.timewait_hook_misses > before.timewait_hook_misses {
         if json {
-            summary::write_json_lost(&mut sink.buf, clock, &before, &now);
+            printer::json::write_lost(&mut sink.buf, clock, &before, &now);
             sink.flush()?;
         } else {
-            note!("{}", summary::human_lost_line(&before, &now));
+            note!("{}", printer::human::lost_line(&before, &now));
         }
     }
     Ok(now)

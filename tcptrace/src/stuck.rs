@@ -2,40 +2,23 @@
 //! sockets sitting in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK for longer than
 //! `--min-age`, with their owners, including those stuck before tcptrace
 //! started (found by walking the kernel's socket table).
-use std::{collections::BTreeMap, io::Write, net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use anyhow::Result;
-use serde_json::json;
 use tcptrace_common::tcp_state::{CLOSE_WAIT, FIN_WAIT2, LAST_ACK};
 
+pub use crate::snapshot::{ProcessCounts, StuckRow as Row, STUCK_STATES};
 use crate::{
     clock::Clock,
-    format::write_endpoint,
-    live::{self, age_text, Screen, Tracked},
+    live::{self, Screen, Tracked},
     options::{Output, Refresh},
+    printer,
     probe::Probe,
     probe::ProbeOptions,
     session::{self, SessionOptions, View},
-    sockets::{Owner, Scope, Tuple},
-    state,
+    sockets::Scope,
     summary::RunContext,
 };
-
-/// The states shown, in display order.
-pub const STUCK_STATES: [u8; 3] = [CLOSE_WAIT, FIN_WAIT2, LAST_ACK];
-
-/// One stuck socket.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Row {
-    pub tuple: Tuple,
-    pub state: u8,
-    pub owner: Option<Owner>,
-    /// Held by a timewait socket: the application closed it.
-    pub orphaned: bool,
-    pub age_ns: u64,
-    /// The entry time is unknown: `age_ns` is a lower bound.
-    pub age_at_least: bool,
-}
 
 /// The stuck sockets of a table at `now_ns`, by state then oldest first.
 pub fn rows(tracked: &Tracked, now_ns: u64, min_age: Duration) -> Vec<Row> {
@@ -71,8 +54,8 @@ pub fn rows(tracked: &Tracked, now_ns: u64, min_age: Duration) -> Vec<Row> {
 
 /// Counts per owner: CLOSE_WAIT, FIN_WAIT2 (held open), LAST_ACK, and
 /// orphaned FIN_WAIT2.
-pub fn per_process(rows: &[Row]) -> BTreeMap<Option<Owner>, [u64; 4]> {
-    let mut counts: BTreeMap<Option<Owner>, [u64; 4]> = BTreeMap::new();
+pub fn per_process(rows: &[Row]) -> ProcessCounts {
+    let mut counts = ProcessCounts::new();
     for row in rows {
         let column = match (row.state, row.orphaned) {
             (CLOSE_WAIT, _) => 0,
@@ -101,159 +84,17 @@ impl StuckView {
         let now = Clock::now_ktime_ns();
         let rows = rows(&self.tracked, now, self.min_age);
         if self.json {
-            write_json(out, clock, now, self.min_age, &rows);
+            printer::json::write_stuck(out, clock, now, self.min_age, &rows, &per_process(&rows));
         } else {
             self.screen.begin(out);
-            write_human(out, clock, now, self.min_age, self.limit, &rows);
-        }
-    }
-}
-
-fn time_text(clock: &Clock, now: u64) -> String {
-    let mut time = Vec::new();
-    clock.write_rfc3339(&mut time, now);
-    String::from_utf8_lossy(&time).into_owned()
-}
-
-fn write_json(out: &mut Vec<u8>, clock: &Clock, now: u64, min_age: Duration, rows: &[Row]) {
-    let count = |s: u8| rows.iter().filter(|r| r.state == s).count();
-    let mut records = vec![json!({
-        "type": "stuck_snapshot",
-        "time": time_text(clock, now),
-        "min_age_ns": min_age.as_nanos() as u64,
-        "sockets": rows.len(),
-        "close_wait": count(CLOSE_WAIT),
-        "fin_wait2": count(FIN_WAIT2),
-        "last_ack": count(LAST_ACK),
-    })];
-    for row in rows {
-        records.push(json!({
-            "type": "stuck",
-            "state": state::name(row.state),
-            "pid": row.owner.map_or(0, |o| o.pid),
-            "comm": row.owner.map_or(String::new(), |o| o.comm_str()),
-            "owner_known": row.owner.is_some(),
-            "orphaned": row.orphaned,
-            "family": if row.tuple.local.is_ipv6() { "ipv6" } else { "ipv4" },
-            "laddr": row.tuple.local.to_string(),
-            "lport": row.tuple.lport,
-            "raddr": row.tuple.remote.to_string(),
-            "rport": row.tuple.rport,
-            "netns": row.tuple.netns,
-            "age_ns": row.age_ns,
-            "age_at_least": row.age_at_least,
-        }));
-    }
-    for (owner, c) in per_process(rows) {
-        records.push(json!({
-            "type": "stuck_process",
-            "pid": owner.map_or(0, |o| o.pid),
-            "comm": owner.map_or(String::new(), |o| o.comm_str()),
-            "owner_known": owner.is_some(),
-            "close_wait": c[0],
-            "fin_wait2": c[1],
-            "last_ack": c[2],
-            "fin_wait2_orphaned": c[3],
-        }));
-    }
-    for record in records {
-        let _ = serde_json::to_writer(&mut *out, &record);
-        out.push(b'\n');
-    }
-}
-
-fn endpoint(addr: IpAddr, port: u16) -> String {
-    let mut text = Vec::new();
-    write_endpoint(&mut text, addr, port);
-    String::from_utf8_lossy(&text).into_owned()
-}
-
-fn write_human(
-    out: &mut Vec<u8>,
-    clock: &Clock,
-    now: u64,
-    min_age: Duration,
-    limit: usize,
-    rows: &[Row],
-) {
-    let mut local_time = Vec::new();
-    clock.write_local_time(&mut local_time, now);
-    let _ = writeln!(
-        out,
-        "{}  sockets in CLOSE_WAIT, FIN_WAIT2 or LAST_ACK for {} or more",
-        String::from_utf8_lossy(&local_time),
-        age_text(min_age.as_nanos() as u64)
-    );
-    let width = rows
-        .iter()
-        .map(|r| endpoint(r.tuple.local, r.tuple.lport).len().max(21))
-        .max()
-        .unwrap_or(21);
-    for s in STUCK_STATES {
-        let of_state: Vec<&Row> = rows.iter().filter(|r| r.state == s).collect();
-        let what = match s {
-            CLOSE_WAIT => "the peer closed, the owner has not",
-            FIN_WAIT2 => "closed here, waiting for the peer's FIN",
-            _ => "closed, waiting for the peer's last ACK",
-        };
-        let _ = writeln!(
-            out,
-            "\n{} ({what}): {}",
-            state::name(s),
-            match of_state.len() {
-                0 => "none".to_string(),
-                1 => "1 socket".to_string(),
-                n => format!("{n} sockets"),
-            }
-        );
-        if of_state.is_empty() {
-            continue;
-        }
-        let _ = writeln!(
-            out,
-            "{:>8} {:<16} {:<width$} {:<width$} {:>10}",
-            "PID", "COMM", "LOCAL", "REMOTE", "AGE"
-        );
-        for row in of_state.iter().take(limit) {
-            let (pid, comm) = match row.owner {
-                Some(o) => (o.pid.to_string(), o.comm_str()),
-                None => ("-".into(), "-".into()),
-            };
-            let age = if row.age_at_least {
-                format!(">={}", age_text(row.age_ns))
-            } else {
-                age_text(row.age_ns)
-            };
-            let _ = writeln!(
+            printer::human::write_stuck(
                 out,
-                "{pid:>8} {comm:<16} {:<width$} {:<width$} {age:>10}{}",
-                endpoint(row.tuple.local, row.tuple.lport),
-                endpoint(row.tuple.remote, row.tuple.rport),
-                if row.orphaned { "  orphaned" } else { "" },
-            );
-        }
-        if of_state.len() > limit {
-            let _ = writeln!(out, "... and {} more", of_state.len() - limit);
-        }
-    }
-    let processes = per_process(rows);
-    if !processes.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n{:>8} {:<16} {:>10} {:>9} {:>8} {:>18}",
-            "PID", "COMM", "CLOSE_WAIT", "FIN_WAIT2", "LAST_ACK", "FIN_WAIT2 ORPHANED"
-        );
-        let mut by_count: Vec<_> = processes.into_iter().collect();
-        by_count.sort_by_key(|(_, c)| std::cmp::Reverse(c.iter().sum::<u64>()));
-        for (owner, c) in by_count {
-            let (pid, comm) = match owner {
-                Some(o) => (o.pid.to_string(), o.comm_str()),
-                None => ("-".into(), "-".into()),
-            };
-            let _ = writeln!(
-                out,
-                "{pid:>8} {comm:<16} {:>10} {:>9} {:>8} {:>18}",
-                c[0], c[1], c[2], c[3]
+                clock,
+                now,
+                self.min_age,
+                self.limit,
+                &rows,
+                per_process(&rows),
             );
         }
     }
@@ -333,7 +174,7 @@ pub async fn run(options: StuckOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sockets::{Scope, Walked};
+    use crate::sockets::{Owner, Scope, Tuple, Walked};
     use std::collections::HashMap;
 
     fn tuple(lport: u16) -> Tuple {
@@ -382,12 +223,13 @@ mod tests {
         assert_eq!(counts[&None], [0, 0, 0, 1]);
 
         let mut out = Vec::new();
-        write_json(
+        printer::json::write_stuck(
             &mut out,
             &Clock::new(),
             1_100,
             Duration::from_secs(5),
             &rows,
+            &counts,
         );
         let lines: Vec<serde_json::Value> = out
             .split(|&b| b == b'\n')

@@ -4,11 +4,11 @@ use anyhow::Result;
 use crate::{
     clock::Clock,
     decode::Record,
-    format::{Format, HumanFormat},
     options::{Columns, Output},
+    printer::{self, Format},
     probe::ProbeOptions,
     session::{self, SessionOptions, View},
-    summary::{self, RunContext, RunStats},
+    summary::{RunContext, RunStats},
 };
 
 struct TailView {
@@ -31,9 +31,11 @@ impl View for TailView {
 
     fn finish(&mut self, ctx: &RunContext, clock: &Clock, out: &mut Vec<u8>) -> Result<()> {
         if self.json {
-            summary::write_json_summary(out, clock, &self.stats, ctx);
+            printer::json::write_summary(out, clock, &self.stats, ctx);
         } else {
-            summary::write_human_summary(&mut std::io::stderr(), &self.stats, ctx);
+            let mut text = Vec::new();
+            printer::human::write_summary(&mut text, &self.stats, ctx);
+            printer::write_stderr(&text);
         }
         Ok(())
     }
@@ -53,18 +55,14 @@ pub async fn run(options: TailOptions) -> Result<()> {
         columns,
     } = options;
     let probe = session::start_probe(&probe)?;
-    let mut format = if output.json {
-        Format::Json
-    } else {
-        Format::Human(HumanFormat::new(columns.wide))
-    };
+    let mut format = Format::new(output.json, columns.wide);
     let mut header = Vec::new();
     if let Format::Human(human) = &mut format {
         if columns.header {
             human.write_header(&mut header);
         }
     }
-    session::write_stdout(&header)?;
+    printer::write_stdout(&header)?;
     let mut view = TailView {
         format,
         json: output.json,
