@@ -110,7 +110,7 @@ impl CensusFlags {
             probe: self.probe.options(Purpose::Table.config()),
             scope: scope(self.all_netns)?,
             by: self.by,
-            states: self.states,
+            states: self.states.0,
             top: self.top.max(1),
         })
     }

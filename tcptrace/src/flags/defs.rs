@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use super::values::{
     parse_metric, parse_netns, parse_port_list, parse_ring_size, parse_seconds, parse_states,
-    PortList,
+    PortList, StateList,
 };
 use crate::{census, hist};
 
@@ -382,7 +382,7 @@ pub struct CensusFlags {
 
     /// States for --by (comma-separated state names, or "all").
     #[arg(long, value_name = "LIST", default_value = "TIME_WAIT", value_parser = parse_states)]
-    pub states: Vec<u8>,
+    pub states: StateList,
 
     /// How many keys --by shows per state.
     #[arg(long, value_name = "N", default_value_t = 5)]

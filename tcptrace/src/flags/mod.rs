@@ -130,11 +130,11 @@ mod tests {
     #[test]
     fn state_lists() {
         assert_eq!(
-            parse_states("time_wait,CLOSE-WAIT").unwrap(),
+            parse_states("time_wait,CLOSE-WAIT").unwrap().0,
             vec![TIME_WAIT, CLOSE_WAIT]
         );
         assert_eq!(
-            parse_states("all").unwrap().len(),
+            parse_states("all").unwrap().0.len(),
             crate::census::STATES.len()
         );
         assert!(parse_states("BOGUS").is_err());
@@ -148,5 +148,65 @@ mod tests {
         };
         let err = err.to_string();
         assert_eq!(err, "--pid 999999999: no such process");
+    }
+
+    /// Every subcommand's flags parse into its options (clap checks the
+    /// types of a derive only when a command line uses them).
+    #[test]
+    fn every_subcommand_builds_its_options() {
+        let lines: [&[&str]; 6] = [
+            &["tcptrace", "--all", "--json", "-d", "1", "--wide"],
+            &["tcptrace", "life", "--port", "80", "--no-header"],
+            &[
+                "tcptrace",
+                "hist",
+                "--by",
+                "rport",
+                "--metric",
+                "lifetime,close_wait",
+                "-i",
+                "2",
+            ],
+            &[
+                "tcptrace",
+                "stuck",
+                "--min-age",
+                "3",
+                "--once",
+                "--json",
+                "--limit",
+                "5",
+            ],
+            &[
+                "tcptrace",
+                "census",
+                "--by",
+                "comm",
+                "--states",
+                "TIME_WAIT,CLOSE_WAIT",
+                "--once",
+            ],
+            &["tcptrace", "doctor", "--observe", "2", "--json"],
+        ];
+        for line in lines {
+            let command = Cli::try_parse_from(line)
+                .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+                .into_command()
+                .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            match command {
+                Command::Hist(o) => {
+                    assert_eq!(o.metrics.len(), 2);
+                    assert_eq!(o.interval, Some(Duration::from_secs(2)));
+                }
+                Command::Census(o) => assert_eq!(o.states, vec![TIME_WAIT, CLOSE_WAIT]),
+                Command::Stuck(o) => {
+                    assert!(o.refresh.once && o.output.json);
+                    assert_eq!((o.limit, o.min_age), (5, Duration::from_secs(3)));
+                }
+                Command::Tail(o) => assert!(o.columns.wide && o.output.json),
+                Command::Life(o) => assert!(!o.columns.header),
+                Command::Doctor(o) => assert_eq!(o.observe, Some(Duration::from_secs(2))),
+            }
+        }
     }
 }

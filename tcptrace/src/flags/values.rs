@@ -102,10 +102,15 @@ pub fn parse_netns(text: &str) -> Result<u32, UsageError> {
         .map_err(|e| UsageError(format!("--netns {text}: {path}: {e}")))
 }
 
+/// `census --states`: one value holding several states (a `Vec` field
+/// would make clap expect the flag repeated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateList(pub Vec<u8>);
+
 /// `census --states`: state names (any case, - or _), or "all".
-pub fn parse_states(text: &str) -> Result<Vec<u8>, UsageError> {
+pub fn parse_states(text: &str) -> Result<StateList, UsageError> {
     if text.trim().eq_ignore_ascii_case("all") {
-        return Ok(STATES.to_vec());
+        return Ok(StateList(STATES.to_vec()));
     }
     text.split(',')
         .map(|name| {
@@ -122,7 +127,8 @@ pub fn parse_states(text: &str) -> Result<Vec<u8>, UsageError> {
                     ))
                 })
         })
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(StateList)
 }
 
 /// One `hist --metric` name.
