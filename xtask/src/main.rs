@@ -42,7 +42,8 @@ enum Cmd {
     /// With `--kernel NAME` (not host), the integration tests run inside a
     /// qemu guest booted with that kernel by virtme-ng (installed into
     /// .tools/ when missing, as is the kernel): by default close_paths,
-    /// lifetimes, views and cli; results in target/vm/NAME/. KVM is used if
+    /// lifetimes, views and cli, each module of the integration binary run
+    /// on its own; results in target/vm/NAME/. KVM is used if
     /// it boots a guest here, TCG otherwise; TCPTRACE_VM_ACCEL=kvm|tcg
     /// overrides. The guest is killed after 25 minutes
     /// (TCPTRACE_VM_TIMEOUT=SECONDS overrides).
@@ -51,8 +52,9 @@ enum Cmd {
         /// or one xtask boots in a VM.
         #[arg(long, default_value = "host", value_parser = clap::builder::PossibleValuesParser::new(vm::kernel_names()))]
         kernel: String,
-        /// Only this integration test target (repeatable).
-        #[arg(long = "test", value_name = "NAME")]
+        /// Only this module of the integration tests (repeatable): cli,
+        /// close_paths, lifetimes, load, timewait_expiry, views.
+        #[arg(long = "test", value_name = "MODULE", value_parser = clap::builder::PossibleValuesParser::new(INTEGRATION_MODULES))]
         tests: Vec<String>,
         /// Only the library's unit tests (or these with --test/--bin).
         #[arg(long)]
@@ -111,13 +113,22 @@ fn run(cli: Cli) -> Result<()> {
                 if lib {
                     cmd.arg("--lib");
                 }
-                for test in &tests {
-                    cmd.args(["--test", test]);
+                if !tests.is_empty() {
+                    cmd.args(["--test", INTEGRATION]);
                 }
                 for bin in &bins {
                     cmd.args(["--bin", bin]);
                 }
-                return cmd.args(&args).run("cargo test");
+                cmd.args(&args);
+                if !tests.is_empty() {
+                    // Modules by test-name filter (`close_paths::`), after
+                    // the `--` that separates cargo's options from libtest's.
+                    if !args.iter().any(|a| a == "--") {
+                        cmd.arg("--");
+                    }
+                    cmd.args(tests.iter().map(|module| format!("{module}::")));
+                }
+                return cmd.run("cargo test");
             }
             // As with cargo test, a `--` between filter and test options.
             let mut args = args;
@@ -155,6 +166,18 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
 }
+
+/// The integration-test binary (tcptrace/tests/integration/main.rs).
+const INTEGRATION: &str = "integration";
+/// Its modules: a test's name starts with its module's (`cli::...`).
+const INTEGRATION_MODULES: &[&str] = &[
+    "cli",
+    "close_paths",
+    "lifetimes",
+    "load",
+    "timewait_expiry",
+    "views",
+];
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,11 +1,10 @@
 //! Test harness: the real tcptrace binary with the real probe, and peers in
 //! separate processes making real connections.
-#![allow(dead_code)]
 
 use std::{
     io::{BufRead, BufReader, Read},
     process::{Child, ChildStdout, Command, Stdio},
-    sync::mpsc,
+    sync::{mpsc, Condvar, Mutex},
     thread,
     time::{Duration, Instant},
 };
@@ -20,10 +19,59 @@ pub const PEER: &str = env!("CARGO_BIN_EXE_tcptrace-peer");
 /// namespace) are not shared with the host or with other tests.
 pub struct Netns {
     name: String,
+    /// Held for the test's whole life (the namespace is its first value, so
+    /// dropped last).
+    _turn: Turn,
+}
+
+/// Tests run side by side with the others of their module, never beside
+/// another module's: as when each module was a test binary of its own
+/// (lifetimes' histograms have no namespace key, the churn of load would
+/// stretch the timing-sensitive tests, ...). A module's turn lasts while
+/// any of its tests holds it.
+pub struct Turn {
+    module: &'static str,
+}
+
+/// The module whose turn it is, and how many of its tests hold it.
+static TURN: Mutex<(Option<&'static str>, usize)> = Mutex::new((None, 0));
+static TURN_ENDED: Condvar = Condvar::new();
+
+impl Turn {
+    /// Waits for the turn of the calling test's module (its source file).
+    #[track_caller]
+    pub fn take() -> Turn {
+        let module = std::panic::Location::caller().file();
+        // A test that failed holding the lock poisons it; the others still run.
+        let mut turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        while turn.0.is_some_and(|m| m != module) {
+            turn = TURN_ENDED.wait(turn).unwrap_or_else(|e| e.into_inner());
+        }
+        *turn = (Some(module), turn.1 + 1);
+        Turn { module }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        debug_assert_eq!(turn.0, Some(self.module));
+        turn.1 -= 1;
+        if turn.1 == 0 {
+            turn.0 = None;
+            TURN_ENDED.notify_all();
+        }
+    }
 }
 
 impl Netns {
+    /// A namespace for a test, once its module's turn has come (`Turn`).
+    #[track_caller]
     pub fn new() -> Netns {
+        Netns::with(Turn::take())
+    }
+
+    fn with(turn: Turn) -> Netns {
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
@@ -40,7 +88,7 @@ impl Netns {
         };
         ok(&["netns", "add", &name]);
         ok(&["-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
+        Netns { name, _turn: turn }
     }
 
     /// `program` to be run inside the namespace (the pid stays the same:

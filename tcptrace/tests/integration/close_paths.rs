@@ -1,9 +1,8 @@
 //! The real probe against real loopback connections, client and server in
 //! separate processes. Each test filters on its own ports, so tests can run
 //! side by side on a busy host.
-mod common;
 
-use common::{ns, transition_name, Netns, Peer, Tracer};
+use crate::harness::{self, ns, transition_name, Netns, Peer, Tracer};
 use serde_json::Value;
 
 const MS: u64 = 1_000_000;
@@ -224,7 +223,7 @@ fn abortive_close_is_not_a_timewait_handoff() {
 #[test]
 fn all_reports_the_whole_life_of_one_connection_in_order() {
     let netns = Netns::new();
-    let port = common::FIXED_PORT;
+    let port = harness::FIXED_PORT;
     let tracer = Tracer::start(&netns, &["--json", "--all", "--port", &port.to_string()]);
     let (server, listened) = Peer::server(&netns, &format!("127.0.0.1:{port}"), "close-second", 30);
     assert_eq!(listened, port);
@@ -413,7 +412,7 @@ fn connections_older_than_the_tracer_have_unknown_age_but_known_closers() {
     let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 50);
     // Connected now, closed by the client 2 s later: long after the tracer
     // below has started.
-    let hold = common::outlasting_startup_ms(2000);
+    let hold = harness::outlasting_startup_ms(2000);
     let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", hold);
     let (client_pid, server_pid) = (client.pid(), server.pid());
     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -455,7 +454,7 @@ fn time_wait_taken_over_by_a_new_connection_from_the_same_port_ends_as_reused() 
         &["--connections", "2"],
     );
     let tracer = Tracer::start(&netns, &["--json", "--port", &port.to_string()]);
-    let source = (common::FIXED_PORT + 1).to_string();
+    let source = (harness::FIXED_PORT + 1).to_string();
     let target = format!("127.0.0.1:{port}");
     let first = Peer::client_with(
         &netns,
@@ -479,7 +478,7 @@ fn time_wait_taken_over_by_a_new_connection_from_the_same_port_ends_as_reused() 
     let (second_port, _) = second.finish();
     assert_eq!(
         (first_port, second_port),
-        (common::FIXED_PORT + 1, common::FIXED_PORT + 1)
+        (harness::FIXED_PORT + 1, harness::FIXED_PORT + 1)
     );
     server.finish_all();
     let records = tracer.stop();
@@ -546,7 +545,7 @@ fn life_reports_a_connection_older_than_the_tracer_with_what_is_known() {
     let netns = Netns::new();
     let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 100);
     // Connected before the tracer starts, closed by the client later.
-    let hold = common::outlasting_startup_ms(1500);
+    let hold = harness::outlasting_startup_ms(1500);
     let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", hold);
     let server_pid = server.pid();
     std::thread::sleep(std::time::Duration::from_millis(300));
