@@ -14,6 +14,7 @@ pub mod format;
 pub mod hist;
 pub mod life;
 pub mod live;
+pub mod notify;
 pub mod owners;
 pub mod preflight;
 pub mod probe;

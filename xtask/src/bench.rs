@@ -22,7 +22,10 @@ use std::{
     collections::BTreeMap,
     fs::File,
     io::{BufRead, BufReader},
-    os::fd::{FromRawFd, OwnedFd},
+    os::{
+        fd::{FromRawFd, OwnedFd},
+        unix::net::UnixDatagram,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -1160,6 +1163,53 @@ struct Tracer {
     waited: bool,
 }
 
+/// The socket a tcptrace is told of in NOTIFY_SOCKET (a path in the temp
+/// directory), where it sends READY=1.
+struct Notify {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+impl Notify {
+    fn new() -> Result<Notify> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "tcptrace-bench-{}-{}.notify",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path)
+            .with_context(|| format!("binding the notify socket {}", path.display()))?;
+        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        Ok(Notify { socket, path })
+    }
+
+    /// Whether READY=1 arrived (waiting up to 20 ms for it).
+    fn ready(&self) -> Result<bool> {
+        let mut buf = [0; 256];
+        match self.socket.recv(&mut buf) {
+            Ok(n) => Ok(buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1")),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e).context("reading the notify socket"),
+        }
+    }
+}
+
+impl Drop for Notify {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 struct Exit {
     success: bool,
     status: String,
@@ -1170,10 +1220,19 @@ struct Exit {
 }
 
 impl Tracer {
-    fn spawn(program: &Path, args: &[&str], out_path: &Path) -> Result<Tracer> {
+    fn spawn(
+        program: &Path,
+        args: &[&str],
+        out_path: &Path,
+        notify: Option<&Notify>,
+    ) -> Result<Tracer> {
         let out =
             File::create(out_path).with_context(|| format!("creating {}", out_path.display()))?;
-        let mut child = Command::new(program)
+        let mut cmd = Command::new(program);
+        if let Some(notify) = notify {
+            cmd.env("NOTIFY_SOCKET", &notify.path);
+        }
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
@@ -1200,21 +1259,24 @@ impl Tracer {
         })
     }
 
-    /// tcptrace, ready once it says it is tracing.
+    /// tcptrace, ready once it sends READY=1 to its NOTIFY_SOCKET (the
+    /// systemd notify protocol: probe attached, about to read events).
     fn tcptrace(program: &Path, args: &[&str], out_path: &Path) -> Result<Tracer> {
-        let mut tracer = Tracer::spawn(program, args, out_path)?;
+        let notify = Notify::new()?;
+        let mut tracer = Tracer::spawn(program, args, out_path, Some(&notify))?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tracer.stderr.recv_timeout(left) {
-                Ok(line) => {
-                    let ready = line.starts_with("tcptrace: tracing");
+        while !notify.ready()? {
+            let mut status = 0;
+            if unsafe { libc::waitpid(tracer.pid, &mut status, libc::WNOHANG) } == tracer.pid {
+                tracer.waited = true;
+                // The reader sees the end of stderr once the process is gone.
+                while let Ok(line) = tracer.stderr.recv_timeout(Duration::from_secs(5)) {
                     tracer.stderr_lines.push(line);
-                    if ready {
-                        break;
-                    }
                 }
-                Err(_) => bail!("tcptrace did not start: {}", tracer.stderr_lines.join("\n")),
+                bail!("tcptrace did not start: {}", tracer.stderr_lines.join("\n"));
+            }
+            if Instant::now() > deadline {
+                bail!("tcptrace sent no READY=1 within 60 s");
             }
         }
         tracer.ready_cpu = process_cpu(tracer.pid)?;
@@ -1224,7 +1286,7 @@ impl Tracer {
     /// tcpstates, ready once its program is attached and its perf buffer
     /// polled (a BPF link and an epoll instance among its fds).
     fn tcpstates(program: &Path, out_path: &Path) -> Result<Tracer> {
-        let mut tracer = Tracer::spawn(program, &[], out_path)?;
+        let mut tracer = Tracer::spawn(program, &[], out_path, None)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let links = fd_targets(tracer.pid);

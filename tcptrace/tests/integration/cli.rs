@@ -21,10 +21,13 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// tcptrace in `netns` with piped output, once it says it is tracing; its
-/// stderr reader comes back alongside.
+/// tcptrace in `netns` with piped output, once it is ready (READY=1) and
+/// has said it is tracing; its stderr reader comes back alongside.
 fn spawn_tracing(netns: &Netns, args: &[&str]) -> (Child, BufReader<ChildStderr>) {
-    let mut child = Tracer::spawn(netns, args);
+    let (mut child, notify) = Tracer::spawn(netns, args);
+    notify
+        .wait_ready(&mut child)
+        .unwrap_or_else(|why| panic!("tcptrace did not start: {why}"));
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();

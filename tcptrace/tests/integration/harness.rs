@@ -3,7 +3,9 @@
 
 use std::{
     io::{BufRead, BufReader, Read},
-    process::{Child, ChildStdout, Command, Stdio},
+    os::{fd::AsRawFd, unix::net::UnixDatagram},
+    path::PathBuf,
+    process::{Child, ChildStderr, ChildStdout, Command, Stdio},
     sync::{mpsc, Condvar, Mutex},
     thread,
     time::{Duration, Instant},
@@ -126,6 +128,88 @@ impl Drop for Netns {
     }
 }
 
+/// How long a tracer may take to say it is ready (BTF parsing and the
+/// verifier take seconds under emulation).
+const START_LIMIT: Duration = Duration::from_secs(60);
+
+/// Where a tracer says it is ready: a datagram socket of the systemd notify
+/// protocol, passed to it as `NOTIFY_SOCKET`; tcptrace sends `READY=1` once
+/// its probe is attached and it is about to read events. A path, not an
+/// abstract name: those are per network namespace, and tracers run in the
+/// test's.
+pub struct Notify {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+impl Notify {
+    pub fn new() -> Notify {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "tcptrace-test-{}-{}.notify",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path).expect("binding the notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        Notify { socket, path }
+    }
+
+    /// `cmd` with NOTIFY_SOCKET naming this socket.
+    pub fn pass_to<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("NOTIFY_SOCKET", &self.path)
+    }
+
+    /// Waits for `child`'s READY=1; the reason if it exits first or does
+    /// not say it within START_LIMIT.
+    pub fn wait_ready(&self, child: &mut Child) -> Result<(), String> {
+        let deadline = Instant::now() + START_LIMIT;
+        let mut buf = [0; 256];
+        loop {
+            match self.socket.recv(&mut buf) {
+                Ok(n) if buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1") => return Ok(()),
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(format!("reading the notify socket: {e}")),
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!("exited with {status} before READY=1"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no READY=1 within {START_LIMIT:?}"));
+            }
+        }
+    }
+}
+
+impl Drop for Notify {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// What is already in `stderr`'s pipe, without waiting for more.
+fn read_available(stderr: &mut ChildStderr) -> String {
+    let fd = stderr.as_raw_fd();
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    let mut out = Vec::new();
+    let mut chunk = [0; 4096];
+    while let Ok(n @ 1..) = stderr.read(&mut chunk) {
+        out.extend_from_slice(&chunk[..n]);
+    }
+    unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A running `tcptrace`, started and ready (probe attached).
 pub struct Tracer {
     child: Child,
@@ -136,15 +220,18 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// tcptrace in `netns` with piped stdout and stderr, just spawned.
-    pub fn spawn(netns: &Netns, args: &[&str]) -> Child {
-        netns
-            .command(TRACER)
+    /// tcptrace in `netns` with piped stdout and stderr, just spawned, and
+    /// the socket where it will say it is ready.
+    pub fn spawn(netns: &Netns, args: &[&str]) -> (Child, Notify) {
+        let notify = Notify::new();
+        let child = notify
+            .pass_to(&mut netns.command(TRACER))
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("starting tcptrace")
+            .expect("starting tcptrace");
+        (child, notify)
     }
 
     /// Starts tcptrace in `netns` with `args`; returns once it is tracing.
@@ -153,25 +240,41 @@ impl Tracer {
     pub fn start(netns: &Netns, args: &[&str]) -> Tracer {
         let mut all = args.to_vec();
         all.extend(["--netns", "self"]);
-        Tracer::started(Tracer::spawn(netns, &all))
+        let (child, notify) = Tracer::spawn(netns, &all);
+        Tracer::started(child, notify)
     }
 
     /// A tracer in the host's namespace: the test's namespace can then go
     /// away while it traces (which kills the namespace's timewait sockets).
     pub fn start_in_host(netns: &Netns, args: &[&str]) -> Tracer {
-        let child = Command::new(TRACER)
+        let notify = Notify::new();
+        let child = notify
+            .pass_to(&mut Command::new(TRACER))
             .args(args)
             .args(["--netns", &format!("/run/netns/{}", netns.name)])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting tcptrace");
-        Tracer::started(child)
+        Tracer::started(child, notify)
     }
 
-    fn started(mut child: Child) -> Tracer {
+    /// Waits for READY=1. What tcptrace printed before it (its banner, any
+    /// start-up note) is all in the pipe by then, and must hold no warning;
+    /// what it prints afterwards is the run's (`Records::stderr`).
+    fn started(mut child: Child, notify: Notify) -> Tracer {
+        let mut stderr = child.stderr.take().unwrap();
+        if let Err(why) = notify.wait_ready(&mut child) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut said = String::new();
+            let _ = stderr.read_to_string(&mut said);
+            panic!("tcptrace did not start ({why}): {said}");
+        }
+        for line in read_available(&mut stderr).lines() {
+            assert!(!line.contains("warning"), "unexpected warning: {line}");
+        }
         let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
@@ -179,26 +282,6 @@ impl Tracer {
                 }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line)
-                    if line.starts_with("tcptrace: tracing")
-                        || line.starts_with("tcptrace: reporting")
-                        || line.starts_with("tcptrace: aggregating") =>
-                {
-                    break
-                }
-                Ok(line) if line.contains("warning") => panic!("unexpected warning: {line}"),
-                Ok(_) => continue,
-                Err(_) => {
-                    let _ = child.kill();
-                    let status = child.wait().unwrap();
-                    panic!("tcptrace did not start ({status})");
-                }
-            }
-        }
         let mut stdout = child.stdout.take().unwrap();
         let stdout = thread::spawn(move || {
             let mut out = String::new();
