@@ -321,7 +321,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     }
 
     let tracer = crate::build(root)?;
-    let peer = root.join("target/release/tcptrace-peer");
+    let peer = crate::build_peer(root)?;
     let tcpstates = if configs.contains(&Config::D) {
         ensure_tcpstates()
     } else {

@@ -107,6 +107,7 @@ fn run(cli: Cli) -> Result<()> {
             args,
         } => {
             let probe = build_probe(&root)?;
+            build_peer(&root)?;
             if kernel == "host" {
                 let mut cmd = cargo(&root, &probe);
                 cmd.args(["test", "--release"]);
@@ -194,6 +195,20 @@ fn build(root: &Path) -> Result<PathBuf> {
         .run("cargo build")?;
     Ok(root.join("target/release/tcptrace"))
 }
+
+/// Builds the test and bench peer (xtask/src/bin/tcptrace-peer.rs, a
+/// development tool, not installed with tcptrace) next to the release CLI,
+/// where the integration tests look for it; returns its path.
+fn build_peer(root: &Path) -> Result<PathBuf> {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root)
+        .args(["build", "--release", "--package", "xtask", "--bin", PEER])
+        .run("building tcptrace-peer")?;
+    Ok(root.join("target/release").join(PEER))
+}
+
+/// The peer's binary name.
+const PEER: &str = "tcptrace-peer";
 
 /// Builds the BPF object with nightly and bpf-linker; returns its path.
 fn build_probe(root: &Path) -> Result<PathBuf> {

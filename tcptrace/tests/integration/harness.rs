@@ -2,11 +2,12 @@
 //! separate processes making real connections.
 
 use std::{
+    ffi::OsStr,
     io::{BufRead, BufReader, Read},
     os::{fd::AsRawFd, unix::net::UnixDatagram},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStderr, ChildStdout, Command, Stdio},
-    sync::{mpsc, Condvar, Mutex},
+    sync::{mpsc, Condvar, Mutex, OnceLock},
     thread,
     time::{Duration, Instant},
 };
@@ -14,7 +15,28 @@ use std::{
 use serde_json::Value;
 
 pub const TRACER: &str = env!("CARGO_BIN_EXE_tcptrace");
-pub const PEER: &str = env!("CARGO_BIN_EXE_tcptrace-peer");
+/// The test peer, a development tool of the xtask package
+/// (xtask/src/bin/tcptrace-peer.rs, not installed with tcptrace): in the
+/// target directory's profile directory, where cargo put this test binary's
+/// `deps/`. `cargo xtask test` builds it first.
+pub fn peer() -> &'static Path {
+    static PEER: OnceLock<PathBuf> = OnceLock::new();
+    PEER.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let profile = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary in TARGET/PROFILE/deps/");
+        let peer = profile.join("tcptrace-peer");
+        assert!(
+            peer.exists(),
+            "{} is missing: build it with `cargo build --release --package xtask --bin \
+             tcptrace-peer` (`cargo xtask test` does)",
+            peer.display()
+        );
+        peer
+    })
+}
 
 /// A network namespace of the test's own, with loopback up: its ports,
 /// listeners and TIME_WAIT table (net.ipv4.tcp_max_tw_buckets is per
@@ -113,9 +135,9 @@ impl Netns {
         assert!(status.success(), "sysctl {key}={value} failed");
     }
 
-    pub fn command(&self, program: &str) -> Command {
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
+        cmd.args(["netns", "exec", &self.name]).arg(program);
         cmd
     }
 }
@@ -398,7 +420,7 @@ pub struct Peer {
 impl Peer {
     fn spawn(netns: &Netns, args: &[String]) -> Peer {
         let mut child = netns
-            .command(PEER)
+            .command(peer())
             .args(args)
             .stdout(Stdio::piped())
             .spawn()

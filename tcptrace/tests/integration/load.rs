@@ -2,7 +2,7 @@
 //! as lost: nothing disappears silently. (Its module runs alone, so the
 //! churn does not share the CPUs with the timing-sensitive tests.)
 
-use crate::harness::{self, Netns, Tracer, PEER};
+use crate::harness::{self, peer, Netns, Tracer};
 
 const BASE_PORT: u16 = 7000;
 const PORTS: u16 = 4;
@@ -29,7 +29,7 @@ fn churn_loses_nothing_silently() {
     let ports = format!("{BASE_PORT}-{}", BASE_PORT + PORTS - 1);
     let tracer = Tracer::start(&netns, &["--json", "--all", "--port", &ports]);
     let out = netns
-        .command(PEER)
+        .command(peer())
         .args(["churn", "--seconds", "2", "--closer", "server"])
         .args([
             "--base-port",
