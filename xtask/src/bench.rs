@@ -22,10 +22,7 @@ use std::{
     collections::BTreeMap,
     fs::File,
     io::{BufRead, BufReader},
-    os::{
-        fd::{FromRawFd, OwnedFd},
-        unix::net::UnixDatagram,
-    },
+    os::fd::{FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -35,6 +32,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use xtask::harness::{Namespace, Notify};
 
 /// Expected count per transition name, per connection or per port.
 type Table = &'static [(&'static str, u64)];
@@ -661,7 +659,7 @@ impl Bench {
                 let _ = std::fs::remove_file(&out_path);
             }
         }
-        netns.delete();
+        drop(netns); // deletes the namespace
         self.wait_for_timewait_purge()?;
         Ok(round)
     }
@@ -1163,53 +1161,6 @@ struct Tracer {
     waited: bool,
 }
 
-/// The socket a tcptrace is told of in NOTIFY_SOCKET (a path in the temp
-/// directory), where it sends READY=1.
-struct Notify {
-    socket: UnixDatagram,
-    path: PathBuf,
-}
-
-impl Notify {
-    fn new() -> Result<Notify> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "tcptrace-bench-{}-{}.notify",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_file(&path);
-        let socket = UnixDatagram::bind(&path)
-            .with_context(|| format!("binding the notify socket {}", path.display()))?;
-        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
-        Ok(Notify { socket, path })
-    }
-
-    /// Whether READY=1 arrived (waiting up to 20 ms for it).
-    fn ready(&self) -> Result<bool> {
-        let mut buf = [0; 256];
-        match self.socket.recv(&mut buf) {
-            Ok(n) => Ok(buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1")),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e).context("reading the notify socket"),
-        }
-    }
-}
-
-impl Drop for Notify {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 struct Exit {
     success: bool,
     status: String,
@@ -1230,7 +1181,7 @@ impl Tracer {
             File::create(out_path).with_context(|| format!("creating {}", out_path.display()))?;
         let mut cmd = Command::new(program);
         if let Some(notify) = notify {
-            cmd.env("NOTIFY_SOCKET", &notify.path);
+            notify.pass_to(&mut cmd);
         }
         let mut child = cmd
             .args(args)
@@ -1262,22 +1213,26 @@ impl Tracer {
     /// tcptrace, ready once it sends READY=1 to its NOTIFY_SOCKET (the
     /// systemd notify protocol: probe attached, about to read events).
     fn tcptrace(program: &Path, args: &[&str], out_path: &Path) -> Result<Tracer> {
-        let notify = Notify::new()?;
+        let notify = Notify::new("tcptrace-bench").context("binding a notify socket")?;
         let mut tracer = Tracer::spawn(program, args, out_path, Some(&notify))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !notify.ready()? {
+        let pid = tracer.pid;
+        let ready = notify.wait_ready(Duration::from_secs(60), || {
             let mut status = 0;
-            if unsafe { libc::waitpid(tracer.pid, &mut status, libc::WNOHANG) } == tracer.pid {
+            (unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid)
+                .then(|| "exited".to_string())
+        });
+        if let Err(why) = ready {
+            if why.starts_with("exited") {
                 tracer.waited = true;
                 // The reader sees the end of stderr once the process is gone.
                 while let Ok(line) = tracer.stderr.recv_timeout(Duration::from_secs(5)) {
                     tracer.stderr_lines.push(line);
                 }
-                bail!("tcptrace did not start: {}", tracer.stderr_lines.join("\n"));
             }
-            if Instant::now() > deadline {
-                bail!("tcptrace sent no READY=1 within 60 s");
-            }
+            bail!(
+                "tcptrace did not start ({why}): {}",
+                tracer.stderr_lines.join("\n")
+            );
         }
         tracer.ready_cpu = process_cpu(tracer.pid)?;
         Ok(tracer)
@@ -1421,9 +1376,9 @@ impl Drop for Tracer {
 
 /// A network namespace of the round's own, loopback up, with room for
 /// every timewait socket the round makes.
+/// A round's namespace (`Namespace`), with its counters.
 struct Netns {
-    name: String,
-    deleted: bool,
+    ns: Namespace,
 }
 
 impl Netns {
@@ -1433,29 +1388,15 @@ impl Netns {
             std::process::id(),
             config.letter()
         );
-        ip(&["netns", "add", &name])?;
-        let netns = Netns {
-            name,
-            deleted: false,
-        };
-        ip(&["-n", &netns.name, "link", "set", "lo", "up"])?;
+        let ns = Namespace::add(name).context("creating the round's network namespace")?;
         // Per namespace; by default about half the hash table (131072
         // here), which a long round at full rate can reach.
-        let status = netns
-            .command(Path::new("sysctl"))
-            .args(["-q", "-w", "net.ipv4.tcp_max_tw_buckets=4000000"])
-            .status()
-            .context("sysctl")?;
-        if !status.success() {
-            bail!("setting net.ipv4.tcp_max_tw_buckets in {}", netns.name);
-        }
-        Ok(netns)
+        ns.sysctl("net.ipv4.tcp_max_tw_buckets", "4000000")?;
+        Ok(Netns { ns })
     }
 
     fn command(&self, program: &Path) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
-        cmd
+        self.ns.command(program)
     }
 
     /// A counter of the namespace from /proc/net/FILE, on the lines that
@@ -1489,30 +1430,6 @@ impl Netns {
     fn tcp_in_use(&self) -> Option<u64> {
         self.counter("sockstat", "TCP", "inuse")
     }
-
-    fn delete(mut self) {
-        let _ = ip(&["netns", "delete", &self.name]);
-        self.deleted = true;
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if !self.deleted {
-            let _ = ip(&["netns", "delete", &self.name]);
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .context("running iproute2's ip")?;
-    if !status.success() {
-        bail!("ip {} failed ({status})", args.join(" "));
-    }
-    Ok(())
 }
 
 /// Timewait sockets allocated machine-wide (slab objects in use).

@@ -17,6 +17,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use xtask::harness::PEER;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test tcptrace")]
@@ -206,9 +207,6 @@ fn build_peer(root: &Path) -> Result<PathBuf> {
         .run("building tcptrace-peer")?;
     Ok(root.join("target/release").join(PEER))
 }
-
-/// The peer's binary name.
-const PEER: &str = "tcptrace-peer";
 
 /// Builds the BPF object with nightly and bpf-linker; returns its path.
 fn build_probe(root: &Path) -> Result<PathBuf> {

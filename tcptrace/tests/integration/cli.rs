@@ -25,8 +25,7 @@ fn run(args: &[&str]) -> (i32, String, String) {
 /// has said it is tracing; its stderr reader comes back alongside.
 fn spawn_tracing(netns: &Netns, args: &[&str]) -> (Child, BufReader<ChildStderr>) {
     let (mut child, notify) = Tracer::spawn(netns, args);
-    notify
-        .wait_ready(&mut child)
+    harness::wait_ready(&notify, &mut child)
         .unwrap_or_else(|why| panic!("tcptrace did not start: {why}"));
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();

@@ -4,15 +4,16 @@
 use std::{
     ffi::OsStr,
     io::{BufRead, BufReader, Read},
-    os::{fd::AsRawFd, unix::net::UnixDatagram},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, ChildStderr, ChildStdout, Command, Stdio},
     sync::{mpsc, Condvar, Mutex, OnceLock},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
+use xtask::harness::{Namespace, Notify};
 
 pub const TRACER: &str = env!("CARGO_BIN_EXE_tcptrace");
 /// The test peer, a development tool of the xtask package
@@ -23,11 +24,8 @@ pub fn peer() -> &'static Path {
     static PEER: OnceLock<PathBuf> = OnceLock::new();
     PEER.get_or_init(|| {
         let exe = std::env::current_exe().expect("the test binary's path");
-        let profile = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary in TARGET/PROFILE/deps/");
-        let peer = profile.join("tcptrace-peer");
+        let peer =
+            xtask::harness::peer_beside(&exe).expect("the test binary in TARGET/PROFILE/deps/");
         assert!(
             peer.exists(),
             "{} is missing: build it with `cargo build --release --package xtask --bin \
@@ -42,7 +40,8 @@ pub fn peer() -> &'static Path {
 /// listeners and TIME_WAIT table (net.ipv4.tcp_max_tw_buckets is per
 /// namespace) are not shared with the host or with other tests.
 pub struct Netns {
-    name: String,
+    /// Deleted when dropped (`xtask::harness::Namespace`), before the turn.
+    ns: Namespace,
     /// Held for the test's whole life (the namespace is its first value, so
     /// dropped last).
     _turn: Turn,
@@ -103,50 +102,27 @@ impl Netns {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let ok = |args: &[&str]| {
-            let status = Command::new("ip")
-                .args(args)
-                .status()
-                .expect("iproute2's ip");
-            assert!(status.success(), "ip {args:?} failed");
-        };
-        ok(&["netns", "add", &name]);
-        ok(&["-n", &name, "link", "set", "lo", "up"]);
-        Netns { name, _turn: turn }
+        let ns = Namespace::add(name).expect("a network namespace (iproute2's ip)");
+        Netns { ns, _turn: turn }
     }
 
-    /// `program` to be run inside the namespace (the pid stays the same:
-    /// `ip netns exec` execs it).
     /// Inode of the namespace, as tcptrace reports it ("netns").
     pub fn inode(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/run/netns/{}", self.name))
+        std::fs::metadata(format!("/run/netns/{}", self.ns.name()))
             .expect("the namespace's bind mount")
             .ino()
     }
 
     /// Sets a (per-namespace) sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
-        let status = self
-            .command("sysctl")
-            .args(["-q", "-w", &format!("{key}={value}")])
-            .status()
-            .expect("sysctl");
-        assert!(status.success(), "sysctl {key}={value} failed");
+        self.ns.sysctl(key, value).unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// `program` to be run inside the namespace (the pid stays the same:
+    /// `ip netns exec` execs it).
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
-        cmd
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
+        self.ns.command(program)
     }
 }
 
@@ -154,68 +130,20 @@ impl Drop for Netns {
 /// verifier take seconds under emulation).
 const START_LIMIT: Duration = Duration::from_secs(60);
 
-/// Where a tracer says it is ready: a datagram socket of the systemd notify
-/// protocol, passed to it as `NOTIFY_SOCKET`; tcptrace sends `READY=1` once
-/// its probe is attached and it is about to read events. A path, not an
-/// abstract name: those are per network namespace, and tracers run in the
-/// test's.
-pub struct Notify {
-    socket: UnixDatagram,
-    path: PathBuf,
+/// A notify socket for one tracer (`xtask::harness::Notify`).
+fn notify() -> Notify {
+    Notify::new("tcptrace-test").expect("binding a notify socket")
 }
 
-impl Notify {
-    pub fn new() -> Notify {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "tcptrace-test-{}-{}.notify",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_file(&path);
-        let socket = UnixDatagram::bind(&path).expect("binding the notify socket");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        Notify { socket, path }
-    }
-
-    /// `cmd` with NOTIFY_SOCKET naming this socket.
-    pub fn pass_to<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
-        cmd.env("NOTIFY_SOCKET", &self.path)
-    }
-
-    /// Waits for `child`'s READY=1; the reason if it exits first or does
-    /// not say it within START_LIMIT.
-    pub fn wait_ready(&self, child: &mut Child) -> Result<(), String> {
-        let deadline = Instant::now() + START_LIMIT;
-        let mut buf = [0; 256];
-        loop {
-            match self.socket.recv(&mut buf) {
-                Ok(n) if buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1") => return Ok(()),
-                Ok(_) => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(format!("reading the notify socket: {e}")),
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                return Err(format!("exited with {status} before READY=1"));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no READY=1 within {START_LIMIT:?}"));
-            }
-        }
-    }
-}
-
-impl Drop for Notify {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
+/// Waits for `child`'s READY=1 on `notify`; the reason if it exits first
+/// or does not say it within START_LIMIT.
+pub fn wait_ready(notify: &Notify, child: &mut Child) -> Result<(), String> {
+    notify.wait_ready(START_LIMIT, || {
+        child
+            .try_wait()
+            .unwrap()
+            .map(|status| format!("exited with {status}"))
+    })
 }
 
 /// What is already in `stderr`'s pipe, without waiting for more.
@@ -245,7 +173,7 @@ impl Tracer {
     /// tcptrace in `netns` with piped stdout and stderr, just spawned, and
     /// the socket where it will say it is ready.
     pub fn spawn(netns: &Netns, args: &[&str]) -> (Child, Notify) {
-        let notify = Notify::new();
+        let notify = notify();
         let child = notify
             .pass_to(&mut netns.command(TRACER))
             .args(args)
@@ -269,11 +197,11 @@ impl Tracer {
     /// A tracer in the host's namespace: the test's namespace can then go
     /// away while it traces (which kills the namespace's timewait sockets).
     pub fn start_in_host(netns: &Netns, args: &[&str]) -> Tracer {
-        let notify = Notify::new();
+        let notify = notify();
         let child = notify
             .pass_to(&mut Command::new(TRACER))
             .args(args)
-            .args(["--netns", &format!("/run/netns/{}", netns.name)])
+            .args(["--netns", &format!("/run/netns/{}", netns.ns.name())])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -286,7 +214,7 @@ impl Tracer {
     /// what it prints afterwards is the run's (`Records::stderr`).
     fn started(mut child: Child, notify: Notify) -> Tracer {
         let mut stderr = child.stderr.take().unwrap();
-        if let Err(why) = notify.wait_ready(&mut child) {
+        if let Err(why) = wait_ready(&notify, &mut child) {
             let _ = child.kill();
             let _ = child.wait();
             let mut said = String::new();
