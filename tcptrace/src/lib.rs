@@ -18,6 +18,7 @@ mod flags;
 mod hist;
 mod life;
 mod live;
+mod notify;
 mod options;
 mod preflight;
 pub mod printer;

@@ -218,6 +218,7 @@ pub async fn run(mut probe: Probe, view: &mut impl View, options: SessionOptions
     if let Some(banner) = &options.banner {
         note!("{banner}");
     }
+    crate::notify::ready();
 
     while !view.done() {
         tokio::select! {

@@ -32,6 +32,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use xtask::harness::{Namespace, Notify};
 
 /// Expected count per transition name, per connection or per port.
 type Table = &'static [(&'static str, u64)];
@@ -318,7 +319,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     }
 
     let tracer = crate::build(root)?;
-    let peer = root.join("target/release/tcptrace-peer");
+    let peer = crate::build_peer(root)?;
     let tcpstates = if configs.contains(&Config::D) {
         ensure_tcpstates()
     } else {
@@ -658,7 +659,7 @@ impl Bench {
                 let _ = std::fs::remove_file(&out_path);
             }
         }
-        netns.delete();
+        drop(netns); // deletes the namespace
         self.wait_for_timewait_purge()?;
         Ok(round)
     }
@@ -1170,10 +1171,19 @@ struct Exit {
 }
 
 impl Tracer {
-    fn spawn(program: &Path, args: &[&str], out_path: &Path) -> Result<Tracer> {
+    fn spawn(
+        program: &Path,
+        args: &[&str],
+        out_path: &Path,
+        notify: Option<&Notify>,
+    ) -> Result<Tracer> {
         let out =
             File::create(out_path).with_context(|| format!("creating {}", out_path.display()))?;
-        let mut child = Command::new(program)
+        let mut cmd = Command::new(program);
+        if let Some(notify) = notify {
+            notify.pass_to(&mut cmd);
+        }
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
@@ -1200,22 +1210,29 @@ impl Tracer {
         })
     }
 
-    /// tcptrace, ready once it says it is tracing.
+    /// tcptrace, ready once it sends READY=1 to its NOTIFY_SOCKET (the
+    /// systemd notify protocol: probe attached, about to read events).
     fn tcptrace(program: &Path, args: &[&str], out_path: &Path) -> Result<Tracer> {
-        let mut tracer = Tracer::spawn(program, args, out_path)?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tracer.stderr.recv_timeout(left) {
-                Ok(line) => {
-                    let ready = line.starts_with("tcptrace: tracing");
+        let notify = Notify::new("tcptrace-bench").context("binding a notify socket")?;
+        let mut tracer = Tracer::spawn(program, args, out_path, Some(&notify))?;
+        let pid = tracer.pid;
+        let ready = notify.wait_ready(Duration::from_secs(60), || {
+            let mut status = 0;
+            (unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid)
+                .then(|| "exited".to_string())
+        });
+        if let Err(why) = ready {
+            if why.starts_with("exited") {
+                tracer.waited = true;
+                // The reader sees the end of stderr once the process is gone.
+                while let Ok(line) = tracer.stderr.recv_timeout(Duration::from_secs(5)) {
                     tracer.stderr_lines.push(line);
-                    if ready {
-                        break;
-                    }
                 }
-                Err(_) => bail!("tcptrace did not start: {}", tracer.stderr_lines.join("\n")),
             }
+            bail!(
+                "tcptrace did not start ({why}): {}",
+                tracer.stderr_lines.join("\n")
+            );
         }
         tracer.ready_cpu = process_cpu(tracer.pid)?;
         Ok(tracer)
@@ -1224,7 +1241,7 @@ impl Tracer {
     /// tcpstates, ready once its program is attached and its perf buffer
     /// polled (a BPF link and an epoll instance among its fds).
     fn tcpstates(program: &Path, out_path: &Path) -> Result<Tracer> {
-        let mut tracer = Tracer::spawn(program, &[], out_path)?;
+        let mut tracer = Tracer::spawn(program, &[], out_path, None)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let links = fd_targets(tracer.pid);
@@ -1359,9 +1376,9 @@ impl Drop for Tracer {
 
 /// A network namespace of the round's own, loopback up, with room for
 /// every timewait socket the round makes.
+/// A round's namespace (`Namespace`), with its counters.
 struct Netns {
-    name: String,
-    deleted: bool,
+    ns: Namespace,
 }
 
 impl Netns {
@@ -1371,29 +1388,15 @@ impl Netns {
             std::process::id(),
             config.letter()
         );
-        ip(&["netns", "add", &name])?;
-        let netns = Netns {
-            name,
-            deleted: false,
-        };
-        ip(&["-n", &netns.name, "link", "set", "lo", "up"])?;
+        let ns = Namespace::add(name).context("creating the round's network namespace")?;
         // Per namespace; by default about half the hash table (131072
         // here), which a long round at full rate can reach.
-        let status = netns
-            .command(Path::new("sysctl"))
-            .args(["-q", "-w", "net.ipv4.tcp_max_tw_buckets=4000000"])
-            .status()
-            .context("sysctl")?;
-        if !status.success() {
-            bail!("setting net.ipv4.tcp_max_tw_buckets in {}", netns.name);
-        }
-        Ok(netns)
+        ns.sysctl("net.ipv4.tcp_max_tw_buckets", "4000000")?;
+        Ok(Netns { ns })
     }
 
     fn command(&self, program: &Path) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
-        cmd
+        self.ns.command(program)
     }
 
     /// A counter of the namespace from /proc/net/FILE, on the lines that
@@ -1427,30 +1430,6 @@ impl Netns {
     fn tcp_in_use(&self) -> Option<u64> {
         self.counter("sockstat", "TCP", "inuse")
     }
-
-    fn delete(mut self) {
-        let _ = ip(&["netns", "delete", &self.name]);
-        self.deleted = true;
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if !self.deleted {
-            let _ = ip(&["netns", "delete", &self.name]);
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .context("running iproute2's ip")?;
-    if !status.success() {
-        bail!("ip {} failed ({status})", args.join(" "));
-    }
-    Ok(())
 }
 
 /// Timewait sockets allocated machine-wide (slab objects in use).

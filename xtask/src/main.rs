@@ -17,6 +17,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use xtask::harness::PEER;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test tcptrace")]
@@ -42,7 +43,8 @@ enum Cmd {
     /// With `--kernel NAME` (not host), the integration tests run inside a
     /// qemu guest booted with that kernel by virtme-ng (installed into
     /// .tools/ when missing, as is the kernel): by default close_paths,
-    /// lifetimes, views and cli; results in target/vm/NAME/. KVM is used if
+    /// lifetimes, views and cli, each module of the integration binary run
+    /// on its own; results in target/vm/NAME/. KVM is used if
     /// it boots a guest here, TCG otherwise; TCPTRACE_VM_ACCEL=kvm|tcg
     /// overrides. The guest is killed after 25 minutes
     /// (TCPTRACE_VM_TIMEOUT=SECONDS overrides).
@@ -51,8 +53,9 @@ enum Cmd {
         /// or one xtask boots in a VM.
         #[arg(long, default_value = "host", value_parser = clap::builder::PossibleValuesParser::new(vm::kernel_names()))]
         kernel: String,
-        /// Only this integration test target (repeatable).
-        #[arg(long = "test", value_name = "NAME")]
+        /// Only this module of the integration tests (repeatable): cli,
+        /// close_paths, lifetimes, load, timewait_expiry, views.
+        #[arg(long = "test", value_name = "MODULE", value_parser = clap::builder::PossibleValuesParser::new(INTEGRATION_MODULES))]
         tests: Vec<String>,
         /// Only the library's unit tests (or these with --test/--bin).
         #[arg(long)]
@@ -105,19 +108,29 @@ fn run(cli: Cli) -> Result<()> {
             args,
         } => {
             let probe = build_probe(&root)?;
+            build_peer(&root)?;
             if kernel == "host" {
                 let mut cmd = cargo(&root, &probe);
                 cmd.args(["test", "--release"]);
                 if lib {
                     cmd.arg("--lib");
                 }
-                for test in &tests {
-                    cmd.args(["--test", test]);
+                if !tests.is_empty() {
+                    cmd.args(["--test", INTEGRATION]);
                 }
                 for bin in &bins {
                     cmd.args(["--bin", bin]);
                 }
-                return cmd.args(&args).run("cargo test");
+                cmd.args(&args);
+                if !tests.is_empty() {
+                    // Modules by test-name filter (`close_paths::`), after
+                    // the `--` that separates cargo's options from libtest's.
+                    if !args.iter().any(|a| a == "--") {
+                        cmd.arg("--");
+                    }
+                    cmd.args(tests.iter().map(|module| format!("{module}::")));
+                }
+                return cmd.run("cargo test");
             }
             // As with cargo test, a `--` between filter and test options.
             let mut args = args;
@@ -156,6 +169,18 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The integration-test binary (tcptrace/tests/integration/main.rs).
+const INTEGRATION: &str = "integration";
+/// Its modules: a test's name starts with its module's (`cli::...`).
+const INTEGRATION_MODULES: &[&str] = &[
+    "cli",
+    "close_paths",
+    "lifetimes",
+    "load",
+    "timewait_expiry",
+    "views",
+];
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -170,6 +195,17 @@ fn build(root: &Path) -> Result<PathBuf> {
         .args(["build", "--release", "--package", "tcptrace"])
         .run("cargo build")?;
     Ok(root.join("target/release/tcptrace"))
+}
+
+/// Builds the test and bench peer (xtask/src/bin/tcptrace-peer.rs, a
+/// development tool, not installed with tcptrace) next to the release CLI,
+/// where the integration tests look for it; returns its path.
+fn build_peer(root: &Path) -> Result<PathBuf> {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root)
+        .args(["build", "--release", "--package", "xtask", "--bin", PEER])
+        .run("building tcptrace-peer")?;
+    Ok(root.join("target/release").join(PEER))
 }
 
 /// Builds the BPF object with nightly and bpf-linker; returns its path.

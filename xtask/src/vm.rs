@@ -42,7 +42,8 @@ pub fn kernel_names() -> Vec<&'static str> {
         .collect()
 }
 
-/// What `.ci/run` runs on every kernel (the issue's list).
+/// What `.ci/run` runs on every kernel (the issue's list): modules of the
+/// integration binary, each run on its own (a verdict and result files each).
 const DEFAULT_TESTS: &[&str] = &["close_paths", "lifetimes", "views", "cli"];
 
 const VIRTME_NG_VERSION: &str = "1.42";
@@ -65,8 +66,8 @@ const KVM_PROBE_LIMIT: Duration = Duration::from_secs(25);
 /// What to run in the guest.
 pub struct Request<'a> {
     pub kernel: &'a str,
-    /// Integration test targets (`--test`); with no target at all, the
-    /// default set.
+    /// Modules of the integration tests (`--test`); with no target at all,
+    /// the default set.
     pub tests: &'a [String],
     /// Whether to run the library's unit tests (`--lib`).
     pub lib: bool,
@@ -91,11 +92,14 @@ impl Accel {
     }
 }
 
-/// One test executable as cargo built it.
+/// One run of a test executable as cargo built it.
 struct Binary {
     /// Name of its result files and in the report.
     label: String,
     path: PathBuf,
+    /// Test-name filter, ahead of the request's arguments: the module's
+    /// (`close_paths::`) for a module of the integration binary.
+    filter: Option<String>,
 }
 
 pub fn test(root: &Path, probe: &Path, request: &Request) -> Result<()> {
@@ -242,18 +246,18 @@ fn last_line(path: &Path) -> Option<String> {
 
 /// `cargo test --no-run` for the requested targets; their executables.
 fn build_tests(root: &Path, probe: &Path, request: &Request) -> Result<Vec<Binary>> {
-    // (cargo's target kind, target name, label for the results)
-    let mut wanted: Vec<(&str, &str, String)> = Vec::new();
+    // (cargo's target kind, target name, label for the results, filter)
+    let mut wanted: Vec<(&str, &str, String, Option<String>)> = Vec::new();
     let mut cmd = crate::cargo(root, probe);
     cmd.args(["test", "--release", "--no-run", "--package", "tcptrace"])
         .arg("--message-format=json-render-diagnostics");
     if request.lib {
         cmd.arg("--lib");
-        wanted.push(("lib", "tcptrace", "lib".to_string()));
+        wanted.push(("lib", "tcptrace", "lib".to_string(), None));
     }
     for bin in request.bins {
         cmd.args(["--bin", bin]);
-        wanted.push(("bin", bin, format!("bin-{bin}")));
+        wanted.push(("bin", bin, format!("bin-{bin}"), None));
     }
     let defaults: Vec<String>;
     let tests = if request.tests.is_empty() && wanted.is_empty() {
@@ -262,9 +266,12 @@ fn build_tests(root: &Path, probe: &Path, request: &Request) -> Result<Vec<Binar
     } else {
         request.tests
     };
-    for test in tests {
-        cmd.args(["--test", test]);
-        wanted.push(("test", test, test.clone()));
+    if !tests.is_empty() {
+        cmd.args(["--test", crate::INTEGRATION]);
+    }
+    for module in tests {
+        let filter = format!("{module}::");
+        wanted.push(("test", crate::INTEGRATION, module.clone(), Some(filter)));
     }
     let out = cmd
         .stderr(Stdio::inherit())
@@ -281,7 +288,7 @@ fn build_tests(root: &Path, probe: &Path, request: &Request) -> Result<Vec<Binar
         .collect();
     wanted
         .into_iter()
-        .map(|(kind, name, label)| {
+        .map(|(kind, name, label, filter)| {
             let path = built
                 .iter()
                 .find(|msg| {
@@ -297,6 +304,7 @@ fn build_tests(root: &Path, probe: &Path, request: &Request) -> Result<Vec<Binar
             Ok(Binary {
                 label,
                 path: PathBuf::from(path),
+                filter,
             })
         })
         .collect()
@@ -647,9 +655,13 @@ fn guest_script(
     let args: String = args.iter().map(|a| format!(" {}", quote(a))).collect();
     for binary in binaries {
         let name = &binary.label;
+        let filter = match &binary.filter {
+            Some(filter) => format!(" {}", quote(filter)),
+            None => String::new(),
+        };
         s.push_str(&format!(
             "echo \"xtask-guest: running {name}\"\n\
-             timeout -k 10 {BINARY_LIMIT_SECS} {}{threads}{args} > \"$R/{name}.out\" 2>&1\n\
+             timeout -k 10 {BINARY_LIMIT_SECS} {}{filter}{threads}{args} > \"$R/{name}.out\" 2>&1\n\
              echo $? > \"$R/{name}.rc\"\n",
             quote(&binary.path)
         ));

@@ -1,29 +1,100 @@
 //! Test harness: the real tcptrace binary with the real probe, and peers in
 //! separate processes making real connections.
-#![allow(dead_code)]
 
 use std::{
+    ffi::OsStr,
     io::{BufRead, BufReader, Read},
-    process::{Child, ChildStdout, Command, Stdio},
-    sync::mpsc,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, ChildStderr, ChildStdout, Command, Stdio},
+    sync::{mpsc, Condvar, Mutex, OnceLock},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
+use xtask::harness::{Namespace, Notify};
 
 pub const TRACER: &str = env!("CARGO_BIN_EXE_tcptrace");
-pub const PEER: &str = env!("CARGO_BIN_EXE_tcptrace-peer");
+/// The test peer, a development tool of the xtask package
+/// (xtask/src/bin/tcptrace-peer.rs, not installed with tcptrace): in the
+/// target directory's profile directory, where cargo put this test binary's
+/// `deps/`. `cargo xtask test` builds it first.
+pub fn peer() -> &'static Path {
+    static PEER: OnceLock<PathBuf> = OnceLock::new();
+    PEER.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let peer =
+            xtask::harness::peer_beside(&exe).expect("the test binary in TARGET/PROFILE/deps/");
+        assert!(
+            peer.exists(),
+            "{} is missing: build it with `cargo build --release --package xtask --bin \
+             tcptrace-peer` (`cargo xtask test` does)",
+            peer.display()
+        );
+        peer
+    })
+}
 
 /// A network namespace of the test's own, with loopback up: its ports,
 /// listeners and TIME_WAIT table (net.ipv4.tcp_max_tw_buckets is per
 /// namespace) are not shared with the host or with other tests.
 pub struct Netns {
-    name: String,
+    /// Deleted when dropped (`xtask::harness::Namespace`), before the turn.
+    ns: Namespace,
+    /// Held for the test's whole life (the namespace is its first value, so
+    /// dropped last).
+    _turn: Turn,
+}
+
+/// Tests run side by side with the others of their module, never beside
+/// another module's: as when each module was a test binary of its own
+/// (lifetimes' histograms have no namespace key, the churn of load would
+/// stretch the timing-sensitive tests, ...). A module's turn lasts while
+/// any of its tests holds it.
+pub struct Turn {
+    module: &'static str,
+}
+
+/// The module whose turn it is, and how many of its tests hold it.
+static TURN: Mutex<(Option<&'static str>, usize)> = Mutex::new((None, 0));
+static TURN_ENDED: Condvar = Condvar::new();
+
+impl Turn {
+    /// Waits for the turn of the calling test's module (its source file).
+    #[track_caller]
+    pub fn take() -> Turn {
+        let module = std::panic::Location::caller().file();
+        // A test that failed holding the lock poisons it; the others still run.
+        let mut turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        while turn.0.is_some_and(|m| m != module) {
+            turn = TURN_ENDED.wait(turn).unwrap_or_else(|e| e.into_inner());
+        }
+        *turn = (Some(module), turn.1 + 1);
+        Turn { module }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        debug_assert_eq!(turn.0, Some(self.module));
+        turn.1 -= 1;
+        if turn.1 == 0 {
+            turn.0 = None;
+            TURN_ENDED.notify_all();
+        }
+    }
 }
 
 impl Netns {
+    /// A namespace for a test, once its module's turn has come (`Turn`).
+    #[track_caller]
     pub fn new() -> Netns {
+        Netns::with(Turn::take())
+    }
+
+    fn with(turn: Turn) -> Netns {
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
@@ -31,51 +102,62 @@ impl Netns {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let ok = |args: &[&str]| {
-            let status = Command::new("ip")
-                .args(args)
-                .status()
-                .expect("iproute2's ip");
-            assert!(status.success(), "ip {args:?} failed");
-        };
-        ok(&["netns", "add", &name]);
-        ok(&["-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
+        let ns = Namespace::add(name).expect("a network namespace (iproute2's ip)");
+        Netns { ns, _turn: turn }
     }
 
-    /// `program` to be run inside the namespace (the pid stays the same:
-    /// `ip netns exec` execs it).
     /// Inode of the namespace, as tcptrace reports it ("netns").
     pub fn inode(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/run/netns/{}", self.name))
+        std::fs::metadata(format!("/run/netns/{}", self.ns.name()))
             .expect("the namespace's bind mount")
             .ino()
     }
 
     /// Sets a (per-namespace) sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
-        let status = self
-            .command("sysctl")
-            .args(["-q", "-w", &format!("{key}={value}")])
-            .status()
-            .expect("sysctl");
-        assert!(status.success(), "sysctl {key}={value} failed");
+        self.ns.sysctl(key, value).unwrap_or_else(|e| panic!("{e}"));
     }
 
-    pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
+    /// `program` to be run inside the namespace (the pid stays the same:
+    /// `ip netns exec` execs it).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        self.ns.command(program)
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
+/// How long a tracer may take to say it is ready (BTF parsing and the
+/// verifier take seconds under emulation).
+const START_LIMIT: Duration = Duration::from_secs(60);
+
+/// A notify socket for one tracer (`xtask::harness::Notify`).
+fn notify() -> Notify {
+    Notify::new("tcptrace-test").expect("binding a notify socket")
+}
+
+/// Waits for `child`'s READY=1 on `notify`; the reason if it exits first
+/// or does not say it within START_LIMIT.
+pub fn wait_ready(notify: &Notify, child: &mut Child) -> Result<(), String> {
+    notify.wait_ready(START_LIMIT, || {
+        child
+            .try_wait()
+            .unwrap()
+            .map(|status| format!("exited with {status}"))
+    })
+}
+
+/// What is already in `stderr`'s pipe, without waiting for more.
+fn read_available(stderr: &mut ChildStderr) -> String {
+    let fd = stderr.as_raw_fd();
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    let mut out = Vec::new();
+    let mut chunk = [0; 4096];
+    while let Ok(n @ 1..) = stderr.read(&mut chunk) {
+        out.extend_from_slice(&chunk[..n]);
     }
+    unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A running `tcptrace`, started and ready (probe attached).
@@ -88,15 +170,18 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// tcptrace in `netns` with piped stdout and stderr, just spawned.
-    pub fn spawn(netns: &Netns, args: &[&str]) -> Child {
-        netns
-            .command(TRACER)
+    /// tcptrace in `netns` with piped stdout and stderr, just spawned, and
+    /// the socket where it will say it is ready.
+    pub fn spawn(netns: &Netns, args: &[&str]) -> (Child, Notify) {
+        let notify = notify();
+        let child = notify
+            .pass_to(&mut netns.command(TRACER))
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("starting tcptrace")
+            .expect("starting tcptrace");
+        (child, notify)
     }
 
     /// Starts tcptrace in `netns` with `args`; returns once it is tracing.
@@ -105,25 +190,41 @@ impl Tracer {
     pub fn start(netns: &Netns, args: &[&str]) -> Tracer {
         let mut all = args.to_vec();
         all.extend(["--netns", "self"]);
-        Tracer::started(Tracer::spawn(netns, &all))
+        let (child, notify) = Tracer::spawn(netns, &all);
+        Tracer::started(child, notify)
     }
 
     /// A tracer in the host's namespace: the test's namespace can then go
     /// away while it traces (which kills the namespace's timewait sockets).
     pub fn start_in_host(netns: &Netns, args: &[&str]) -> Tracer {
-        let child = Command::new(TRACER)
+        let notify = notify();
+        let child = notify
+            .pass_to(&mut Command::new(TRACER))
             .args(args)
-            .args(["--netns", &format!("/run/netns/{}", netns.name)])
+            .args(["--netns", &format!("/run/netns/{}", netns.ns.name())])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting tcptrace");
-        Tracer::started(child)
+        Tracer::started(child, notify)
     }
 
-    fn started(mut child: Child) -> Tracer {
+    /// Waits for READY=1. What tcptrace printed before it (its banner, any
+    /// start-up note) is all in the pipe by then, and must hold no warning;
+    /// what it prints afterwards is the run's (`Records::stderr`).
+    fn started(mut child: Child, notify: Notify) -> Tracer {
+        let mut stderr = child.stderr.take().unwrap();
+        if let Err(why) = wait_ready(&notify, &mut child) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut said = String::new();
+            let _ = stderr.read_to_string(&mut said);
+            panic!("tcptrace did not start ({why}): {said}");
+        }
+        for line in read_available(&mut stderr).lines() {
+            assert!(!line.contains("warning"), "unexpected warning: {line}");
+        }
         let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
@@ -131,26 +232,6 @@ impl Tracer {
                 }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line)
-                    if line.starts_with("tcptrace: tracing")
-                        || line.starts_with("tcptrace: reporting")
-                        || line.starts_with("tcptrace: aggregating") =>
-                {
-                    break
-                }
-                Ok(line) if line.contains("warning") => panic!("unexpected warning: {line}"),
-                Ok(_) => continue,
-                Err(_) => {
-                    let _ = child.kill();
-                    let status = child.wait().unwrap();
-                    panic!("tcptrace did not start ({status})");
-                }
-            }
-        }
         let mut stdout = child.stdout.take().unwrap();
         let stdout = thread::spawn(move || {
             let mut out = String::new();
@@ -272,7 +353,7 @@ pub struct Peer {
 impl Peer {
     fn spawn(netns: &Netns, args: &[String]) -> Peer {
         let mut child = netns
-            .command(PEER)
+            .command(peer())
             .args(args)
             .stdout(Stdio::piped())
             .spawn()

@@ -1,16 +1,15 @@
 //! The real probe against real loopback connections, client and server in
 //! separate processes. Each test filters on its own ports, so tests can run
 //! side by side on a busy host.
-mod common;
 
-use common::{ns, transition_name, Netns, Peer, Tracer};
+use crate::harness::{self, ns, transition_name, Netns, Peer, Tracer};
 use serde_json::Value;
 
 const MS: u64 = 1_000_000;
 /// Upper bound on scheduling delay added to a hold time: 1 s, or 3 s under
 /// emulation (starting a peer process there can take over a second).
 fn slack() -> u64 {
-    if common::emulated() {
+    if harness::emulated() {
         3_000 * MS
     } else {
         1_000 * MS
@@ -149,35 +148,35 @@ fn close_sequence(addr: &str, family: &str, client_first: bool, closer_mode: &st
 
 #[test]
 fn client_closes_first() {
-    common::exact_unless_kernel_skipped(|| {
+    harness::exact_unless_kernel_skipped(|| {
         close_sequence("127.0.0.1", "ipv4", true, "close-first", libc::SIGINT);
     });
 }
 
 #[test]
 fn server_closes_first() {
-    common::exact_unless_kernel_skipped(|| {
+    harness::exact_unless_kernel_skipped(|| {
         close_sequence("127.0.0.1", "ipv4", false, "close-first", libc::SIGINT);
     });
 }
 
 #[test]
 fn client_shuts_down_first() {
-    common::exact_unless_kernel_skipped(|| {
+    harness::exact_unless_kernel_skipped(|| {
         close_sequence("127.0.0.1", "ipv4", true, "shutdown-first", libc::SIGINT);
     });
 }
 
 #[test]
 fn ipv6_client_closes_first_and_sigterm_detaches() {
-    common::exact_unless_kernel_skipped(|| {
+    harness::exact_unless_kernel_skipped(|| {
         close_sequence("::1", "ipv6", true, "close-first", libc::SIGTERM);
     });
 }
 
 #[test]
 fn abortive_close_is_not_a_timewait_handoff() {
-    common::exact_unless_kernel_skipped(|| {
+    harness::exact_unless_kernel_skipped(|| {
         let netns = Netns::new();
         // The client half-closes (FIN_WAIT2 once the server acks), then aborts
         // with SO_LINGER 0 while the server still sits in CLOSE_WAIT: the same
@@ -240,9 +239,9 @@ fn abortive_close_is_not_a_timewait_handoff() {
 
 #[test]
 fn all_reports_the_whole_life_of_one_connection_in_order() {
-    common::exact_unless_kernel_skipped(|| {
+    harness::exact_unless_kernel_skipped(|| {
         let netns = Netns::new();
-        let port = common::FIXED_PORT;
+        let port = harness::FIXED_PORT;
         let tracer = Tracer::start(&netns, &["--json", "--all", "--port", &port.to_string()]);
         let (server, listened) =
             Peer::server(&netns, &format!("127.0.0.1:{port}"), "close-second", 30);
@@ -332,7 +331,7 @@ fn all_reports_the_whole_life_of_one_connection_in_order() {
 
 #[test]
 fn port_pid_and_family_filters_drop_exactly_what_they_should() {
-    common::exact_unless_kernel_skipped(|| {
+    harness::exact_unless_kernel_skipped(|| {
         let netns = Netns::new();
         let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 10);
         let p = port.to_string();
@@ -403,7 +402,7 @@ fn port_pid_and_family_filters_drop_exactly_what_they_should() {
 
 #[test]
 fn without_the_timer_hook_handoffs_are_unclassified_not_hidden() {
-    common::exact_unless_kernel_skipped(|| {
+    harness::exact_unless_kernel_skipped(|| {
         let netns = Netns::new();
         let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 20);
         let tracer = Tracer::start(
@@ -433,12 +432,12 @@ fn without_the_timer_hook_handoffs_are_unclassified_not_hidden() {
 
 #[test]
 fn connections_older_than_the_tracer_have_unknown_age_but_known_closers() {
-    common::exact_unless_kernel_skipped(|| {
+    harness::exact_unless_kernel_skipped(|| {
         let netns = Netns::new();
         let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 50);
         // Connected now, closed by the client 2 s later: long after the tracer
         // below has started.
-        let hold = common::outlasting_startup_ms(2000);
+        let hold = harness::outlasting_startup_ms(2000);
         let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", hold);
         let (client_pid, server_pid) = (client.pid(), server.pid());
         std::thread::sleep(std::time::Duration::from_millis(200));
@@ -471,7 +470,7 @@ fn connections_older_than_the_tracer_have_unknown_age_but_known_closers() {
 
 #[test]
 fn time_wait_taken_over_by_a_new_connection_from_the_same_port_ends_as_reused() {
-    common::exact_unless_kernel_skipped(|| {
+    harness::exact_unless_kernel_skipped(|| {
         let netns = Netns::new();
         netns.sysctl("net.ipv4.tcp_tw_reuse", "1");
         let (server, port) = Peer::server_with(
@@ -482,7 +481,7 @@ fn time_wait_taken_over_by_a_new_connection_from_the_same_port_ends_as_reused() 
             &["--connections", "2"],
         );
         let tracer = Tracer::start(&netns, &["--json", "--port", &port.to_string()]);
-        let source = (common::FIXED_PORT + 1).to_string();
+        let source = (harness::FIXED_PORT + 1).to_string();
         let target = format!("127.0.0.1:{port}");
         let first = Peer::client_with(
             &netns,
@@ -506,7 +505,7 @@ fn time_wait_taken_over_by_a_new_connection_from_the_same_port_ends_as_reused() 
         let (second_port, _) = second.finish();
         assert_eq!(
             (first_port, second_port),
-            (common::FIXED_PORT + 1, common::FIXED_PORT + 1)
+            (harness::FIXED_PORT + 1, harness::FIXED_PORT + 1)
         );
         server.finish_all();
         let records = tracer.stop();
@@ -538,7 +537,7 @@ fn time_wait_taken_over_by_a_new_connection_from_the_same_port_ends_as_reused() 
 
 #[test]
 fn orphaned_fin_wait2_ends_by_tcp_fin_timeout() {
-    common::exact_unless_kernel_skipped(|| {
+    harness::exact_unless_kernel_skipped(|| {
         let netns = Netns::new();
         netns.sysctl("net.ipv4.tcp_fin_timeout", "2");
         // The server never closes while the client's orphaned FIN_WAIT2 lasts.
@@ -573,11 +572,11 @@ fn orphaned_fin_wait2_ends_by_tcp_fin_timeout() {
 
 #[test]
 fn life_reports_a_connection_older_than_the_tracer_with_what_is_known() {
-    common::exact_unless_kernel_skipped(|| {
+    harness::exact_unless_kernel_skipped(|| {
         let netns = Netns::new();
         let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 100);
         // Connected before the tracer starts, closed by the client later.
-        let hold = common::outlasting_startup_ms(1500);
+        let hold = harness::outlasting_startup_ms(1500);
         let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", hold);
         let server_pid = server.pid();
         std::thread::sleep(std::time::Duration::from_millis(300));

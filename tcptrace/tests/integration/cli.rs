@@ -1,5 +1,4 @@
 //! The command line as a user meets it: errors, signals, pipes, output.
-mod common;
 
 use std::{
     io::{BufRead, BufReader},
@@ -7,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Netns, Peer, Tracer, TRACER};
+use crate::harness::{self, Netns, Peer, Tracer, TRACER};
 
 /// Runs tcptrace to completion; returns (exit code, stdout, stderr).
 fn run(args: &[&str]) -> (i32, String, String) {
@@ -22,10 +21,12 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// tcptrace in `netns` with piped output, once it says it is tracing; its
-/// stderr reader comes back alongside.
+/// tcptrace in `netns` with piped output, once it is ready (READY=1) and
+/// has said it is tracing; its stderr reader comes back alongside.
 fn spawn_tracing(netns: &Netns, args: &[&str]) -> (Child, BufReader<ChildStderr>) {
-    let mut child = Tracer::spawn(netns, args);
+    let (mut child, notify) = Tracer::spawn(netns, args);
+    harness::wait_ready(&notify, &mut child)
+        .unwrap_or_else(|why| panic!("tcptrace did not start: {why}"));
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
@@ -104,6 +105,8 @@ fn refuses_without_privileges() {
 
 #[test]
 fn duration_stops_by_itself_with_a_summary() {
+    // Loads the probe: in cli's turn, like the tests with a namespace.
+    let _turn = harness::Turn::take();
     let start = Instant::now();
     let (code, stdout, stderr) = run(&["--json", "--duration", "0.5", "--port", "1"]);
     let took = start.elapsed();
@@ -198,7 +201,7 @@ fn idle_tracer_wakes_rarely() {
     // wake-ups are the once-a-second loss check.
     let tracer = Tracer::start(&netns, &["--json", "--port", "1"]);
     let pid = tracer.pid();
-    if common::emulated() {
+    if harness::emulated() {
         // Start-up work (seeding listeners, the first loss check) runs
         // seconds long there: let it end before counting.
         std::thread::sleep(Duration::from_secs(2));
@@ -296,7 +299,7 @@ fn summary_and_doctor_name_the_hooks_this_kernel_took() {
 fn probe_log_reports_a_socket_older_than_the_tracer() {
     let netns = Netns::new();
     let (server, port) = Peer::server(&netns, "127.0.0.1:0", "close-second", 50);
-    let hold = common::outlasting_startup_ms(3000);
+    let hold = harness::outlasting_startup_ms(3000);
     let client = Peer::client(&netns, &format!("127.0.0.1:{port}"), "close-first", hold);
     std::thread::sleep(Duration::from_millis(300));
     let tracer = Tracer::start(

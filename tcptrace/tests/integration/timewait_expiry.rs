@@ -1,9 +1,7 @@
-//! TIME_WAIT ends 60 s after it began (TCP_TIMEWAIT_LEN). A test binary of
-//! its own because it waits that long; run it alone with
-//! `cargo xtask test --test timewait_expiry`.
-mod common;
+//! TIME_WAIT ends 60 s after it began (TCP_TIMEWAIT_LEN). The test waits
+//! that long; run it alone with `cargo xtask test --test timewait_expiry`.
 
-use common::{ns, Netns, Peer, Tracer};
+use crate::harness::{ns, Netns, Peer, Tracer};
 
 const S: u64 = 1_000_000_000;
 

@@ -1,9 +1,8 @@
 //! Under connection churn every transition is either delivered or counted
-//! as lost: nothing disappears silently. (A test binary of its own, so the
+//! as lost: nothing disappears silently. (Its module runs alone, so the
 //! churn does not share the CPUs with the timing-sensitive tests.)
-mod common;
 
-use common::{Netns, Tracer, PEER};
+use crate::harness::{self, peer, Netns, Tracer};
 
 const BASE_PORT: u16 = 7000;
 const PORTS: u16 = 4;
@@ -30,7 +29,7 @@ fn churn_loses_nothing_silently() {
     let ports = format!("{BASE_PORT}-{}", BASE_PORT + PORTS - 1);
     let tracer = Tracer::start(&netns, &["--json", "--all", "--port", &ports]);
     let out = netns
-        .command(PEER)
+        .command(peer())
         .args(["churn", "--seconds", "2", "--closer", "server"])
         .args([
             "--base-port",
@@ -150,7 +149,7 @@ fn churn_loses_nothing_silently() {
 
 /// Server-side socket lives (split at LISTEN -> SYN_RECV, as addresses are
 /// reused) that lack some of their five transitions.
-fn incomplete_closes(records: &common::Records) -> Vec<(String, Vec<String>, u64)> {
+fn incomplete_closes(records: &harness::Records) -> Vec<(String, Vec<String>, u64)> {
     use std::collections::HashMap;
     let mut by_socket: HashMap<String, Vec<&serde_json::Value>> = HashMap::new();
     for t in records
@@ -169,7 +168,7 @@ fn incomplete_closes(records: &common::Records) -> Vec<(String, Vec<String>, u64
             if !life.is_empty() && life.len() != 5 {
                 incomplete.push((
                     sk.clone(),
-                    life.iter().map(|t| common::transition_name(t)).collect(),
+                    life.iter().map(|t| harness::transition_name(t)).collect(),
                     life[0]["ktime_ns"].as_u64().unwrap(),
                 ));
             }

@@ -1,7 +1,6 @@
 //! `stuck` and `census` with the real probe, against real connections held
 //! in known states by peers in separate processes, each test in a network
 //! namespace of its own.
-mod common;
 
 use std::{
     collections::BTreeMap,
@@ -12,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Netns, Peer, TRACER};
+use crate::harness::{self, Netns, Peer, TRACER};
 use serde_json::Value;
 
 const S: u64 = 1_000_000_000;
@@ -326,7 +325,7 @@ fn census_live_follows_events_and_equals_ss() {
     assert_eq!(first["total"], 0, "a new namespace is empty: {first:#}");
     let peers = known_states(&netns, 6_000);
     // Everything below comes from events: the walk found nothing.
-    let deadline = Instant::now() + Duration::from_secs(if common::emulated() { 20 } else { 4 });
+    let deadline = Instant::now() + Duration::from_secs(if harness::emulated() { 20 } else { 4 });
     let mut matched = 0;
     while Instant::now() < deadline && matched < 3 {
         while view.lines.try_recv().is_ok() {}

@@ -1,19 +1,18 @@
 //! `tcptrace life` and `tcptrace hist` against connections held open for
-//! known times. One test in a binary of its own: histograms have no
+//! known times. Its module runs alone (`harness::Turn`): histograms have no
 //! namespace key, so nothing else may run beside it.
-mod common;
 
 use std::{collections::HashMap, thread, time::Duration};
 
-use common::{ns, Netns, Peer, Tracer};
+use crate::harness::{self, ns, Netns, Peer, Tracer};
 use serde_json::Value;
 
 const MS: u64 = 1_000_000;
 /// Upper bound on scheduling delay added to a hold time.
 /// How much longer than held a phase may last: scheduling, or ten times
-/// as much under emulation (see `common::emulated`).
+/// as much under emulation (see `harness::emulated`).
 fn slack() -> u64 {
-    if common::emulated() {
+    if harness::emulated() {
         1_000 * MS
     } else {
         100 * MS
@@ -69,14 +68,14 @@ fn histograms(records: &[Value]) -> HashMap<(String, Value), &Value> {
 }
 
 /// Every duration of `h` lies in the one bucket holding `nominal_ns`.
-/// Under emulation (see `common::emulated`) a held connection can last
+/// Under emulation (see `harness::emulated`) a held connection can last
 /// several times its nominal time: there the durations may also lie in the
 /// two buckets above, and nowhere else.
 fn assert_single_bucket(h: &Value, count: usize, nominal_ns: u64) {
     assert_eq!(h["count"], count as u64, "counted exactly once: {h}");
     let (lo, hi) = bucket_of(nominal_ns);
     let buckets = h["buckets"].as_array().unwrap();
-    if common::emulated() {
+    if harness::emulated() {
         let total: u64 = buckets.iter().map(|b| b["count"].as_u64().unwrap()).sum();
         assert_eq!(total, count as u64, "{h}");
         for b in buckets {
