@@ -1,5 +1,5 @@
 //! Driving the real tracer, shared by the integration tests
-//! (tcptrace/tests/integration/harness.rs) and the bench (bench.rs): its
+//! (tcptrace/tests/integration/harness.rs) and the bench (bench/procs.rs): its
 //! network namespaces, its readiness by the systemd notify protocol, and
 //! where the peer is.
 use std::{

@@ -1,0 +1,202 @@
+//! Reading what the tracers wrote: tcptrace's records and summaries,
+//! tcpstates' lines.
+use super::*;
+
+/// The value of `"key":"value"` in a JSON line tcptrace wrote.
+pub(super) fn json_str_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pattern = format!("\"{key}\":\"");
+    let start = line.find(&pattern)? + pattern.len();
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
+/// The numbers that start the comma/space-separated phrases of `text`.
+pub(super) fn leading_numbers(text: &str) -> Vec<u64> {
+    text.split([',', ':'])
+        .filter_map(|part| part.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+impl Bench {
+    /// tcptrace --json: transitions counted from the file, losses and probe
+    /// run time from its summary record.
+    pub(super) fn read_tcptrace_json(
+        &self,
+        path: &Path,
+        round: &mut Round,
+    ) -> Result<BTreeMap<String, u64>> {
+        let mut counts = BTreeMap::new();
+        let mut summary = None;
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        for line in BufReader::with_capacity(1 << 20, file).lines() {
+            let line = line?;
+            if line.starts_with("{\"type\":\"transition\"") {
+                // "old":"X" cannot occur inside a JSON string (its quotes
+                // would be escaped), so a substring search is exact.
+                let (Some(old), Some(new)) =
+                    (json_str_field(&line, "old"), json_str_field(&line, "new"))
+                else {
+                    bail!("transition record without old/new: {line}");
+                };
+                *counts.entry(format!("{old}->{new}")).or_insert(0) += 1;
+            } else if line.contains("\"type\":\"summary\"") {
+                summary = Some(serde_json::from_str::<Value>(&line)?);
+            }
+        }
+        let summary = summary.context("tcptrace printed no summary record")?;
+        let num = |key: &str| summary[key].as_u64().unwrap_or(0);
+        round.ring_full = num("ring_reservation_failures");
+        round.recursion_misses = num("recursion_misses");
+        // Read failures, and TIME_WAIT entries lost with a hand-off the
+        // kernel skipped (the probe sees the orphaned timewait socket).
+        round.other_losses = num("read_failures") + num("timewait_entries_lost");
+        let unseen = num("handoffs_unseen");
+        if unseen > 0 {
+            round.notes.push(format!(
+                "{unseen} hand-offs the state program never ran for"
+            ));
+        }
+        let events: u64 = counts.values().sum();
+        if num("events") != events || num("emitted_by_probe") != events {
+            round.notes.push(format!(
+                "file has {events} transitions, summary says {} events, {} emitted by the probe",
+                num("events"),
+                num("emitted_by_probe")
+            ));
+        }
+        for p in summary["probe_stats"].as_array().into_iter().flatten() {
+            round.probe_runs += p["runs"].as_u64().unwrap_or(0);
+            round.probe_ns += p["run_time_ns"].as_u64().unwrap_or(0);
+            round.programs.push(p.clone());
+        }
+        let hook_misses = num("timewait_hook_misses");
+        if hook_misses > 0 {
+            round
+                .notes
+                .push(format!("timer hook skipped {hook_misses} times"));
+        }
+        round.sampled_transitions = state_program_runs(&round.programs);
+        Ok(counts)
+    }
+
+    /// tcptrace's default view: transitions counted from its columns,
+    /// losses and probe run time from the human summary on stderr.
+    pub(super) fn read_tcptrace_human(
+        &self,
+        path: &Path,
+        stderr: &[String],
+        round: &mut Round,
+    ) -> Result<BTreeMap<String, u64>> {
+        let mut counts = BTreeMap::new();
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        for line in BufReader::with_capacity(1 << 20, file).lines() {
+            let line = line?;
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some(arrow) = words.iter().position(|&w| w == "->") else {
+                continue;
+            };
+            if arrow == 0 || arrow + 1 >= words.len() {
+                continue;
+            }
+            *counts
+                .entry(format!("{}->{}", words[arrow - 1], words[arrow + 1]))
+                .or_insert(0) += 1;
+        }
+        let mut events = None;
+        for line in stderr {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("tcptrace: ") {
+                if let Some((n, _)) = rest.split_once(" events in ") {
+                    events = n.parse::<u64>().ok();
+                }
+            } else if let Some(rest) = line.strip_prefix("lost: ") {
+                // "lost: X ring reservation failures, Y recursion misses"
+                let nums = leading_numbers(rest);
+                round.ring_full = nums.first().copied().unwrap_or(0);
+                round.recursion_misses = nums.get(1).copied().unwrap_or(0);
+            } else if let Some(rest) = line.strip_prefix("lost to failed socket reads: ") {
+                round.other_losses = rest.trim().parse().unwrap_or(0);
+            } else if let Some(rest) = line.strip_prefix("probe ") {
+                // "probe NAME: N runs, X ns per run"
+                if let Some((name, stats)) = rest.split_once(": ") {
+                    let nums = leading_numbers(stats);
+                    if let [runs, per_run, ..] = nums[..] {
+                        round.probe_runs += runs;
+                        round.probe_ns += runs * per_run;
+                        round.programs.push(json!({
+                            "program": name, "runs": runs, "run_time_ns": runs * per_run,
+                        }));
+                    }
+                }
+            }
+        }
+        round.sampled_transitions = state_program_runs(&round.programs);
+        let reported: u64 = counts.values().sum();
+        match events {
+            Some(n) if n == reported => {}
+            Some(n) => round.notes.push(format!(
+                "file has {reported} transitions, summary says {n} events"
+            )),
+            None => round.notes.push("no summary on stderr".into()),
+        }
+        Ok(counts)
+    }
+
+    /// tcpstates: one line per transition (`... OLD -> NEW MS`) for every
+    /// TCP socket on the machine; keep those on the workload's ports.
+    /// Losses: its "lost N events on CPU #C" lines and the kernel's
+    /// recursion-miss counter of its program.
+    pub(super) fn read_tcpstates(
+        &self,
+        path: &Path,
+        stderr: &[String],
+        programs: &[(u64, u64, u64)],
+        round: &mut Round,
+    ) -> Result<BTreeMap<String, u64>> {
+        let mut counts = BTreeMap::new();
+        let mut unrelated = 0u64;
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        for line in BufReader::with_capacity(1 << 20, file).lines() {
+            let line = line?;
+            // SKADDR PID COMM LADDR LPORT RADDR RPORT OLD -> NEW MS, read
+            // from the end (COMM may hold spaces).
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let n = words.len();
+            if n < 9 || words[n - 3] != "->" {
+                continue;
+            }
+            let (Ok(lport), Ok(rport)) = (words[n - 7].parse::<u16>(), words[n - 5].parse::<u16>())
+            else {
+                continue;
+            };
+            if !self.in_ports(lport) && !self.in_ports(rport) {
+                unrelated += 1;
+                continue;
+            }
+            *counts
+                .entry(format!("{}->{}", words[n - 4], words[n - 2]))
+                .or_insert(0) += 1;
+        }
+        for line in stderr {
+            if let Some(rest) = line.trim().strip_prefix("lost ") {
+                round.other_losses += leading_numbers(rest).first().copied().unwrap_or(0);
+            }
+        }
+        for &(runs, ns, misses) in programs {
+            // Its one program is the state-change handler.
+            round.sampled_transitions += runs;
+            round.probe_runs += runs;
+            round.probe_ns += ns;
+            round.recursion_misses += misses;
+            round
+                .programs
+                .push(json!({"runs": runs, "run_time_ns": ns, "recursion_misses": misses}));
+        }
+        if unrelated > 0 {
+            round
+                .notes
+                .push(format!("{unrelated} transitions of other sockets ignored"));
+        }
+        Ok(counts)
+    }
+}
