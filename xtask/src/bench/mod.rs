@@ -4,7 +4,7 @@
 //! Rounds alternate A B C D A B C D ... on the same workload
 //! (`tcptrace-peer churn`, in a fresh network namespace per round):
 //! (A) no tracer, (B) `tcptrace --all --json` into a file, (C) tcptrace's
-//! default view into a file, (D) `tcpstates` into a file. The tracers run in
+//! default view (`--json`) into a file, (D) `tcpstates` into a file. The tracers run in
 //! the host namespace (the tracepoint is global) and are stopped with SIGINT
 //! once their output has stopped growing. Before each round the previous
 //! namespace is deleted and its TIME_WAIT sockets are waited out, so rounds
@@ -111,7 +111,7 @@ pub struct Options {
     #[arg(long, default_value_t = 17400)]
     base_port: u16,
     /// Configurations, in round order: A no tracer, B tcptrace --all --json,
-    /// C tcptrace's default view, D libbpf-tools tcpstates, E B without the timewait
+    /// C tcptrace's default view (--json), D libbpf-tools tcpstates, E B without the timewait
     /// hooks (their cost) [default: ABCD; B with --smoke].
     #[arg(long)]
     configs: Option<String>,
@@ -167,7 +167,7 @@ impl Config {
         match self {
             Config::A => "no tracer",
             Config::B => "tcptrace --all --json",
-            Config::C => "tcptrace (default view)",
+            Config::C => "tcptrace (default view, --json)",
             Config::D => "tcpstates (libbpf-tools)",
             Config::E => "tcptrace --all --json --no-timewait-hook",
         }

@@ -79,69 +79,6 @@ impl Bench {
         Ok(counts)
     }
 
-    /// tcptrace's default view: transitions counted from its columns,
-    /// losses and probe run time from the human summary on stderr.
-    pub(super) fn read_tcptrace_human(
-        &self,
-        path: &Path,
-        stderr: &[String],
-        round: &mut Round,
-    ) -> Result<BTreeMap<String, u64>> {
-        let mut counts = BTreeMap::new();
-        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        for line in BufReader::with_capacity(1 << 20, file).lines() {
-            let line = line?;
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let Some(arrow) = words.iter().position(|&w| w == "->") else {
-                continue;
-            };
-            if arrow == 0 || arrow + 1 >= words.len() {
-                continue;
-            }
-            *counts
-                .entry(format!("{}->{}", words[arrow - 1], words[arrow + 1]))
-                .or_insert(0) += 1;
-        }
-        let mut events = None;
-        for line in stderr {
-            let line = line.trim();
-            if let Some(rest) = line.strip_prefix("tcptrace: ") {
-                if let Some((n, _)) = rest.split_once(" events in ") {
-                    events = n.parse::<u64>().ok();
-                }
-            } else if let Some(rest) = line.strip_prefix("lost: ") {
-                // "lost: X ring reservation failures, Y recursion misses"
-                let nums = leading_numbers(rest);
-                round.ring_full = nums.first().copied().unwrap_or(0);
-                round.recursion_misses = nums.get(1).copied().unwrap_or(0);
-            } else if let Some(rest) = line.strip_prefix("lost to failed socket reads: ") {
-                round.other_losses = rest.trim().parse().unwrap_or(0);
-            } else if let Some(rest) = line.strip_prefix("probe ") {
-                // "probe NAME: N runs, X ns per run"
-                if let Some((name, stats)) = rest.split_once(": ") {
-                    let nums = leading_numbers(stats);
-                    if let [runs, per_run, ..] = nums[..] {
-                        round.probe_runs += runs;
-                        round.probe_ns += runs * per_run;
-                        round.programs.push(json!({
-                            "program": name, "runs": runs, "run_time_ns": runs * per_run,
-                        }));
-                    }
-                }
-            }
-        }
-        round.sampled_transitions = state_program_runs(&round.programs);
-        let reported: u64 = counts.values().sum();
-        match events {
-            Some(n) if n == reported => {}
-            Some(n) => round.notes.push(format!(
-                "file has {reported} transitions, summary says {n} events"
-            )),
-            None => round.notes.push("no summary on stderr".into()),
-        }
-        Ok(counts)
-    }
-
     /// tcpstates: one line per transition (`... OLD -> NEW MS`) for every
     /// TCP socket on the machine; keep those on the workload's ports.
     /// Losses: its "lost N events on CPU #C" lines and the kernel's

@@ -180,9 +180,11 @@ impl Bench {
                 &["--all", "--json", "--port", &self.port_range()],
                 &out_path,
             )?),
+            // The default view's events, read back from its JSON: the bench
+            // parses the tracer's machine-readable output only.
             Config::C => Some(Tracer::tcptrace(
                 &self.tracer,
-                &["--port", &self.port_range()],
+                &["--json", "--port", &self.port_range()],
                 &out_path,
             )?),
             Config::E => Some(Tracer::tcptrace(
@@ -287,9 +289,8 @@ impl Bench {
                 );
             }
             let counts = match config {
-                Config::B | Config::E => self.read_tcptrace_json(&out_path, &mut round)?,
-                Config::C => {
-                    self.read_tcptrace_human(&out_path, &tracer.stderr_lines, &mut round)?
+                Config::B | Config::C | Config::E => {
+                    self.read_tcptrace_json(&out_path, &mut round)?
                 }
                 Config::D => {
                     self.read_tcpstates(&out_path, &tracer.stderr_lines, &programs, &mut round)?
