@@ -588,19 +588,8 @@ pub fn lost_line(before: &LossCounters, now: &LossCounters) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::tests::{bytes_of, raw_event};
+    use crate::printer::fixtures::{clock, transition, ALL_KNOWN};
     use tcptrace_common::{tcp_state::*, *};
-
-    fn clock() -> Clock {
-        // ktime 1_000_000_123 ns == 2026-11-25T17:58:01.000000123Z
-        Clock::fixed(1_795_629_480_000_000_000, 0)
-    }
-
-    fn transition(family: u16, old: u8, new: u8, flags: u8) -> Transition {
-        Transition::decode(bytes_of(&raw_event(family, old, new, flags))).unwrap()
-    }
-
-    const ALL_KNOWN: u8 = EVENT_OWNER_KNOWN | EVENT_IN_OLD_KNOWN | EVENT_AGE_KNOWN;
 
     #[test]
     fn human_line_marks_handoff() {

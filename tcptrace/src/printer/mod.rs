@@ -29,6 +29,30 @@ pub mod json;
 #[cfg(test)]
 mod readme;
 
+/// What the printer's unit tests build their records from.
+#[cfg(test)]
+mod fixtures {
+    use crate::{
+        clock::Clock,
+        decode::{
+            tests::{bytes_of, raw_event},
+            Transition,
+        },
+    };
+    use tcptrace_common::{EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN};
+
+    pub fn clock() -> Clock {
+        // ktime 1_000_000_123 ns == 2026-11-25T17:58:01.000000123Z
+        Clock::fixed(1_795_629_480_000_000_000, 0)
+    }
+
+    pub fn transition(family: u16, old: u8, new: u8, flags: u8) -> Transition {
+        Transition::decode(bytes_of(&raw_event(family, old, new, flags))).unwrap()
+    }
+
+    pub const ALL_KNOWN: u8 = EVENT_OWNER_KNOWN | EVENT_IN_OLD_KNOWN | EVENT_AGE_KNOWN;
+}
+
 pub use human::HumanFormat;
 
 /// Who and where, shared by every per-socket record.
