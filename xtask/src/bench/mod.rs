@@ -167,7 +167,7 @@ impl Config {
         match self {
             Config::A => "no tracer",
             Config::B => "tcptrace --all --json",
-            Config::C => "tcptrace (default view, --json)",
+            Config::C => "tcptrace default --json",
             Config::D => "tcpstates (libbpf-tools)",
             Config::E => "tcptrace --all --json --no-timewait-hook",
         }
