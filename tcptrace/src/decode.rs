@@ -8,7 +8,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use bytes::Buf;
 
-use crate::printer::Endpoints;
 use tcptrace_common::{
     closer, end_reason, record_kind, ConnectionEvent, RecordHeader, TransitionEvent, AF_INET6,
     COMM_LEN, CONN_CLOSING_KNOWN, CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN,
@@ -86,6 +85,15 @@ impl Record {
             Record::Connection(_) => record_kind::CONNECTION,
         }
     }
+}
+
+/// Who and where, shared by every per-socket record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    pub local: IpAddr,
+    pub lport: u16,
+    pub remote: IpAddr,
+    pub rport: u16,
 }
 
 /// What the timewait detection says about a transition.

@@ -16,7 +16,6 @@
 use std::{
     fs::File,
     io::{self, Write},
-    net::IpAddr,
     os::fd::AsFd,
 };
 
@@ -55,14 +54,7 @@ mod fixtures {
 
 pub use human::HumanFormat;
 
-/// Who and where, shared by every per-socket record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Endpoints {
-    pub local: IpAddr,
-    pub lport: u16,
-    pub remote: IpAddr,
-    pub rport: u16,
-}
+pub use crate::decode::Endpoints;
 
 /// What a `connection` record (`life`) says, as the printer is fed it.
 #[derive(Clone, Copy, Debug)]
