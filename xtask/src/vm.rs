@@ -212,9 +212,9 @@ pub fn test(root: &Path, probe: &Path, request: &Request) -> Result<()> {
         accel.name(),
         binaries.len(),
         if binaries.len() == 1 {
-            "binary"
+            "group"
         } else {
-            "binaries"
+            "groups"
         },
         report.passed,
         report.failed
