@@ -195,10 +195,9 @@ impl Purpose {
             Purpose::Table => {
                 config.flags |= CONFIG_EMIT_TRANSITIONS | CONFIG_TIMEWAIT_EVENTS;
                 state::allow_all(&mut config);
+                // No filter flags: both families, every port, pid, namespace.
+                Filters::default().apply(&mut config);
             }
-        }
-        if matches!(self, Purpose::Table) {
-            Filters::default().apply(&mut config);
         }
         config
     }
