@@ -19,7 +19,7 @@ use crate::{
     fields::{load_btf_field, read_field, timewait_endpoints},
     histograms::{dwell_metric, record_duration},
     lifetimes::{connection_over, record_lifetime},
-    maps::{count, ARMED_TIMEWAIT, PENDING_CANCEL, RECENT_CONNECT, TIMEWAITS},
+    maps::{count, ARMED_TIMEWAIT, PENDING_CANCEL, RECENT_CONNECT, STATE_ATTACHED_AT, TIMEWAITS},
 };
 
 /// A timewait socket removed within this long of a connect() on the same
@@ -144,7 +144,7 @@ pub fn timewait_born(tw: u64, substate: u8, now: u64) -> Result<(), i64> {
         }
     }
     let slot = &mut armed.slots[chosen];
-    if slot.ktime_ns != 0 {
+    if slot.ktime_ns != 0 && armed_while_traced(slot.ktime_ns) {
         // That socket's hand-off never came (the kernel skipped the run).
         count(COUNTER_HANDOFFS_UNSEEN);
         diagnostics::handoff_unseen(slot.tw);
@@ -165,6 +165,15 @@ pub fn timewait_born(tw: u64, substate: u8, now: u64) -> Result<(), i64> {
         _pad: [0; 3],
     };
     Ok(())
+}
+
+/// Whether a birth at `at` could have had its hand-off seen: the state
+/// program was attached by then (see `STATE_ATTACHED_AT`).
+#[inline(always)]
+fn armed_while_traced(at: u64) -> bool {
+    STATE_ATTACHED_AT
+        .get(0)
+        .is_some_and(|&attached| attached != 0 && at >= attached)
 }
 
 pub fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<(), i64> {

@@ -3,7 +3,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePoint, FEntry, FExit},
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
@@ -317,6 +317,13 @@ impl Probe {
         };
         let hook = Hook::tp_btf(SET_STATE_PROGRAM);
         attached.push((hook, attach(&mut ebpf, &hook, btf)?));
+        // From now on every hand-off is seen: births armed earlier (while
+        // the programs above were verified) had theirs unseen, harmlessly.
+        let mut attached_at: Array<_, u64> = Array::try_from(
+            ebpf.map_mut("STATE_ATTACHED_AT")
+                .context("no STATE_ATTACHED_AT map")?,
+        )?;
+        attached_at.set(0, crate::clock::Clock::now_ktime_ns(), 0)?;
         Ok(Probe {
             log,
             ebpf,
@@ -399,10 +406,19 @@ impl Probe {
         let armed: PerCpuArray<_, ArmedTimewaits> = PerCpuArray::try_from(map)?;
         let timewaits: BpfHashMap<_, u64, SocketRecord> =
             BpfHashMap::try_from(self.ebpf.map("TIMEWAITS").context("no TIMEWAITS map")?)?;
+        let attached: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map("STATE_ATTACHED_AT")
+                .context("no STATE_ATTACHED_AT map")?,
+        )?;
+        let attached_at = attached.get(&0, 0)?;
         let now = crate::clock::Clock::now_ktime_ns();
         let (mut unseen, mut lost) = (0, 0);
         for slot in armed.get(&0, 0)?.iter().flat_map(|cpu| cpu.slots.iter()) {
-            if slot.ktime_ns != 0 && now.saturating_sub(slot.ktime_ns) > HANDOFF_WINDOW_NS {
+            // Armed before the state program was attached: a connection
+            // that predates tracing (as the probe itself decides).
+            if slot.ktime_ns >= attached_at && now.saturating_sub(slot.ktime_ns) > HANDOFF_WINDOW_NS
+            {
                 unseen += 1;
                 if timewaits
                     .get(&slot.tw, 0)

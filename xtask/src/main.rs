@@ -177,6 +177,7 @@ const INTEGRATION_MODULES: &[&str] = &[
     "close_paths",
     "lifetimes",
     "load",
+    "startup",
     "timewait_expiry",
     "views",
 ];
@@ -267,5 +268,20 @@ impl RunChecked for Command {
             bail!("{what} failed ({status})");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `--test MODULE` offers exactly the integration binary's modules.
+    #[test]
+    fn integration_modules_are_the_binarys() {
+        let main = include_str!("../../tcptrace/tests/integration/main.rs");
+        let declared: Vec<&str> = main
+            .lines()
+            .filter_map(|l| l.strip_prefix("mod ")?.strip_suffix(';'))
+            .filter(|&m| m != "harness")
+            .collect();
+        assert_eq!(declared, super::INTEGRATION_MODULES);
     }
 }

@@ -9,7 +9,8 @@
 //! network namespace of its own, and never beside another module's
 //! (`harness::Turn`), as when each module was a binary of its own:
 //! lifetimes' histograms have no namespace key, load's churn would stretch
-//! the timing-sensitive tests.
+//! the timing-sensitive tests, startup's churn would count in load's
+//! machine-wide counters.
 
 mod harness;
 
@@ -17,5 +18,6 @@ mod cli;
 mod close_paths;
 mod lifetimes;
 mod load;
+mod startup;
 mod timewait_expiry;
 mod views;
