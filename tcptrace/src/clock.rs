@@ -35,6 +35,20 @@ impl Clock {
         }
     }
 
+    /// The clock of a capture: its kernel times turn into the wall-clock
+    /// times of the host and moment it was taken.
+    pub fn with_offset(realtime_minus_monotonic_ns: i128) -> Self {
+        Clock {
+            realtime_minus_monotonic_ns,
+            local_utc_offset_s: local_utc_offset(),
+            rfc3339_second: Cell::new((i64::MIN, [0; 19])),
+        }
+    }
+
+    pub fn realtime_minus_monotonic_ns(&self) -> i128 {
+        self.realtime_minus_monotonic_ns
+    }
+
     #[cfg(test)]
     pub fn fixed(realtime_minus_monotonic_ns: i128, local_utc_offset_s: i64) -> Self {
         Clock {

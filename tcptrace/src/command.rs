@@ -6,6 +6,8 @@ use crate::{
     doctor::{self, DoctorOptions},
     hist::{self, HistOptions},
     life::{self, LifeOptions},
+    options::Source,
+    record::{self, RecordOptions},
     stuck::{self, StuckOptions},
     tail::{self, TailOptions},
 };
@@ -18,9 +20,22 @@ pub enum Command {
     Stuck(StuckOptions),
     Census(CensusOptions),
     Doctor(DoctorOptions),
+    Record(RecordOptions),
 }
 
 impl Command {
+    /// Whether the command loads the probe (reading a capture does not:
+    /// it needs no privileges).
+    pub fn loads_probe(&self) -> bool {
+        let source = match self {
+            Command::Tail(o) => &o.source,
+            Command::Life(o) => &o.source,
+            Command::Hist(o) => &o.source,
+            _ => return true,
+        };
+        matches!(source, Source::Live(_))
+    }
+
     pub async fn run(self) -> Result<()> {
         match self {
             Command::Tail(options) => tail::run(options).await,
@@ -29,6 +44,7 @@ impl Command {
             Command::Stuck(options) => stuck::run(options).await,
             Command::Census(options) => census::run(options).await,
             Command::Doctor(options) => doctor::run(options).await,
+            Command::Record(options) => record::run(options).await,
         }
     }
 }

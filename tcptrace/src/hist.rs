@@ -12,16 +12,18 @@ use std::{
 
 use anyhow::Result;
 use clap::ValueEnum;
-use tcptrace_common::{hist_by, HistKey, HistValue, AF_INET6};
+use tcptrace_common::{
+    hist_by, metric, tcp_state::*, HistKey, HistValue, AF_INET, AF_INET6, HIST_BUCKETS,
+};
 
 pub use crate::snapshot::{Histogram, KeyValue, METRICS};
 use crate::{
     clock::Clock,
-    decode::comm_bytes,
-    options::Output,
+    decode::{comm_bytes, Record, Timewait},
+    options::{Output, Source},
     printer,
     probe::Probe,
-    probe::ProbeOptions,
+    replay,
     session::{self, SessionOptions, View},
     summary::RunContext,
 };
@@ -105,6 +107,132 @@ pub fn arrange(
     out
 }
 
+/// The kernel's histograms rebuilt from the records of a capture: every
+/// duration the probe adds to HISTOGRAMS is in a record (`--all` and
+/// `life`'s records together), keyed the same way.
+#[derive(Default)]
+pub struct RecordHistograms {
+    by: Option<By>,
+    per_key: HashMap<HistKey, HistValue>,
+}
+
+impl RecordHistograms {
+    pub fn new(by: Option<By>) -> Self {
+        RecordHistograms {
+            by,
+            per_key: HashMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, record: &Record) {
+        match record {
+            Record::Transition(t) => {
+                // FIN_WAIT2 handed to a timewait socket is measured there
+                // (its FIN_WAIT2 -> TIME_WAIT or -> CLOSE), as in the probe.
+                if t.old == FIN_WAIT2 && t.timewait == Timewait::Handoff && !t.timewait_socket {
+                    return;
+                }
+                let (Some(ns), Some(metric)) = (t.in_old_ns, dwell_metric(t.old)) else {
+                    return;
+                };
+                let raddr = match t.remote {
+                    IpAddr::V4(a) => {
+                        let mut v = [0u8; 16];
+                        v[..4].copy_from_slice(&a.octets());
+                        (AF_INET, v)
+                    }
+                    IpAddr::V6(a) => (AF_INET6, a.octets()),
+                };
+                let key = self.key(metric, t.lport, t.rport, raddr, t.pid, t.comm());
+                self.add_duration(key, ns);
+            }
+            Record::Connection(c) => {
+                if !c.start_seen() {
+                    return;
+                }
+                let e = &c.event;
+                let key = self.key(
+                    metric::LIFETIME,
+                    e.lport,
+                    e.rport,
+                    (e.family, e.raddr),
+                    c.pid(),
+                    c.comm(),
+                );
+                self.add_duration(key, e.lifetime_ns);
+            }
+        }
+    }
+
+    fn key(
+        &self,
+        metric: u8,
+        lport: u16,
+        rport: u16,
+        (family, raddr): (u16, [u8; 16]),
+        pid: Option<u32>,
+        comm: &[u8],
+    ) -> HistKey {
+        let mut key = HistKey {
+            metric,
+            family: 0,
+            other: 0,
+            _pad: [0; 5],
+            value: [0; 16],
+        };
+        match self.by {
+            None => {}
+            Some(By::Lport) => key.value[..2].copy_from_slice(&lport.to_ne_bytes()),
+            Some(By::Rport) => key.value[..2].copy_from_slice(&rport.to_ne_bytes()),
+            Some(By::Raddr) => {
+                // IPv4 in the first four bytes, as the probe keeps it.
+                key.family = family as u8;
+                key.value = raddr;
+            }
+            Some(By::Comm) => key.value[..comm.len()].copy_from_slice(comm),
+            Some(By::Pid) => key.value[..4].copy_from_slice(&pid.unwrap_or(0).to_ne_bytes()),
+        }
+        key
+    }
+
+    fn add_duration(&mut self, key: HistKey, ns: u64) {
+        let value = self.per_key.entry(key).or_insert(HistValue {
+            count: 0,
+            sum_ns: 0,
+            max_ns: 0,
+            buckets: [0; HIST_BUCKETS],
+        });
+        let bucket = if ns < 2 {
+            0
+        } else {
+            63 - ns.leading_zeros() as usize
+        };
+        if bucket < HIST_BUCKETS {
+            value.buckets[bucket] += 1;
+        }
+        value.count += 1;
+        value.sum_ns += ns;
+        value.max_ns = value.max_ns.max(ns);
+    }
+
+    pub fn raw(&self) -> Vec<(HistKey, HistValue)> {
+        self.per_key.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
+/// Which state a duration measures, as the probe's `dwell_metric`.
+fn dwell_metric(state: u8) -> Option<u8> {
+    match state {
+        TIME_WAIT => Some(metric::TIME_WAIT),
+        SYN_SENT | SYN_RECV => Some(metric::HANDSHAKE),
+        ESTABLISHED => Some(metric::ESTABLISHED),
+        CLOSE_WAIT => Some(metric::CLOSE_WAIT),
+        FIN_WAIT2 => Some(metric::FIN_WAIT2),
+        LAST_ACK => Some(metric::LAST_ACK),
+        _ => None,
+    }
+}
+
 struct HistView {
     json: bool,
     by: Option<By>,
@@ -113,6 +241,8 @@ struct HistView {
     interval: Option<Duration>,
     last: Vec<(HistKey, HistValue)>,
     overflow: u64,
+    /// Reading a capture: the histograms are rebuilt from its records.
+    from_records: Option<RecordHistograms>,
 }
 
 impl HistView {
@@ -140,8 +270,11 @@ impl HistView {
 }
 
 impl View for HistView {
-    fn record(&mut self, _data: &[u8], _clock: &Clock, _out: &mut Vec<u8>) {
-        // The probe writes nothing to the ring in this mode.
+    fn record(&mut self, data: &[u8], _clock: &Clock, _out: &mut Vec<u8>) {
+        // Live, the probe writes nothing to the ring in this mode.
+        if let (Some(histograms), Ok(record)) = (&mut self.from_records, Record::decode(data)) {
+            histograms.add(&record);
+        }
     }
 
     fn refresh_interval(&self) -> Option<Duration> {
@@ -161,6 +294,9 @@ impl View for HistView {
     }
 
     fn finish(&mut self, ctx: &RunContext, clock: &Clock, out: &mut Vec<u8>) -> Result<()> {
+        if let Some(histograms) = &self.from_records {
+            self.last = histograms.raw();
+        }
         self.print(out, clock);
         if self.json {
             printer::json::write_histogram_summary(out, clock, self.overflow, ctx);
@@ -175,7 +311,7 @@ impl View for HistView {
 
 /// `tcptrace hist`.
 pub struct HistOptions {
-    pub probe: ProbeOptions,
+    pub source: Source,
     pub output: Output,
     pub by: Option<By>,
     /// Keys shown per metric (at least 1).
@@ -186,7 +322,6 @@ pub struct HistOptions {
 }
 
 pub async fn run(options: HistOptions) -> Result<()> {
-    let probe = session::start_probe(&options.probe)?;
     let output = options.output;
     let mut view = HistView {
         json: output.json,
@@ -196,6 +331,16 @@ pub async fn run(options: HistOptions) -> Result<()> {
         interval: options.interval,
         last: Vec::new(),
         overflow: 0,
+        from_records: None,
+    };
+    let probe = match options.source {
+        Source::Capture(capture) => {
+            let replay = replay::Replay::open(capture)?;
+            view.from_records = Some(RecordHistograms::new(options.by));
+            view.interval = None;
+            return replay.run(&mut view);
+        }
+        Source::Live(probe) => session::start_probe(&probe)?,
     };
     session::run(
         probe,

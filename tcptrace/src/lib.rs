@@ -8,12 +8,14 @@
 //! `printer` (every line out, JSON and human; `snapshot` holds what the
 //! views hand it, `summary` the tallies), `sockets` (procfs and the table).
 mod btf;
+pub mod capture;
 mod census;
 pub mod clock;
 mod command;
 pub mod decode;
 mod doctor;
 mod error;
+mod filter;
 mod flags;
 mod hist;
 mod life;
@@ -23,6 +25,8 @@ mod options;
 mod preflight;
 pub mod printer;
 mod probe;
+mod record;
+mod replay;
 mod ring;
 mod session;
 mod snapshot;
@@ -40,7 +44,12 @@ pub fn main() -> ExitCode {
         Ok(command) => command,
         Err(code) => return code,
     };
-    let result = preflight::check().and_then(|()| {
+    let preflight = if command.loads_probe() {
+        preflight::check()
+    } else {
+        Ok(())
+    };
+    let result = preflight.and_then(|()| {
         tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()

@@ -9,9 +9,9 @@ use anyhow::Result;
 use crate::{
     clock::Clock,
     decode::{end_name, Connection, Record},
-    options::{Columns, Output},
+    options::{Columns, Output, Source},
     printer::{self, ConnectionRecord, Format},
-    probe::ProbeOptions,
+    replay,
     session::{self, SessionOptions, View},
     summary::{ConnectionTally, RunContext},
 };
@@ -71,18 +71,21 @@ impl View for LifeView {
 
 /// `tcptrace life`.
 pub struct LifeOptions {
-    pub probe: ProbeOptions,
+    pub source: Source,
     pub output: Output,
     pub columns: Columns,
 }
 
 pub async fn run(options: LifeOptions) -> Result<()> {
     let LifeOptions {
-        probe,
+        source,
         output,
         columns,
     } = options;
-    let probe = session::start_probe(&probe)?;
+    let replay = match &source {
+        Source::Capture(capture) => Some(replay::Replay::open(capture.clone())?),
+        Source::Live(_) => None,
+    };
     let mut view = LifeView {
         format: Format::new(output.json, columns.wide),
         tally: ConnectionTally::default(),
@@ -94,6 +97,10 @@ pub async fn run(options: LifeOptions) -> Result<()> {
             printer::write_stdout(&header)?;
         }
     }
+    let probe = match source {
+        Source::Live(probe) => session::start_probe(&probe)?,
+        Source::Capture(_) => return replay.expect("opened above").run(&mut view),
+    };
     session::run(
         probe,
         &mut view,

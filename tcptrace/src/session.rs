@@ -271,6 +271,7 @@ pub async fn run(mut probe: Probe, view: &mut impl View, options: SessionOptions
     losses = report_losses(&probe, &clock, &mut sink, options.json, losses)?;
     let timewait_detection = probe.timewait.describe();
     let ctx = RunContext {
+        capture_span: None,
         losses,
         timewait_detection: &timewait_detection,
         hooks: probe.hooks.iter().map(|hook| hook.name()).collect(),

@@ -78,6 +78,17 @@ pub struct RunContext<'a> {
     pub records_evicted: u64,
     /// (program, runs, run time ns) while kernel BPF stats are enabled.
     pub run_stats: Vec<(&'static str, u64, u64)>,
+    /// Read from a capture (`-r`): the time it spans (the run's length
+    /// is then not the reading's).
+    pub capture_span: Option<std::time::Duration>,
+}
+
+impl RunContext<'_> {
+    /// How long the run lasted: live, since `stats` began; read back, the
+    /// capture's span.
+    pub fn duration(&self, stats: &RunStats) -> std::time::Duration {
+        self.capture_span.unwrap_or_else(|| stats.elapsed())
+    }
 }
 
 /// What `life` counted, for its summary.
@@ -88,6 +99,18 @@ pub struct ConnectionTally {
     pub per_closer: [u64; 4],
     pub start_unseen: u64,
     pub bad_records: u64,
+}
+
+/// What `record` kept, for its summary.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CaptureTally {
+    pub transitions: u64,
+    pub connections: u64,
+    pub records_written: u64,
+    /// Records read from the ring that the capture could not keep.
+    pub records_unwritten: u64,
+    pub bytes: u64,
+    pub files: u64,
 }
 
 /// What a socket view (`stuck`, `census`) counted, for its summary.
@@ -120,6 +143,7 @@ mod tests {
             stats.record(&Transition::decode(bytes_of(ev)).unwrap());
         }
         let ctx = RunContext {
+            capture_span: None,
             losses: LossCounters {
                 ring_full: 3,
                 recursion_misses: 1,

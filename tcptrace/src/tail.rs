@@ -4,9 +4,9 @@ use anyhow::Result;
 use crate::{
     clock::Clock,
     decode::Record,
-    options::{Columns, Output},
+    options::{Columns, Output, Source},
     printer::{self, Format},
-    probe::ProbeOptions,
+    replay,
     session::{self, SessionOptions, View},
     summary::{RunContext, RunStats},
 };
@@ -43,18 +43,21 @@ impl View for TailView {
 
 /// `tcptrace` with no subcommand.
 pub struct TailOptions {
-    pub probe: ProbeOptions,
+    pub source: Source,
     pub output: Output,
     pub columns: Columns,
 }
 
 pub async fn run(options: TailOptions) -> Result<()> {
     let TailOptions {
-        probe,
+        source,
         output,
         columns,
     } = options;
-    let probe = session::start_probe(&probe)?;
+    let replay = match &source {
+        Source::Capture(capture) => Some(replay::Replay::open(capture.clone())?),
+        Source::Live(_) => None,
+    };
     let mut format = Format::new(output.json, columns.wide);
     let mut header = Vec::new();
     if let Format::Human(human) = &mut format {
@@ -67,6 +70,10 @@ pub async fn run(options: TailOptions) -> Result<()> {
         format,
         json: output.json,
         stats: RunStats::new(),
+    };
+    let probe = match source {
+        Source::Live(probe) => session::start_probe(&probe)?,
+        Source::Capture(_) => return replay.expect("opened above").run(&mut view),
     };
     let banner = format!(
         "tcptrace: tracing TCP state transitions{}",

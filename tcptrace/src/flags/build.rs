@@ -10,7 +10,8 @@ use tcptrace_common::{
 
 use super::defs::{
     CensusFlags, Cli, Columns, Command as Sub, Common, DoctorFlags, Filters, HistFlags, LifeFlags,
-    Output, ProbeFlags, Refresh, StuckFlags, TailFlags, DEFAULT_HISTOGRAM_KEYS,
+    Output, ProbeFlags, ReadFlags, RecordFlags, Refresh, StuckFlags, TailFlags,
+    DEFAULT_HISTOGRAM_KEYS,
 };
 use crate::{
     census::CensusOptions,
@@ -19,8 +20,10 @@ use crate::{
     error::UsageError,
     hist::{self, HistOptions},
     life::LifeOptions,
-    options,
+    options::{self, Source},
     probe::ProbeOptions,
+    record::RecordOptions,
+    replay::ReplayOptions,
     sockets::{current_netns, Scope},
     state,
     stuck::StuckOptions,
@@ -37,6 +40,9 @@ enum Purpose {
     Hist { by: u32 },
     /// Every transition, unfiltered, to keep a socket table (the views).
     Table,
+    /// Everything every view needs afterwards: all transitions and the
+    /// connection records (`record`).
+    Capture,
 }
 
 impl Cli {
@@ -49,6 +55,7 @@ impl Cli {
             Some(Sub::Stuck(flags)) => Command::Stuck(flags.into_options()?),
             Some(Sub::Census(flags)) => Command::Census(flags.into_options()?),
             Some(Sub::Doctor(flags)) => Command::Doctor(flags.into_options()?),
+            Some(Sub::Record(flags)) => Command::Record(flags.into_options()?),
         })
     }
 }
@@ -58,7 +65,9 @@ impl TailFlags {
         Ok(TailOptions {
             columns: self.columns.options(&self.common.filters),
             output: self.common.output.options(),
-            probe: self.common.probe_options(Purpose::Tail { all: self.all })?,
+            source: self
+                .common
+                .source(Purpose::Tail { all: self.all }, &self.read)?,
         })
     }
 }
@@ -68,7 +77,7 @@ impl LifeFlags {
         Ok(LifeOptions {
             columns: self.columns.options(&self.common.filters),
             output: self.common.output.options(),
-            probe: self.common.probe_options(Purpose::Life)?,
+            source: self.common.source(Purpose::Life, &self.read)?,
         })
     }
 }
@@ -76,15 +85,63 @@ impl LifeFlags {
 impl HistFlags {
     fn into_options(self) -> Result<HistOptions> {
         let by = self.by.map_or(hist_by::NONE, hist::By::probe_value);
-        let mut probe = self.common.probe_options(Purpose::Hist { by })?;
-        probe.histogram_keys = self.max_keys;
+        let mut source = self.common.source(Purpose::Hist { by }, &self.read)?;
+        if let Source::Live(probe) = &mut source {
+            probe.histogram_keys = self.max_keys;
+        }
         Ok(HistOptions {
             output: self.common.output.options(),
-            probe,
+            source,
             by: self.by,
             top: self.top.max(1),
             metrics: self.metric,
             interval: self.interval,
+        })
+    }
+}
+
+impl RecordFlags {
+    fn into_options(self) -> Result<RecordOptions> {
+        if self.file_count.is_some() && self.file_size.is_none() && self.rotate_seconds.is_none() {
+            return Err(UsageError(
+                "-W/--file-count needs -C/--file-size or -G/--rotate-seconds".into(),
+            )
+            .into());
+        }
+        let f = &self.common.filters;
+        let ports = |list: &Option<super::values::PortList>| {
+            list.as_ref().map(|l| {
+                l.0.iter()
+                    .map(|&(lo, hi)| {
+                        if lo == hi {
+                            lo.to_string()
+                        } else {
+                            format!("{lo}-{hi}")
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+        };
+        let filters = serde_json::json!({
+            "ipv4_only": f.ipv4,
+            "ipv6_only": f.ipv6,
+            "lport": ports(&f.lport),
+            "rport": ports(&f.rport),
+            "port": ports(&f.port),
+            "pid": f.pid,
+            "netns": f.netns,
+        });
+        Ok(RecordOptions {
+            output: self.common.output.options(),
+            probe: self.common.probe_options(Purpose::Capture)?,
+            rotation: crate::capture::writer::Rotation {
+                path: self.write,
+                max_bytes: self.file_size,
+                every: self.rotate_seconds,
+                keep: self.file_count.map(|n| n as usize),
+            },
+            filters,
         })
     }
 }
@@ -163,6 +220,26 @@ impl Columns {
 }
 
 impl Common {
+    /// The live probe, or with -r the capture, filtered as the probe would be.
+    fn source(&self, purpose: Purpose, read: &ReadFlags) -> Result<Source> {
+        if read.read.is_empty() {
+            return Ok(Source::Live(self.probe_options(purpose)?));
+        }
+        // What the probe would have sent for this view: histograms are
+        // rebuilt from every transition and connection.
+        let mut filter = match purpose {
+            Purpose::Hist { .. } => Purpose::Capture.config(),
+            _ => purpose.config(),
+        };
+        self.filters.apply(&mut filter);
+        Ok(Source::Capture(ReplayOptions {
+            files: read.read.clone(),
+            since: read.since,
+            until: read.until,
+            filter,
+        }))
+    }
+
     fn probe_options(&self, purpose: Purpose) -> Result<ProbeOptions> {
         self.filters.check_pid()?;
         let mut config = purpose.config();
@@ -191,6 +268,11 @@ impl Purpose {
             Purpose::Hist { by } => {
                 config.flags |= CONFIG_HISTOGRAMS;
                 config.hist_by = by;
+            }
+            Purpose::Capture => {
+                config.flags |=
+                    CONFIG_EMIT_TRANSITIONS | CONFIG_TIMEWAIT_EVENTS | CONFIG_EMIT_CONNECTIONS;
+                state::allow_all(&mut config);
             }
             Purpose::Table => {
                 config.flags |= CONFIG_EMIT_TRANSITIONS | CONFIG_TIMEWAIT_EVENTS;

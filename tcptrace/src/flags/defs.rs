@@ -1,15 +1,15 @@
 //! The command line as clap sees it: every flag, its help and its raw
 //! value. `build` turns these into the commands' validated options; nothing
 //! else in the program sees them.
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
 use super::values::{
-    parse_metric, parse_netns, parse_port_list, parse_ring_size, parse_seconds, parse_states,
-    PortList, StateList,
+    parse_file_size, parse_metric, parse_netns, parse_port_list, parse_ring_size, parse_seconds,
+    parse_states, parse_time_bound, PortList, StateList,
 };
-use crate::{census, hist};
+use crate::{census, hist, replay::TimeBound};
 
 /// Histogram keys the kernel keeps before it counts new ones as "other".
 pub const DEFAULT_HISTOGRAM_KEYS: u32 = 1024;
@@ -31,7 +31,11 @@ EXAMPLES:
     tcptrace life --port 443
         One line per finished connection to or from port 443.
     tcptrace hist --by rport --interval 10
-        Lifetime and per-state histograms per remote port, every 10 s.";
+        Lifetime and per-state histograms per remote port, every 10 s.
+    tcptrace record -w incident.tcpt -C 100M -W 10
+        Capture everything into files of 100 MiB, keeping the newest ten.
+    tcptrace -r incident.tcpt --port 443 --since 2m --until 5m --json
+        Read a capture back: the tail's records for port 443, minutes 2 to 5.";
 
 const ABOUT: &str = "Trace TCP state transitions live, with the process that owns each socket";
 
@@ -99,6 +103,8 @@ pub enum Command {
     Census(CensusFlags),
     /// The TIME_WAIT sysctls, checked against what this host's sockets do.
     Doctor(DoctorFlags),
+    /// Capture every transition and connection record to a file, for -r.
+    Record(RecordFlags),
 }
 
 /// Which sockets a command looks at; applied in the kernel.
@@ -215,6 +221,27 @@ pub struct Columns {
     pub no_header: bool,
 }
 
+/// Reading a capture (`tcptrace record`) in place of the live probe.
+#[derive(clap::Args, Debug, Default)]
+pub struct ReadFlags {
+    /// Read the capture FILE instead of tracing live (like tcpdump -r);
+    /// give every file of a rotated capture to read them all, in order.
+    /// The filters apply to what the capture holds; the probe flags are
+    /// ignored.
+    #[arg(short = 'r', long = "read", value_name = "FILE", num_args = 1..)]
+    pub read: Vec<PathBuf>,
+
+    /// With -r: only records from TIME on, an RFC 3339 time
+    /// (2026-12-02T01:20:04Z, UTC) or a duration after the capture's start
+    /// (30s, 2m, 1h).
+    #[arg(long, value_name = "TIME", requires = "read", value_parser = parse_time_bound)]
+    pub since: Option<TimeBound>,
+
+    /// With -r: only records up to TIME (as --since).
+    #[arg(long, value_name = "TIME", requires = "read", value_parser = parse_time_bound)]
+    pub until: Option<TimeBound>,
+}
+
 /// The live tail (no subcommand).
 #[derive(clap::Args, Debug)]
 pub struct TailFlags {
@@ -224,6 +251,9 @@ pub struct TailFlags {
 
     #[command(flatten)]
     pub common: Common,
+
+    #[command(flatten)]
+    pub read: ReadFlags,
 
     #[command(flatten)]
     pub columns: Columns,
@@ -245,6 +275,9 @@ phases null), never with invented durations.")]
 pub struct LifeFlags {
     #[command(flatten)]
     pub common: Common,
+
+    #[command(flatten)]
+    pub read: ReadFlags,
 
     #[command(flatten)]
     pub columns: Columns,
@@ -286,6 +319,9 @@ pub struct HistFlags {
 
     #[command(flatten)]
     pub common: Common,
+
+    #[command(flatten)]
+    pub read: ReadFlags,
 
     /// Most keys the kernel keeps before counting new ones as "other".
     #[arg(long, value_name = "N", default_value_t = DEFAULT_HISTOGRAM_KEYS,
@@ -425,4 +461,48 @@ pub struct DoctorFlags {
 
     #[command(flatten)]
     pub probe: ProbeFlags,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(
+    mut_arg("json", |a| a.help("Print the summary (and losses as they happen) as JSON Lines on stdout")),
+)]
+#[command(long_about = "\
+Capture what every view needs into a file, to read it back later, as often
+as needed, with any view and filters chosen then (tcptrace -r FILE,
+tcptrace life -r FILE, tcptrace hist -r FILE): every transition (as --all),
+the timewait sockets' own, and the per-connection records of life.
+
+The records are written as the probe made them, in batches, by a thread of
+its own: no formatting per event, and a slow or full disk never stalls the
+ring reader. Whatever cannot be kept is counted and reported, on stderr and
+in the file. The file starts with where and how it was taken (host, kernel,
+boot id, clock offset, command line, filters, hooks), holds the loss
+counters every second, and ends with the run's summary; a capture cut
+short (killed, disk full, power) is readable up to its last whole batch.
+
+Filters given here run in the kernel, as for the live views. -C, -W and -G
+rotate files as tcpdump does: FILE, then FILE1, FILE2, ...")]
+pub struct RecordFlags {
+    /// Write the capture to FILE (created, or truncated if it exists).
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: PathBuf,
+
+    /// Start a new file before this one would grow past SIZE (K/M/G
+    /// suffixes are powers of 1024; a plain number is millions of bytes, as
+    /// tcpdump's -C).
+    #[arg(short = 'C', long = "file-size", value_name = "SIZE", value_parser = parse_file_size)]
+    pub file_size: Option<u64>,
+
+    /// Start a new file every SECONDS (as tcpdump's -G).
+    #[arg(short = 'G', long = "rotate-seconds", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub rotate_seconds: Option<Duration>,
+
+    /// With -C or -G: keep only the newest N files, deleting older ones.
+    #[arg(short = 'W', long = "file-count", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub file_count: Option<u64>,
+
+    #[command(flatten)]
+    pub common: Common,
 }

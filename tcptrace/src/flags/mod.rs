@@ -52,7 +52,10 @@ mod tests {
     /// The probe configuration the default command (the tail) builds.
     fn tail_config(args: &[&str]) -> tcptrace_common::ProbeConfig {
         match Cli::try_parse_from(args).unwrap().into_command().unwrap() {
-            Command::Tail(options) => options.probe.config,
+            Command::Tail(options) => match options.source {
+                crate::options::Source::Live(probe) => probe.config,
+                crate::options::Source::Capture(_) => unreachable!("no -r: live"),
+            },
             _ => unreachable!("no subcommand: the tail"),
         }
     }
@@ -154,7 +157,7 @@ mod tests {
     /// types of a derive only when a command line uses them).
     #[test]
     fn every_subcommand_builds_its_options() {
-        let lines: [&[&str]; 6] = [
+        let lines: [&[&str]; 8] = [
             &["tcptrace", "--all", "--json", "-d", "1", "--wide"],
             &["tcptrace", "life", "--port", "80", "--no-header"],
             &[
@@ -187,6 +190,12 @@ mod tests {
                 "--once",
             ],
             &["tcptrace", "doctor", "--observe", "2", "--json"],
+            &[
+                "tcptrace", "record", "-w", "x.tcpt", "-C", "10M", "-W", "4", "--port", "80",
+            ],
+            &[
+                "tcptrace", "hist", "-r", "a.tcpt", "a.tcpt1", "--since", "30s", "--by", "rport",
+            ],
         ];
         for line in lines {
             let command = Cli::try_parse_from(line)
@@ -194,9 +203,25 @@ mod tests {
                 .into_command()
                 .unwrap_or_else(|e| panic!("{line:?}: {e}"));
             match command {
-                Command::Hist(o) => {
-                    assert_eq!(o.metrics.len(), 2);
-                    assert_eq!(o.interval, Some(Duration::from_secs(2)));
+                Command::Hist(o) => match o.source {
+                    crate::options::Source::Capture(capture) => {
+                        assert_eq!(capture.files.len(), 2);
+                        assert_eq!(
+                            capture.since,
+                            Some(crate::replay::TimeBound::AfterStart(Duration::from_secs(
+                                30
+                            )))
+                        );
+                    }
+                    crate::options::Source::Live(_) => {
+                        assert_eq!(o.metrics.len(), 2);
+                        assert_eq!(o.interval, Some(Duration::from_secs(2)));
+                    }
+                },
+                Command::Record(o) => {
+                    assert_eq!(o.rotation.max_bytes, Some(10 << 20));
+                    assert_eq!(o.rotation.keep, Some(4));
+                    assert_eq!(o.filters["port"], "80");
                 }
                 Command::Census(o) => assert_eq!(o.states, vec![TIME_WAIT, CLOSE_WAIT]),
                 Command::Stuck(o) => {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tcptrace_common::port_insert;
 
-use crate::{census::STATES, error::UsageError, hist::METRICS, state};
+use crate::{census::STATES, error::UsageError, hist::METRICS, replay::TimeBound, state};
 
 /// Inclusive port ranges.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,4 +143,60 @@ pub fn parse_metric(text: &str) -> Result<u8, UsageError> {
                 METRICS.map(|(_, n)| n).join(", ")
             ))
         })
+}
+
+/// `--since` / `--until`: an RFC 3339 time, or a duration after the
+/// capture's start ("30s", "2m", "1h 30m", or plain seconds).
+pub fn parse_time_bound(text: &str) -> Result<TimeBound, UsageError> {
+    let t = text.trim();
+    if let Ok(at) = humantime::parse_rfc3339_weak(t) {
+        return Ok(TimeBound::At(at));
+    }
+    if let Ok(seconds) = t.parse::<f64>() {
+        if seconds.is_finite() && seconds >= 0.0 && seconds < 1e9 {
+            return Ok(TimeBound::AfterStart(Duration::from_secs_f64(seconds)));
+        }
+    }
+    humantime::parse_duration(t)
+        .map(TimeBound::AfterStart)
+        .map_err(|_| {
+            UsageError(format!(
+                "bad time '{text}': expected an RFC 3339 time (2026-12-02T01:20:04Z) or a \
+                 duration after the capture's start (30s, 2m, 1h)"
+            ))
+        })
+}
+
+/// `record -C`: a file size in bytes with a K/M/G suffix (powers of 1024);
+/// a plain number is millions of bytes, as tcpdump's -C.
+pub fn parse_file_size(text: &str) -> Result<u64, UsageError> {
+    let t = text.trim();
+    let bad = || {
+        UsageError(format!(
+            "bad file size '{text}': expected e.g. 100M, 2G, or a number of millions of bytes"
+        ))
+    };
+    let (digits, unit) = match t
+        .char_indices()
+        .find(|(_, c)| !c.is_ascii_digit() && *c != '.')
+    {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: f64 = digits.parse().map_err(|_| bad())?;
+    let scale = match unit.to_ascii_uppercase().as_str() {
+        "" => 1e6,
+        "K" | "KB" | "KIB" => 1024.0,
+        "M" | "MB" | "MIB" => 1024.0 * 1024.0,
+        "G" | "GB" | "GIB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let bytes = n * scale;
+    // Room for the header and at least one full batch.
+    if !(bytes.is_finite() && bytes >= 2.0 * 1024.0 * 1024.0 && bytes < 1e15) {
+        return Err(UsageError(format!(
+            "bad file size '{text}': at least 2M (a capture writes 1 MiB batches)"
+        )));
+    }
+    Ok(bytes as u64)
 }

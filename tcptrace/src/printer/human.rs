@@ -493,7 +493,7 @@ pub fn write_losses(out: &mut impl Write, ctx: &RunContext) {
 
 /// The tail's summary.
 pub fn write_summary(out: &mut impl Write, stats: &RunStats, ctx: &RunContext) {
-    let secs = stats.elapsed().as_secs_f64();
+    let secs = ctx.duration(stats).as_secs_f64();
     let _ = writeln!(out, "tcptrace: {} events in {secs:.1} s", stats.events);
     for (old, new, n) in stats.transitions() {
         let label = format!("{} -> {}", state::name(old), state::name(new));
@@ -507,7 +507,8 @@ pub fn write_summary(out: &mut impl Write, stats: &RunStats, ctx: &RunContext) {
         );
     }
     let read = stats.events + stats.bad_records;
-    if ctx.probe_emitted != read {
+    // Read back from a capture, the filters and window chose what was read.
+    if ctx.probe_emitted != read && ctx.capture_span.is_none() {
         let _ = writeln!(
             out,
             "  the probe wrote {} events into the ring, {read} were read",
@@ -534,6 +535,33 @@ pub fn write_connection_summary(
         tally.connections, tally.start_unseen
     );
     write_malformed(out, tally.bad_records);
+    write_losses(out, ctx);
+}
+
+/// `record`'s summary.
+pub fn write_capture_summary(
+    out: &mut impl Write,
+    tally: &crate::summary::CaptureTally,
+    ctx: &RunContext,
+) {
+    let per_record = tally.bytes as f64 / tally.records_written.max(1) as f64;
+    let _ = writeln!(
+        out,
+        "tcptrace: recorded {} transitions and {} connections: {} records, {} bytes in {} file{} ({per_record:.0} bytes per record)",
+        tally.transitions,
+        tally.connections,
+        tally.records_written,
+        tally.bytes,
+        tally.files,
+        if tally.files == 1 { "" } else { "s" },
+    );
+    if tally.records_unwritten > 0 {
+        let _ = writeln!(
+            out,
+            "tcptrace: {} records could not be written (disk too slow or full)",
+            tally.records_unwritten
+        );
+    }
     write_losses(out, ctx);
 }
 

@@ -206,13 +206,33 @@ pub fn write_summary(out: &mut Vec<u8>, clock: &Clock, stats: &RunStats, ctx: &R
         })
         .collect();
     let fields = json!({
-        "duration_ns": stats.elapsed().as_nanos() as u64,
+        "duration_ns": ctx.duration(stats).as_nanos() as u64,
         "events": stats.events,
         "transitions": transitions,
         "timewait_handoffs": stats.timewait_handoffs,
         "timewait_handoffs_seen_by_probe": ctx.probe_handoffs,
         "bad_records": stats.bad_records,
         "emitted_by_probe": ctx.probe_emitted,
+    });
+    write_summary_record(out, object(fields), clock, ctx);
+}
+
+/// `record`'s summary.
+pub fn write_capture_summary(
+    out: &mut Vec<u8>,
+    clock: &Clock,
+    tally: &crate::summary::CaptureTally,
+    ctx: &RunContext,
+) {
+    let fields = json!({
+        "transitions": tally.transitions,
+        "connections": tally.connections,
+        "records_written": tally.records_written,
+        "records_unwritten": tally.records_unwritten,
+        "bytes_written": tally.bytes,
+        "files": tally.files,
+        "emitted_by_probe": ctx.probe_emitted,
+        "connections_emitted_by_probe": ctx.probe_connections,
     });
     write_summary_record(out, object(fields), clock, ctx);
 }

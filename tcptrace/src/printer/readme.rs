@@ -216,6 +216,7 @@ fn ends(local: &str, lport: u16, remote: &str, rport: u16) -> Endpoints {
 
 fn context() -> RunContext<'static> {
     RunContext {
+        capture_span: None,
         losses: LossCounters::default(),
         timewait_detection: "exact",
         hooks: vec!["tp_btf/inet_sock_set_state".into()],

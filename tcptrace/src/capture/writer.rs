@@ -1,0 +1,351 @@
+//! Writing a capture on a thread of its own, so that a slow or full disk
+//! never stalls the ring reader: the reader hands over whole batches
+//! through a bounded queue and, when the queue is full, counts the batch's
+//! records as unwritten instead of waiting (the ring keeps absorbing what
+//! the probe writes meanwhile). Buffers go back to the reader for reuse:
+//! no allocation per batch once the queue has filled once.
+use std::{
+    fs::{File, OpenOptions},
+    io::Write,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, Receiver, SyncSender, TrySendError},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use super::{
+    format::{self, BlockHeader, BlockKind, BLOCK_HEADER_SIZE},
+    Metadata,
+};
+use crate::clock::Clock;
+
+/// A batch is handed to the writer once this full (or every second).
+pub const BATCH_BYTES: usize = 1 << 20;
+/// Batches waiting for the disk before new ones are dropped (and counted):
+/// 32 MiB beside the ring, several seconds of the fastest churn.
+const QUEUE_BATCHES: usize = 32;
+
+/// Where and how to write (`record -w`, `-C`, `-W`, `-G`).
+#[derive(Clone, Debug)]
+pub struct Rotation {
+    pub path: PathBuf,
+    /// Start a new file before this many bytes are exceeded.
+    pub max_bytes: Option<u64>,
+    /// Start a new file after this long.
+    pub every: Option<Duration>,
+    /// Keep only the newest this many files (deleting older ones).
+    pub keep: Option<usize>,
+}
+
+impl Rotation {
+    /// The name of file `index`: as tcpdump names its `-C` files, the
+    /// first one as given and the others with the index appended.
+    pub fn file_name(&self, index: u64) -> PathBuf {
+        if index == 0 {
+            self.path.clone()
+        } else {
+            let mut name = self.path.clone().into_os_string();
+            name.push(index.to_string());
+            name.into()
+        }
+    }
+}
+
+/// What the writer counts, shared with the reader.
+#[derive(Default)]
+pub struct WriterCounts {
+    pub records_written: AtomicU64,
+    pub bytes_written: AtomicU64,
+    /// Records dropped because the queue was full or a write failed.
+    pub records_unwritten: AtomicU64,
+    pub files: AtomicU64,
+    /// The first write error, for the reader to report once.
+    pub error: Mutex<Option<String>>,
+}
+
+enum Job {
+    Block { buf: Vec<u8>, records: u32 },
+    Finish,
+}
+
+/// The reader's side of the writer.
+pub struct CaptureWriter {
+    jobs: SyncSender<Job>,
+    spare: Receiver<Vec<u8>>,
+    thread: Option<JoinHandle<()>>,
+    pub counts: Arc<WriterCounts>,
+    /// The batch being filled: a block header's room, then records.
+    batch: Vec<u8>,
+    batch_records: u32,
+}
+
+impl CaptureWriter {
+    /// Creates the first file (refusing to start if it cannot be written)
+    /// and the writing thread.
+    pub fn create(rotation: Rotation, metadata: Metadata) -> Result<Self> {
+        let counts = Arc::new(WriterCounts::default());
+        let file = Output::open(&rotation, 0, &metadata)?;
+        counts.files.store(1, Ordering::Relaxed);
+        let (jobs, queue) = mpsc::sync_channel(QUEUE_BATCHES);
+        let (give_back, spare) = mpsc::channel();
+        let thread_counts = Arc::clone(&counts);
+        let thread = std::thread::Builder::new()
+            .name("capture-writer".into())
+            .spawn(move || {
+                let mut disk = Disk {
+                    rotation,
+                    metadata,
+                    file,
+                    counts: thread_counts,
+                };
+                for job in queue {
+                    match job {
+                        Job::Block { mut buf, records } => {
+                            disk.write(&mut buf, records);
+                            buf.clear();
+                            let _ = give_back.send(buf);
+                        }
+                        Job::Finish => break,
+                    }
+                }
+                disk.close();
+            })
+            .context("starting the capture writer thread")?;
+        let mut writer = CaptureWriter {
+            jobs,
+            spare,
+            thread: Some(thread),
+            counts,
+            batch: Vec::new(),
+            batch_records: 0,
+        };
+        writer.batch = writer.fresh_buffer();
+        Ok(writer)
+    }
+
+    fn fresh_buffer(&self) -> Vec<u8> {
+        let mut buf = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BATCH_BYTES + 4096));
+        buf.resize(BLOCK_HEADER_SIZE, 0);
+        buf
+    }
+
+    /// Appends one ring record to the batch (the hot path: one copy).
+    #[inline]
+    pub fn record(&mut self, data: &[u8]) {
+        self.batch.extend_from_slice(data);
+        self.batch_records += 1;
+        if self.batch.len() >= BATCH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Hands the batch to the writer, if it holds anything.
+    pub fn flush(&mut self) {
+        if self.batch_records == 0 {
+            return;
+        }
+        let records = self.batch_records;
+        let mut buf = self.fresh_buffer();
+        std::mem::swap(&mut buf, &mut self.batch);
+        self.batch_records = 0;
+        // The header's kind, length and count; the writer adds the checksum.
+        let header = BlockHeader {
+            kind: BlockKind::Records as u32,
+            len: (buf.len() - BLOCK_HEADER_SIZE) as u32,
+            count: records,
+            crc32: 0,
+            ktime_ns: Clock::now_ktime_ns(),
+        };
+        buf[..BLOCK_HEADER_SIZE].copy_from_slice(&header.encode());
+        self.send(buf, records);
+    }
+
+    /// Queues a JSON block (losses, summary); dropped if the queue is full.
+    pub fn json_block(&mut self, kind: BlockKind, value: &Value) {
+        let mut buf = Vec::new();
+        let payload = serde_json::to_vec(value).unwrap_or_default();
+        format::write_block(&mut buf, kind, 0, Clock::now_ktime_ns(), &payload);
+        self.send(buf, 0);
+    }
+
+    fn send(&mut self, buf: Vec<u8>, records: u32) {
+        match self.jobs.try_send(Job::Block { buf, records }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Job::Block { records, .. }))
+            | Err(TrySendError::Disconnected(Job::Block { records, .. })) => {
+                self.counts
+                    .records_unwritten
+                    .fetch_add(u64::from(records), Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Writes what is queued and closes the file (blocking: at exit only).
+    pub fn finish(&mut self) {
+        self.flush();
+        let _ = self.jobs.send(Job::Finish);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for CaptureWriter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The writer thread's side: the open file and its rotation.
+struct Disk {
+    rotation: Rotation,
+    metadata: Metadata,
+    file: Output,
+    counts: Arc<WriterCounts>,
+}
+
+impl Disk {
+    fn write(&mut self, buf: &mut [u8], records: u32) {
+        if records > 0 {
+            // The checksum is computed here, off the reader's thread.
+            let crc = crc32fast::hash(&buf[BLOCK_HEADER_SIZE..]);
+            buf[12..16].copy_from_slice(&crc.to_le_bytes());
+        }
+        if self.due(buf.len() as u64) {
+            self.rotate();
+        }
+        match self.file.append(buf) {
+            Ok(()) => {
+                self.counts
+                    .records_written
+                    .fetch_add(u64::from(records), Ordering::Relaxed);
+                self.counts
+                    .bytes_written
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            }
+            Err(err) => {
+                self.counts
+                    .records_unwritten
+                    .fetch_add(u64::from(records), Ordering::Relaxed);
+                let mut first = self.counts.error.lock().unwrap_or_else(|e| e.into_inner());
+                first.get_or_insert_with(|| format!("writing {}: {err}", self.file.path.display()));
+            }
+        }
+    }
+
+    /// Whether this block must go to a new file.
+    fn due(&self, len: u64) -> bool {
+        let full = self
+            .rotation
+            .max_bytes
+            .is_some_and(|max| self.file.len > self.file.header_len && self.file.len + len > max);
+        let old = self
+            .rotation
+            .every
+            .is_some_and(|every| self.file.opened.elapsed() >= every);
+        full || old
+    }
+
+    fn rotate(&mut self) {
+        let index = self.metadata.file_index + 1;
+        self.metadata.file_index = index;
+        self.file.close();
+        match Output::open(&self.rotation, index, &self.metadata) {
+            Ok(file) => {
+                self.file = file;
+                self.counts.files.fetch_add(1, Ordering::Relaxed);
+                if let Some(keep) = self.rotation.keep {
+                    if index >= keep as u64 {
+                        let _ = std::fs::remove_file(self.rotation.file_name(index - keep as u64));
+                    }
+                }
+            }
+            Err(err) => {
+                // Keep appending to the current file rather than lose records.
+                let mut first = self.counts.error.lock().unwrap_or_else(|e| e.into_inner());
+                first.get_or_insert_with(|| format!("{err:#}"));
+            }
+        }
+    }
+
+    fn close(mut self) {
+        self.file.close();
+    }
+}
+
+/// One capture file being written.
+struct Output {
+    path: PathBuf,
+    file: Option<File>,
+    /// Bytes in the file, all of them whole blocks.
+    len: u64,
+    header_len: u64,
+    opened: Instant,
+}
+
+impl Output {
+    fn open(rotation: &Rotation, index: u64, metadata: &Metadata) -> Result<Output> {
+        let path = rotation.file_name(index);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let mut head = format::file_header().to_vec();
+        let payload = serde_json::to_vec(&metadata.to_json())?;
+        format::write_block(
+            &mut head,
+            BlockKind::Metadata,
+            0,
+            Clock::now_ktime_ns(),
+            &payload,
+        );
+        file.write_all(&head)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Output {
+            path,
+            file: Some(file),
+            len: head.len() as u64,
+            header_len: head.len() as u64,
+            opened: Instant::now(),
+        })
+    }
+
+    /// Appends one block whole, or not at all: after a failed (partial)
+    /// write the file is cut back to its last whole block.
+    fn append(&mut self, block: &[u8]) -> std::io::Result<()> {
+        let Some(file) = self.file.as_mut() else {
+            return Err(std::io::Error::other("the file is closed"));
+        };
+        match file.write_all(block) {
+            Ok(()) => {
+                self.len += block.len() as u64;
+                Ok(())
+            }
+            Err(err) => {
+                let _ = file.set_len(self.len);
+                use std::io::Seek;
+                let _ = file.seek(std::io::SeekFrom::Start(self.len));
+                Err(err)
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(file) = self.file.take() {
+            let _ = file.sync_data();
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Reading a capture in place of the live probe (`-r FILE`): the same
+//! views get the same records, filtered afterwards as the kernel would
+//! have filtered them, within an optional time window.
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Result};
+use tcptrace_common::ProbeConfig;
+
+use crate::{
+    capture::{
+        reader::{read_records, Reader, ReplayTally},
+        Metadata,
+    },
+    clock::Clock,
+    decode::Record,
+    error::note,
+    filter,
+    printer::Sink,
+    session::View,
+    summary::RunContext,
+};
+
+/// A bound of `--since` / `--until`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeBound {
+    /// A wall-clock time.
+    At(SystemTime),
+    /// This long after the capture began.
+    AfterStart(Duration),
+}
+
+/// What `-r` reads and keeps.
+#[derive(Clone)]
+pub struct ReplayOptions {
+    /// One capture's files (a rotated capture's in any order).
+    pub files: Vec<PathBuf>,
+    pub since: Option<TimeBound>,
+    pub until: Option<TimeBound>,
+    /// The filters the live command would have given the probe.
+    pub filter: ProbeConfig,
+}
+
+/// Opens every file and puts them in capture order (start, then index).
+pub fn open_all(files: &[PathBuf]) -> Result<Vec<Reader>> {
+    let mut readers = Vec::new();
+    for path in files {
+        readers.push(Reader::open(path)?);
+    }
+    readers.sort_by_key(|r| (r.metadata.started_ktime_ns, r.metadata.file_index));
+    if let Some(first) = readers.first() {
+        if let Some(other) = readers.iter().find(|r| {
+            r.metadata.boot_id != first.metadata.boot_id
+                || r.metadata.started_ktime_ns != first.metadata.started_ktime_ns
+        }) {
+            bail!(
+                "{} and {} are not files of one capture (read them one at a time)",
+                first.path().display(),
+                other.path().display()
+            );
+        }
+    }
+    Ok(readers)
+}
+
+/// The window as kernel times of the capture.
+fn window(options: &ReplayOptions, metadata: &Metadata) -> (u64, u64) {
+    let to_ktime = |bound: TimeBound| match bound {
+        TimeBound::AfterStart(d) => metadata
+            .started_ktime_ns
+            .saturating_add(d.as_nanos() as u64),
+        TimeBound::At(t) => {
+            let unix_ns = t
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i128);
+            (unix_ns - metadata.realtime_minus_monotonic_ns as i128).max(0) as u64
+        }
+    };
+    (
+        options.since.map_or(0, to_ktime),
+        options.until.map_or(u64::MAX, to_ktime),
+    )
+}
+
+/// A capture opened for a view: its files are checked before the view
+/// prints anything.
+pub struct Replay {
+    options: ReplayOptions,
+    readers: Vec<Reader>,
+}
+
+impl Replay {
+    pub fn open(options: ReplayOptions) -> Result<Replay> {
+        let readers = open_all(&options.files)?;
+        Ok(Replay { options, readers })
+    }
+
+    /// Feeds `view` every record of the capture the options keep, then
+    /// lets it finish with a summary made of the capture's own counters.
+    pub fn run(self, view: &mut impl View) -> Result<()> {
+        run(&self.options, self.readers, view)
+    }
+}
+
+fn run(options: &ReplayOptions, mut readers: Vec<Reader>, view: &mut impl View) -> Result<()> {
+    let Some(first) = readers.first() else {
+        bail!("no capture file given");
+    };
+    let metadata = first.metadata.clone();
+    let clock = Clock::with_offset(metadata.realtime_minus_monotonic_ns as i128);
+    let (since, until) = window(options, &metadata);
+    let mut sink = Sink::stdout(1 << 20)?;
+    let mut tally = ReplayTally {
+        metadata,
+        ..ReplayTally::default()
+    };
+    for reader in &mut readers {
+        read_records(reader, &mut tally, |data, record| {
+            let ktime = match record {
+                Record::Transition(t) => t.ktime_ns,
+                Record::Connection(c) => c.event.ktime_ns,
+            };
+            if (since..=until).contains(&ktime) && filter::keeps(&options.filter, record) {
+                view.record(data, &clock, &mut sink.buf);
+            }
+            if sink.buf.len() >= 1 << 20 {
+                sink.flush()?;
+            }
+            Ok(())
+        })?;
+        sink.flush()?;
+    }
+    if let Some(damage) = &tally.damage {
+        note!("tcptrace: warning: {damage}; every record before it was read");
+    }
+    if tally.records_unwritten > 0 {
+        note!(
+            "tcptrace: warning: the capture says {} records could not be written to it \
+             (disk full or too slow)",
+            tally.records_unwritten
+        );
+    }
+    let summary = tally.summary.clone().unwrap_or_default();
+    let n = |name: &str| summary[name].as_u64().unwrap_or(0);
+    let ctx = RunContext {
+        losses: tally.losses,
+        timewait_detection: &tally.metadata.timewait_detection,
+        hooks: tally.metadata.hooks.clone(),
+        probe_handoffs: n("timewait_handoffs_seen_by_probe"),
+        probe_emitted: n("emitted_by_probe"),
+        probe_connections: n("connections_emitted_by_probe"),
+        records_evicted: n("records_evicted"),
+        run_stats: Vec::new(),
+        capture_span: Some(Duration::from_nanos(
+            until
+                .min(tally.last_ktime_ns)
+                .saturating_sub(since.max(tally.metadata.started_ktime_ns)),
+        )),
+    };
+    view.finish(&ctx, &clock, &mut sink.buf)?;
+    sink.flush()
+}
