@@ -29,6 +29,8 @@ pub struct RecordOptions {
     pub probe: ProbeOptions,
     pub output: Output,
     pub rotation: Rotation,
+    /// Memory for batches waiting for the disk.
+    pub queue_bytes: u64,
     /// The filters as given, for the capture's metadata.
     pub filters: Value,
 }
@@ -154,7 +156,7 @@ pub async fn run(options: RecordOptions) -> Result<()> {
     metadata.timewait_detection = probe.timewait.describe();
     metadata.filters = options.filters;
     let path = options.rotation.path.display().to_string();
-    let writer = CaptureWriter::create(options.rotation, metadata)?;
+    let writer = CaptureWriter::create(options.rotation, metadata, options.queue_bytes)?;
     let mut view = RecordView {
         writer,
         json: options.output.json,

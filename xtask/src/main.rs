@@ -173,6 +173,7 @@ fn run(cli: Cli) -> Result<()> {
 const INTEGRATION: &str = "integration";
 /// Its modules: a test's name starts with its module's (`cli::...`).
 const INTEGRATION_MODULES: &[&str] = &[
+    "capture",
     "cli",
     "close_paths",
     "lifetimes",

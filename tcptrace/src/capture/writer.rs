@@ -28,9 +28,6 @@ use crate::clock::Clock;
 
 /// A batch is handed to the writer once this full (or every second).
 pub const BATCH_BYTES: usize = 1 << 20;
-/// Batches waiting for the disk before new ones are dropped (and counted):
-/// 32 MiB beside the ring, several seconds of the fastest churn.
-const QUEUE_BATCHES: usize = 32;
 
 /// Where and how to write (`record -w`, `-C`, `-W`, `-G`).
 #[derive(Clone, Debug)]
@@ -88,12 +85,14 @@ pub struct CaptureWriter {
 
 impl CaptureWriter {
     /// Creates the first file (refusing to start if it cannot be written)
-    /// and the writing thread.
-    pub fn create(rotation: Rotation, metadata: Metadata) -> Result<Self> {
+    /// and the writing thread. At most `queue_bytes` of batches wait for
+    /// the disk (32 MiB by default: seconds of the fastest churn); beyond
+    /// that new ones are dropped and counted.
+    pub fn create(rotation: Rotation, metadata: Metadata, queue_bytes: u64) -> Result<Self> {
         let counts = Arc::new(WriterCounts::default());
         let file = Output::open(&rotation, 0, &metadata)?;
         counts.files.store(1, Ordering::Relaxed);
-        let (jobs, queue) = mpsc::sync_channel(QUEUE_BATCHES);
+        let (jobs, queue) = mpsc::sync_channel((queue_bytes as usize / BATCH_BYTES).max(1));
         let (give_back, spare) = mpsc::channel();
         let thread_counts = Arc::clone(&counts);
         let thread = std::thread::Builder::new()

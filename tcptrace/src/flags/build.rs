@@ -141,6 +141,7 @@ impl RecordFlags {
                 every: self.rotate_seconds,
                 keep: self.file_count.map(|n| n as usize),
             },
+            queue_bytes: self.buffer_size,
             filters,
         })
     }

@@ -498,6 +498,13 @@ pub struct RecordFlags {
     #[arg(short = 'G', long = "rotate-seconds", value_name = "SECONDS", value_parser = parse_seconds)]
     pub rotate_seconds: Option<Duration>,
 
+    /// Memory for batches waiting for a slow disk (K/M/G suffixes, at least
+    /// 2M); beyond it records are counted as unwritten rather than stall
+    /// the ring reader.
+    #[arg(short = 'B', long = "buffer-size", value_name = "SIZE", default_value = "32M",
+          value_parser = parse_file_size)]
+    pub buffer_size: u64,
+
     /// With -C or -G: keep only the newest N files, deleting older ones.
     #[arg(short = 'W', long = "file-count", value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]

@@ -221,6 +221,7 @@ mod tests {
                 Command::Record(o) => {
                     assert_eq!(o.rotation.max_bytes, Some(10 << 20));
                     assert_eq!(o.rotation.keep, Some(4));
+                    assert_eq!(o.queue_bytes, 32 << 20);
                     assert_eq!(o.filters["port"], "80");
                 }
                 Command::Census(o) => assert_eq!(o.states, vec![TIME_WAIT, CLOSE_WAIT]),

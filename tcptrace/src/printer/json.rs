@@ -225,6 +225,8 @@ pub fn write_capture_summary(
     ctx: &RunContext,
 ) {
     let fields = json!({
+        // As in the tail's summary: transitions read from the ring.
+        "events": tally.transitions,
         "transitions": tally.transitions,
         "connections": tally.connections,
         "records_written": tally.records_written,

@@ -14,6 +14,7 @@
 
 mod harness;
 
+mod capture;
 mod cli;
 mod close_paths;
 mod lifetimes;
