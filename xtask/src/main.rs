@@ -174,6 +174,7 @@ const INTEGRATION: &str = "integration";
 /// Its modules: a test's name starts with its module's (`cli::...`).
 const INTEGRATION_MODULES: &[&str] = &[
     "capture",
+    "capture_disk",
     "cli",
     "close_paths",
     "lifetimes",

@@ -15,6 +15,7 @@
 mod harness;
 
 mod capture;
+mod capture_disk;
 mod cli;
 mod close_paths;
 mod lifetimes;

@@ -112,7 +112,8 @@ pub struct Options {
     base_port: u16,
     /// Configurations, in round order: A no tracer, B tcptrace --all --json,
     /// C tcptrace's default view (--json), D libbpf-tools tcpstates, E B without the timewait
-    /// hooks (their cost) [default: ABCD; B with --smoke].
+    /// hooks (their cost), R tcptrace record into a file (read back with -r --all --json
+    /// for the counts) [default: ABCD; B with --smoke].
     #[arg(long)]
     configs: Option<String>,
     /// Seconds of silence for the idle check after the rounds, 0 to skip
@@ -139,6 +140,8 @@ enum Config {
     D,
     /// B without the timewait hooks: what following timewait sockets costs.
     E,
+    /// `tcptrace record`: everything into a capture file, read back after.
+    R,
 }
 
 impl Config {
@@ -149,7 +152,8 @@ impl Config {
             'C' => Config::C,
             'D' => Config::D,
             'E' => Config::E,
-            other => bail!("unknown configuration {other:?} (A, B, C, D or E)"),
+            'R' => Config::R,
+            other => bail!("unknown configuration {other:?} (A, B, C, D, E or R)"),
         })
     }
 
@@ -160,6 +164,7 @@ impl Config {
             Config::C => "C",
             Config::D => "D",
             Config::E => "E",
+            Config::R => "R",
         }
     }
 
@@ -170,6 +175,7 @@ impl Config {
             Config::C => "tcptrace default --json",
             Config::D => "tcpstates (libbpf-tools)",
             Config::E => "tcptrace --all --json --no-timewait-hook",
+            Config::R => "tcptrace record -w",
         }
     }
 
@@ -177,7 +183,8 @@ impl Config {
     fn expected(self) -> (Vec<(&'static str, u64)>, Table) {
         match self {
             Config::A => (Vec::new(), &[]),
-            Config::B => (
+            // The capture's transitions, read back with -r --all.
+            Config::B | Config::R => (
                 [ALL_PER_CONNECTION, TIMEWAIT_PER_CONNECTION].concat(),
                 ALL_PER_PORT,
             ),

@@ -18,6 +18,57 @@ pub(super) fn leading_numbers(text: &str) -> Vec<u64> {
 }
 
 impl Bench {
+    /// R: the capture read back (`-r --all --json`) for the transitions and
+    /// the losses it kept, the recorder's own summary for what it cost.
+    pub(super) fn read_capture(
+        &self,
+        out_path: &Path,
+        round: &mut Round,
+    ) -> Result<BTreeMap<String, u64>> {
+        let capture = rounds::capture_path(out_path);
+        let replay = out_path.with_extension("replay");
+        let out =
+            File::create(&replay).with_context(|| format!("creating {}", replay.display()))?;
+        let status = Command::new(&self.tracer)
+            .args(["-r"])
+            .arg(&capture)
+            .args(["--all", "--json"])
+            .stdout(out)
+            .status()
+            .context("reading the capture back")?;
+        if !status.success() {
+            bail!("tcptrace -r {} failed: {status}", capture.display());
+        }
+        let counts = self.read_tcptrace_json(&replay, round)?;
+        if !self.keep {
+            let _ = std::fs::remove_file(&replay);
+        }
+        let text = std::fs::read_to_string(out_path)?;
+        let summary: Value = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["type"] == "summary")
+            .context("the recorder printed no summary")?;
+        let unwritten = summary["records_unwritten"].as_u64().unwrap_or(0);
+        round.other_losses += unwritten;
+        if unwritten > 0 {
+            round.notes.push(format!("{unwritten} records not written"));
+        }
+        let records = summary["records_written"].as_u64().unwrap_or(0);
+        let bytes = std::fs::metadata(&capture).map(|m| m.len()).unwrap_or(0);
+        round.bytes_per_record = Some(bytes as f64 / records.max(1) as f64);
+        round.programs.clear();
+        round.probe_runs = 0;
+        round.probe_ns = 0;
+        for p in summary["probe_stats"].as_array().into_iter().flatten() {
+            round.probe_runs += p["runs"].as_u64().unwrap_or(0);
+            round.probe_ns += p["run_time_ns"].as_u64().unwrap_or(0);
+            round.programs.push(p.clone());
+        }
+        round.sampled_transitions = state_program_runs(&round.programs);
+        Ok(counts)
+    }
+
     /// tcptrace --json: transitions counted from the file, losses and probe
     /// run time from its summary record.
     pub(super) fn read_tcptrace_json(

@@ -35,6 +35,8 @@ pub(super) struct Round {
     pub(super) sampled_transitions: u64,
     pub(super) programs: Vec<Value>,
     pub(super) timewait_overflow: u64,
+    /// R: bytes in the capture file per record it holds.
+    pub(super) bytes_per_record: Option<f64>,
     pub(super) notes: Vec<String>,
 }
 
@@ -106,6 +108,9 @@ impl Round {
             }
         }
         v["timewait_overflow"] = json!(self.timewait_overflow);
+        if let Some(bytes) = self.bytes_per_record {
+            v["bytes_per_record"] = json!(bytes);
+        }
         v["notes"] = json!(self.notes);
         v
     }
@@ -202,6 +207,19 @@ impl Bench {
                 let path = self.tcpstates.clone().map_err(anyhow::Error::msg)?;
                 Some(Tracer::tcpstates(&path, &out_path)?)
             }
+            // Its stdout (the summary, as JSON) goes to `out_path`.
+            Config::R => Some(Tracer::tcptrace(
+                &self.tracer,
+                &[
+                    "record",
+                    "-w",
+                    capture_path(&out_path).to_str().context("a UTF-8 path")?,
+                    "--json",
+                    "--port",
+                    &self.port_range(),
+                ],
+                &out_path,
+            )?),
         };
 
         let stats = tracer
@@ -295,6 +313,7 @@ impl Bench {
                 Config::D => {
                     self.read_tcpstates(&out_path, &tracer.stderr_lines, &programs, &mut round)?
                 }
+                Config::R => self.read_capture(&out_path, &mut round)?,
                 Config::A => unreachable!(),
             };
             let (per_connection, per_port) = config.expected();
@@ -315,6 +334,7 @@ impl Bench {
             }
             if !self.keep {
                 let _ = std::fs::remove_file(&out_path);
+                let _ = std::fs::remove_file(capture_path(&out_path));
             }
         }
         drop(netns); // deletes the namespace
@@ -388,4 +408,9 @@ impl Bench {
             peak_rss_kb: exit.maxrss_kb,
         })
     }
+}
+
+/// Where R's capture goes, beside its summary.
+pub(super) fn capture_path(out_path: &Path) -> PathBuf {
+    out_path.with_extension("tcpt")
 }

@@ -109,6 +109,9 @@ impl<'a> Summary<'a> {
                         "probe_ns_per_transition": m(&|r| r.probe_ns_per_transition()),
                         "peak_rss_kb": m(&|r| r.peak_rss_kb as f64),
                     });
+                    if *config == Config::R {
+                        v["bytes_per_record"] = json!(m(&|r| r.bytes_per_record.unwrap_or(f64::NAN)));
+                    }
                     if let (Value::Object(a), Value::Object(b)) = (&mut v, extra) {
                         a.extend(b);
                     }
@@ -191,6 +194,14 @@ impl<'a> Summary<'a> {
                 config.letter(),
                 rounds.len()
             );
+        }
+        if let Some((_, rounds)) = self
+            .rows
+            .iter()
+            .find(|(c, r)| *c == Config::R && !r.is_empty())
+        {
+            let bytes = Self::med(rounds, |r| r.bytes_per_record.unwrap_or(f64::NAN));
+            println!("R: {bytes:.1} bytes per record on disk (median)");
         }
         println!(
             "reported: records matching the expected table; outside: other records; cpu/ev: \
