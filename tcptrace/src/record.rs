@@ -3,7 +3,7 @@
 //! every view to read back later with `-r`.
 use std::{sync::atomic::Ordering, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::{
@@ -148,7 +148,24 @@ fn sockets_now() -> Value {
     Value::Object(counts)
 }
 
+/// Refuses early, before the probe loads, if the file cannot be made.
+/// (A FIFO is left alone: opening it would be its reader's first EOF.)
+fn check_writable(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo()) {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    Ok(())
+}
+
 pub async fn run(options: RecordOptions) -> Result<()> {
+    check_writable(&options.rotation.path)?;
     let mut metadata = Metadata::of_this_host();
     metadata.sockets_at_start = sockets_now();
     let probe = session::start_probe(&options.probe)?;

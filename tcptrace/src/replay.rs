@@ -134,6 +134,13 @@ fn run(options: &ReplayOptions, mut readers: Vec<Reader>, view: &mut impl View) 
     }
     if let Some(damage) = &tally.damage {
         note!("tcptrace: warning: {damage}; every record before it was read");
+    } else if tally.summary.is_none() {
+        let last = readers.last().map(|r| r.path().display().to_string());
+        note!(
+            "tcptrace: warning: {}: no summary at the end: the recording did not stop \
+             cleanly (killed?) or its last file is missing; every whole block was read",
+            last.unwrap_or_default()
+        );
     }
     if tally.records_unwritten > 0 {
         note!(

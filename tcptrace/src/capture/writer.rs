@@ -348,3 +348,94 @@ impl Output {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::reader::{read_records, Reader, ReplayTally};
+    use crate::decode::tests::{bytes_of, raw_event};
+    use tcptrace_common::{tcp_state::*, AF_INET};
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tcptrace-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn count_records(path: &std::path::Path) -> (u64, ReplayTally) {
+        let mut reader = Reader::open(path).unwrap();
+        let mut tally = ReplayTally::default();
+        let mut n = 0;
+        read_records(&mut reader, &mut tally, |_, _| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        (n, tally)
+    }
+
+    #[test]
+    fn records_round_trip_in_batches_and_rotate_by_size() {
+        let dir = scratch("rotate");
+        let rotation = Rotation {
+            path: dir.join("c.tcpt"),
+            max_bytes: Some(3 << 20),
+            every: None,
+            keep: Some(2),
+        };
+        let mut writer =
+            CaptureWriter::create(rotation.clone(), Metadata::default(), 64 << 20).unwrap();
+        let event = raw_event(AF_INET, ESTABLISHED, CLOSE_WAIT, 0);
+        // 5.5 MiB of records: 6 batches, three files of two, two kept.
+        let records = (11 << 19) / bytes_of(&event).len() as u64;
+        for _ in 0..records {
+            writer.record(bytes_of(&event));
+        }
+        writer.json_block(
+            BlockKind::Summary,
+            &serde_json::json!({"records_unwritten": 0}),
+        );
+        writer.finish();
+        assert_eq!(
+            writer.counts.records_written.load(Ordering::Relaxed),
+            records
+        );
+        assert_eq!(writer.counts.records_unwritten.load(Ordering::Relaxed), 0);
+        assert_eq!(writer.counts.files.load(Ordering::Relaxed), 3);
+        assert!(
+            !rotation.file_name(0).exists(),
+            "the oldest file is deleted"
+        );
+        let (first, _) = count_records(&rotation.file_name(1));
+        let (second, tally) = count_records(&rotation.file_name(2));
+        assert_eq!(first, 2 * (BATCH_BYTES / bytes_of(&event).len() + 1) as u64);
+        assert_eq!(
+            Reader::open(&rotation.file_name(2))
+                .unwrap()
+                .metadata
+                .file_index,
+            2
+        );
+        assert!(tally.summary.is_some(), "the summary ends the last file");
+        assert!(second > 0 && first + second < records);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unwritable_path_is_refused_at_once() {
+        let rotation = Rotation {
+            path: PathBuf::from("/nonexistent-dir/c.tcpt"),
+            max_bytes: None,
+            every: None,
+            keep: None,
+        };
+        let err = CaptureWriter::create(rotation, Metadata::default(), 32 << 20)
+            .err()
+            .unwrap();
+        assert_eq!(
+            format!("{err:#}"),
+            "creating /nonexistent-dir/c.tcpt: No such file or directory (os error 2)"
+        );
+    }
+}
