@@ -28,6 +28,9 @@ pub struct ProbeOptions {
     pub histogram_keys: u32,
     /// Keep the probe's aya-log diagnostics (`--probe-log`).
     pub probe_log: bool,
+    /// Wake the reader at most this often under load: the latency of a
+    /// live view, against a wake-up's cost per event.
+    pub wake_interval: std::time::Duration,
 }
 
 /// Prints the probe's aya-log records on stderr.
@@ -216,6 +219,8 @@ impl LossCounters {
 pub struct Probe {
     ebpf: Ebpf,
     ring_size: u32,
+    /// How often at most the probe wakes the reader (`ProbeOptions`).
+    pub wake_interval: std::time::Duration,
     pub timewait: TimewaitDetection,
     /// The hooks attached, in the order they were.
     pub hooks: Vec<Hook>,
@@ -328,6 +333,7 @@ impl Probe {
             log,
             ebpf,
             ring_size: options.ring_size,
+            wake_interval: options.wake_interval,
             timewait,
             hooks: attached.iter().map(|(hook, _)| *hook).collect(),
             program_fds: attached

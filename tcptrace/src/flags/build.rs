@@ -134,7 +134,10 @@ impl RecordFlags {
         });
         Ok(RecordOptions {
             output: self.common.output.options(),
-            probe: self.common.probe_options(Purpose::Capture)?,
+            probe: ProbeOptions {
+                wake_interval: crate::session::CAPTURE_WAKE_INTERVAL,
+                ..self.common.probe_options(Purpose::Capture)?
+            },
             rotation: crate::capture::writer::Rotation {
                 path: self.write,
                 max_bytes: self.file_size,
@@ -294,6 +297,7 @@ impl ProbeFlags {
             timewait_hook: !self.no_timewait_hook,
             histogram_keys: DEFAULT_HISTOGRAM_KEYS,
             probe_log: self.probe_log,
+            wake_interval: crate::session::WAKE_INTERVAL,
         }
     }
 }
