@@ -423,6 +423,33 @@ mod tests {
     }
 
     #[test]
+    fn time_based_rotation_starts_a_file_per_period() {
+        let dir = scratch("every");
+        let rotation = Rotation {
+            path: dir.join("t.tcpt"),
+            max_bytes: None,
+            every: Some(Duration::from_millis(50)),
+            keep: None,
+        };
+        let mut writer =
+            CaptureWriter::create(rotation.clone(), Metadata::default(), 32 << 20).unwrap();
+        let event = raw_event(AF_INET, FIN_WAIT2, TIME_WAIT, 0);
+        for _ in 0..3 {
+            writer.record(bytes_of(&event));
+            writer.flush();
+            std::thread::sleep(Duration::from_millis(120));
+        }
+        writer.finish();
+        // The first block goes into the first file; each later one finds
+        // its file older than 50 ms.
+        assert_eq!(writer.counts.files.load(Ordering::Relaxed), 3);
+        for i in 0..3 {
+            assert_eq!(count_records(&rotation.file_name(i)).0, 1, "file {i}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn an_unwritable_path_is_refused_at_once() {
         let rotation = Rotation {
             path: PathBuf::from("/nonexistent-dir/c.tcpt"),
