@@ -1,0 +1,280 @@
+//! The report's charts, drawn by plotters into SVG strings (inline in the
+//! page). No font files: the SVG backend writes `<text>` elements, which
+//! the browser draws with its own fonts.
+use plotters::{
+    coord::ranged1d::SegmentValue,
+    prelude::{
+        ChartBuilder, Color, Histogram as Bars, IntoDrawingArea, IntoSegmentedCoord, LineSeries,
+        PathElement, SVGBackend, SeriesLabelPosition, BLACK, WHITE,
+    },
+    style::{RGBColor, TextStyle},
+};
+
+use crate::{printer::human::duration_text, snapshot::Histogram};
+
+/// Points drawn per series at most: longer captures are averaged over
+/// groups of seconds.
+pub const MAX_POINTS: usize = 1200;
+
+const WIDTH: u32 = 1100;
+const HEIGHT: u32 = 380;
+
+/// Series colours (Tableau 10), then grey for "other".
+const COLORS: [RGBColor; 11] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+    RGBColor(31, 60, 120),
+    RGBColor(127, 127, 127),
+];
+
+pub fn color(i: usize) -> RGBColor {
+    COLORS[i % (COLORS.len() - 1)]
+}
+
+pub const OTHER_COLOR: RGBColor = COLORS[10];
+
+/// One line of a time chart.
+pub struct Series {
+    pub name: String,
+    /// One value per point (see `group_seconds`).
+    pub values: Vec<f64>,
+    pub color: RGBColor,
+}
+
+/// How many seconds each point stands for, so that `seconds` fit in
+/// `MAX_POINTS` points.
+pub fn group_seconds(seconds: usize) -> usize {
+    seconds.div_ceil(MAX_POINTS).max(1)
+}
+
+/// Per point, the mean of its `group` seconds (a rate stays a rate).
+pub fn mean_per_group<T: Copy + Into<f64>>(values: &[T], group: usize) -> Vec<f64> {
+    values
+        .chunks(group.max(1))
+        .map(|c| c.iter().map(|&v| v.into()).sum::<f64>() / c.len() as f64)
+        .collect()
+}
+
+/// Per point, the last value of its group (a population at its end).
+pub fn last_per_group(values: &[i64], group: usize) -> Vec<f64> {
+    values
+        .chunks(group.max(1))
+        .map(|c| *c.last().unwrap() as f64)
+        .collect()
+}
+
+fn failed(e: impl std::fmt::Display) -> String {
+    format!("drawing a chart: {e}")
+}
+
+fn label_style(size: u32) -> TextStyle<'static> {
+    ("sans-serif", size).into_font().color(&BLACK)
+}
+
+use plotters::style::IntoFont;
+
+/// Lines over time: x in seconds since the start, one point per `group`
+/// seconds.
+pub fn time_chart(y_desc: &str, group: usize, series: &[Series]) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(failed)?;
+        let points = series.iter().map(|s| s.values.len()).max().unwrap_or(0);
+        let x_max = (points.max(1) * group) as f64;
+        let (y_min, y_max) = series
+            .iter()
+            .flat_map(|s| s.values.iter().copied())
+            .fold((0f64, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let y_max = if y_max <= 0.0 { 1.0 } else { y_max * 1.08 };
+        let y_min = if y_min < 0.0 { y_min * 1.08 } else { 0.0 };
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..x_max, y_min..y_max)
+            .map_err(failed)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since the start")
+            .y_desc(y_desc)
+            .label_style(label_style(13))
+            .axis_desc_style(label_style(14))
+            .light_line_style(RGBColor(235, 235, 235))
+            .bold_line_style(RGBColor(205, 205, 205))
+            .draw()
+            .map_err(failed)?;
+        for s in series {
+            let color = s.color;
+            // A point at the middle of the seconds it stands for.
+            let points = s
+                .values
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| ((i * group) as f64 + group as f64 / 2.0, v));
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .map_err(failed)?
+                .label(s.name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+                });
+        }
+        if !series.is_empty() {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(RGBColor(180, 180, 180))
+                .label_font(label_style(13))
+                .draw()
+                .map_err(failed)?;
+        }
+        root.present().map_err(failed)?;
+    }
+    Ok(svg)
+}
+
+/// A histogram's log2 buckets as bars, from its first non-empty bucket to
+/// its last; each labelled with its lower bound.
+pub fn buckets_chart(h: &Histogram) -> Result<String, String> {
+    let used: Vec<usize> = (0..h.buckets.len()).filter(|&i| h.buckets[i] > 0).collect();
+    let (lo, hi) = match (used.first(), used.last()) {
+        (Some(&lo), Some(&hi)) => (lo as u32, hi as u32),
+        _ => (0, 0),
+    };
+    let y_max = h.buckets.iter().copied().max().unwrap_or(0).max(1);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH / 2, 300)).into_drawing_area();
+        root.fill(&WHITE).map_err(failed)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(10)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d((lo..hi + 1).into_segmented(), 0u64..y_max + y_max / 10 + 1)
+            .map_err(failed)?;
+        let label = |v: &SegmentValue<u32>| match v {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+                duration_text(Histogram::bucket_range(*i as usize).0)
+            }
+            SegmentValue::Last => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels((hi - lo + 1) as usize)
+            .x_label_formatter(&label)
+            .x_desc("time in the state (bucket's lower bound, log2)")
+            .y_desc("count")
+            .label_style(label_style(11))
+            .axis_desc_style(label_style(13))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(failed)?;
+        chart
+            .draw_series(
+                Bars::vertical(&chart)
+                    .style(COLORS[0].filled())
+                    .margin(2)
+                    .data((lo..=hi).map(|i| (i, h.buckets[i as usize]))),
+            )
+            .map_err(failed)?;
+        root.present().map_err(failed)?;
+    }
+    Ok(svg)
+}
+
+/// Horizontal bars, one per label, largest first (top to bottom).
+pub fn bars_chart(x_desc: &str, rows: &[(String, u64)]) -> Result<String, String> {
+    let n = rows.len().max(1) as u32;
+    let height = 70 + 26 * n;
+    let x_max = rows.iter().map(|r| r.1).max().unwrap_or(0).max(1);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH / 2, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(failed)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(190)
+            .build_cartesian_2d(0u64..x_max + x_max / 10 + 1, (0..n).into_segmented())
+            .map_err(failed)?;
+        // Row 0 at the top.
+        let label = |v: &SegmentValue<u32>| match v {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => rows
+                .get((n - 1 - (*i).min(n - 1)) as usize)
+                .map(|r| r.0.clone())
+                .unwrap_or_default(),
+            SegmentValue::Last => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n as usize)
+            .y_label_formatter(&label)
+            .x_desc(x_desc)
+            .label_style(label_style(12))
+            .axis_desc_style(label_style(13))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(failed)?;
+        chart
+            .draw_series(
+                Bars::horizontal(&chart)
+                    .style(COLORS[1].filled())
+                    .margin(3)
+                    .data(
+                        rows.iter()
+                            .enumerate()
+                            .map(|(i, r)| (n - 1 - i as u32, r.1)),
+                    ),
+            )
+            .map_err(failed)?;
+        root.present().map_err(failed)?;
+    }
+    Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_captures_are_grouped() {
+        assert_eq!(group_seconds(10), 1);
+        assert_eq!(group_seconds(MAX_POINTS), 1);
+        assert_eq!(group_seconds(MAX_POINTS + 1), 2);
+        assert_eq!(mean_per_group(&[1u32, 3, 5], 2), vec![2.0, 5.0]);
+        assert_eq!(last_per_group(&[1, 3, 5], 2), vec![3.0, 5.0]);
+    }
+
+    #[test]
+    fn charts_are_svg() {
+        let svg = time_chart(
+            "per second",
+            1,
+            &[Series {
+                name: "FIN_WAIT2->TIME_WAIT".into(),
+                values: vec![1.0, 4.0, 2.0],
+                color: color(0),
+            }],
+        )
+        .unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("FIN_WAIT2-&gt;TIME_WAIT"));
+        let mut h = Histogram::empty();
+        h.buckets[20] = 3;
+        h.count = 3;
+        let svg = buckets_chart(&h).unwrap();
+        assert!(svg.contains("<rect") && svg.contains("1.05ms"), "{svg}");
+        let svg = bars_chart("entries", &[("nginx[12]".into(), 5)]).unwrap();
+        assert!(svg.contains("nginx[12]"));
+    }
+}
