@@ -5,9 +5,9 @@ use plotters::{
     coord::ranged1d::SegmentValue,
     prelude::{
         ChartBuilder, Color, Histogram as Bars, IntoDrawingArea, IntoSegmentedCoord, LineSeries,
-        PathElement, SVGBackend, SeriesLabelPosition, BLACK, WHITE,
+        PathElement, SVGBackend, Text, BLACK, WHITE,
     },
-    style::{RGBColor, TextStyle},
+    style::{IntoFont, RGBColor, TextStyle},
 };
 
 use crate::{printer::human::duration_text, snapshot::Histogram};
@@ -48,6 +48,16 @@ pub struct Series {
     pub color: RGBColor,
 }
 
+/// Where a time chart puts each point of its series.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Points {
+    /// A rate: at the middle of the seconds it stands for.
+    Middle,
+    /// A level at the end of its seconds, after `start` at 0 (one start
+    /// value per series).
+    End,
+}
+
 /// How many seconds each point stands for, so that `seconds` fit in
 /// `MAX_POINTS` points.
 pub fn group_seconds(seconds: usize) -> usize {
@@ -78,24 +88,32 @@ fn label_style(size: u32) -> TextStyle<'static> {
     ("sans-serif", size).into_font().color(&BLACK)
 }
 
-use plotters::style::IntoFont;
-
 /// Lines over time: x in seconds since the start, one point per `group`
-/// seconds.
-pub fn time_chart(y_desc: &str, group: usize, series: &[Series]) -> Result<String, String> {
+/// seconds; the legend to the right of the plot, never over it. With
+/// `Points::End`, `starts` holds each series' value at 0.
+pub fn time_chart(
+    y_desc: &str,
+    group: usize,
+    points: Points,
+    series: &[Series],
+    starts: &[f64],
+) -> Result<String, String> {
+    const LEGEND: u32 = 250;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(failed)?;
-        let points = series.iter().map(|s| s.values.len()).max().unwrap_or(0);
-        let x_max = (points.max(1) * group) as f64;
+        let (plot, legend) = root.split_horizontally(WIDTH - LEGEND);
+        let n = series.iter().map(|s| s.values.len()).max().unwrap_or(0);
+        let x_max = (n.max(1) * group) as f64;
         let (y_min, y_max) = series
             .iter()
             .flat_map(|s| s.values.iter().copied())
+            .chain(starts.iter().copied())
             .fold((0f64, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
         let y_max = if y_max <= 0.0 { 1.0 } else { y_max * 1.08 };
         let y_min = if y_min < 0.0 { y_min * 1.08 } else { 0.0 };
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(&plot)
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(70)
@@ -111,30 +129,38 @@ pub fn time_chart(y_desc: &str, group: usize, series: &[Series]) -> Result<Strin
             .bold_line_style(RGBColor(205, 205, 205))
             .draw()
             .map_err(failed)?;
-        for s in series {
-            let color = s.color;
-            // A point at the middle of the seconds it stands for.
-            let points = s
-                .values
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| ((i * group) as f64 + group as f64 / 2.0, v));
+        let g = group as f64;
+        for (k, s) in series.iter().enumerate() {
+            let line: Vec<(f64, f64)> = match points {
+                Points::Middle => s
+                    .values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (i as f64 * g + g / 2.0, v))
+                    .collect(),
+                Points::End => std::iter::once((0.0, starts.get(k).copied().unwrap_or(0.0)))
+                    .chain(
+                        s.values
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &v)| (((i + 1) as f64 * g).min(x_max), v)),
+                    )
+                    .collect(),
+            };
             chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(failed)?
-                .label(s.name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-                });
+                .draw_series(LineSeries::new(line, s.color.stroke_width(2)))
+                .map_err(failed)?;
         }
-        if !series.is_empty() {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(180, 180, 180))
-                .label_font(label_style(13))
-                .draw()
+        for (i, s) in series.iter().enumerate() {
+            let y = 24 + 20 * i as i32;
+            legend
+                .draw(&PathElement::new(
+                    vec![(8, y), (30, y)],
+                    s.color.stroke_width(3),
+                ))
+                .map_err(failed)?;
+            legend
+                .draw(&Text::new(s.name.clone(), (38, y - 7), label_style(13)))
                 .map_err(failed)?;
         }
         root.present().map_err(failed)?;
@@ -150,6 +176,10 @@ pub fn buckets_chart(h: &Histogram) -> Result<String, String> {
         (Some(&lo), Some(&hi)) => (lo as u32, hi as u32),
         _ => (0, 0),
     };
+    // A bucket either side, and at least 8 buckets: a lone bar is not
+    // drawn across the whole chart.
+    let lo = lo.saturating_sub(1);
+    let hi = (hi + 1).max(lo + 7).min(h.buckets.len() as u32 - 1);
     let y_max = h.buckets.iter().copied().max().unwrap_or(0).max(1);
     let mut svg = String::new();
     {
@@ -159,13 +189,17 @@ pub fn buckets_chart(h: &Histogram) -> Result<String, String> {
             .margin(10)
             .x_label_area_size(45)
             .y_label_area_size(60)
-            .build_cartesian_2d((lo..hi + 1).into_segmented(), 0u64..y_max + y_max / 10 + 1)
+            // Integer ranges are inclusive here: one segment per bucket.
+            .build_cartesian_2d((lo..hi).into_segmented(), 0u64..y_max + y_max / 10 + 1)
             .map_err(failed)?;
+        // Every bucket labelled while they fit, every second or third one
+        // otherwise.
+        let every = (hi - lo) / 12 + 1;
         let label = |v: &SegmentValue<u32>| match v {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if (i - lo) % every == 0 => {
                 duration_text(Histogram::bucket_range(*i as usize).0)
             }
-            SegmentValue::Last => String::new(),
+            _ => String::new(),
         };
         chart
             .configure_mesh()
@@ -194,7 +228,8 @@ pub fn buckets_chart(h: &Histogram) -> Result<String, String> {
 
 /// Horizontal bars, one per label, largest first (top to bottom).
 pub fn bars_chart(x_desc: &str, rows: &[(String, u64)]) -> Result<String, String> {
-    let n = rows.len().max(1) as u32;
+    // At least three rows high: one bar is not drawn as a block.
+    let n = rows.len().max(3) as u32;
     let height = 70 + 26 * n;
     let x_max = rows.iter().map(|r| r.1).max().unwrap_or(0).max(1);
     let mut svg = String::new();
@@ -205,7 +240,7 @@ pub fn bars_chart(x_desc: &str, rows: &[(String, u64)]) -> Result<String, String
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(190)
-            .build_cartesian_2d(0u64..x_max + x_max / 10 + 1, (0..n).into_segmented())
+            .build_cartesian_2d(0u64..x_max + x_max / 10 + 1, (0..n - 1).into_segmented())
             .map_err(failed)?;
         // Row 0 at the top.
         let label = |v: &SegmentValue<u32>| match v {
@@ -258,16 +293,12 @@ mod tests {
 
     #[test]
     fn charts_are_svg() {
-        let svg = time_chart(
-            "per second",
-            1,
-            &[Series {
-                name: "FIN_WAIT2->TIME_WAIT".into(),
-                values: vec![1.0, 4.0, 2.0],
-                color: color(0),
-            }],
-        )
-        .unwrap();
+        let series = [Series {
+            name: "FIN_WAIT2->TIME_WAIT".into(),
+            values: vec![1.0, 4.0, 2.0],
+            color: color(0),
+        }];
+        let svg = time_chart("per second", 1, Points::Middle, &series, &[]).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("FIN_WAIT2-&gt;TIME_WAIT"));
         let mut h = Histogram::empty();
         h.buckets[20] = 3;

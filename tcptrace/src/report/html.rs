@@ -9,7 +9,7 @@ use tcptrace_common::tcp_state::{CLOSE_WAIT, TIME_WAIT};
 
 use super::{
     aggregate::{Aggregate, Owners, Population, Process, LOSS_COUNTERS},
-    charts::{self, Series},
+    charts::{self, Points, Series},
     CaptureFacts,
 };
 use crate::{
@@ -48,7 +48,7 @@ th,td{border:1px solid #ddd;padding:3px 8px;text-align:left}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 tr:nth-child(even) td{background:#f6f6f6}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:12px}
-.tables{display:flex;flex-wrap:wrap;gap:16px}
+.tables{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 nav a{margin-right:12px}
 code{font-size:13px}
 .swatch{display:inline-block;width:10px;height:10px;margin-right:6px;border-radius:2px}
@@ -161,7 +161,13 @@ fn transitions(out: &mut String, a: &Aggregate, top: usize) {
         total = a.transitions,
         kinds = totals.len(),
         seconds = a.seconds(),
-        svg = svg_or_note(charts::time_chart("transitions per second", group, &series)),
+        svg = svg_or_note(charts::time_chart(
+            "transitions per second",
+            group,
+            Points::Middle,
+            &series,
+            &[]
+        )),
     );
     out.push_str(
         "<table id=\"transition-kinds\">\n<tr><th>transition</th><th class=\"n\">count</th>\
@@ -257,7 +263,13 @@ fn populations(out: &mut String, a: &Aggregate, facts: &CaptureFacts) {
         } else {
             format!("{group} s")
         },
-        svg_or_note(charts::time_chart("sockets", group, &series))
+        svg_or_note(charts::time_chart(
+            "sockets",
+            group,
+            Points::End,
+            &series,
+            &[tw_start as f64, cw_start as f64]
+        ))
     );
     out.push_str(
         "<table id=\"population-counts\">\n<tr><th>state</th><th class=\"n\">at the start</th>\
@@ -510,7 +522,13 @@ fn losses(out: &mut String, a: &Aggregate) {
         out,
         ">\n<figcaption>Losses per second ({total} in all)</figcaption>\n{}\n\
          <table id=\"loss-totals\">\n<tr><th>counter</th><th class=\"n\">total</th></tr>\n",
-        svg_or_note(charts::time_chart("lost per second", group, &series))
+        svg_or_note(charts::time_chart(
+            "lost per second",
+            group,
+            Points::Middle,
+            &series,
+            &[]
+        ))
     );
     for (name, n) in LOSS_COUNTERS.iter().zip(a.loss_totals) {
         let _ = writeln!(
