@@ -28,6 +28,9 @@ pub struct CaptureError {
     pub truncated: bool,
 }
 
+/// A block as read: its kind, when it was written, its payload.
+type RawBlock<'a> = (BlockKind, u64, &'a [u8]);
+
 /// One block of a capture.
 pub enum Block<'a> {
     /// Ring records as the probe wrote them, back to back.
@@ -169,7 +172,7 @@ impl Reader {
     }
 
     /// Reads the next block into `buf`: (kind, ktime, payload).
-    fn next_raw(&mut self) -> Result<Option<(BlockKind, u64, &[u8])>, CaptureError> {
+    fn next_raw(&mut self) -> Result<Option<RawBlock<'_>>, CaptureError> {
         let at = self.offset;
         let fail = |what: String, truncated| CaptureError {
             path: self.path.clone(),

@@ -80,6 +80,17 @@ pub fn last_per_group(values: &[i64], group: usize) -> Vec<f64> {
         .collect()
 }
 
+/// An axis label: whole numbers without decimals (`50000`, `12`), others
+/// with what they need (`0.5`, `2.25`).
+pub fn axis_number(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{}", v.round() as i64)
+    } else {
+        let text = format!("{v:.3}");
+        text.trim_end_matches('0').to_string()
+    }
+}
+
 fn failed(e: impl std::fmt::Display) -> String {
     format!("drawing a chart: {e}")
 }
@@ -123,6 +134,8 @@ pub fn time_chart(
             .configure_mesh()
             .x_desc("seconds since the start")
             .y_desc(y_desc)
+            .x_label_formatter(&|v| axis_number(*v))
+            .y_label_formatter(&|v| axis_number(*v))
             .label_style(label_style(13))
             .axis_desc_style(label_style(14))
             .light_line_style(RGBColor(235, 235, 235))
@@ -289,6 +302,15 @@ mod tests {
         assert_eq!(group_seconds(MAX_POINTS + 1), 2);
         assert_eq!(mean_per_group(&[1u32, 3, 5], 2), vec![2.0, 5.0]);
         assert_eq!(last_per_group(&[1, 3, 5], 2), vec![3.0, 5.0]);
+    }
+
+    #[test]
+    fn axis_labels_are_plain_numbers() {
+        assert_eq!(axis_number(50000.0), "50000");
+        assert_eq!(axis_number(0.0), "0");
+        assert_eq!(axis_number(0.5), "0.5");
+        assert_eq!(axis_number(2.25), "2.25");
+        assert_eq!(axis_number(-3.0), "-3");
     }
 
     #[test]

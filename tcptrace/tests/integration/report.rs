@@ -41,7 +41,7 @@ const CHARTS: [&str; 12] = [
 fn artifacts() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/report-test");
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    dir.canonicalize().unwrap()
 }
 
 /// A peer with a name of the test's choosing, as `tcptrace-peer` takes it.
