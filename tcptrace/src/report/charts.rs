@@ -4,8 +4,8 @@
 use plotters::{
     coord::ranged1d::SegmentValue,
     prelude::{
-        ChartBuilder, Color, Histogram as Bars, IntoDrawingArea, IntoSegmentedCoord, LineSeries,
-        PathElement, SVGBackend, Text, BLACK, WHITE,
+        ChartBuilder, Color, IntoDrawingArea, IntoSegmentedCoord, LineSeries, PathElement,
+        Rectangle, SVGBackend, Text, BLACK, WHITE,
     },
     style::{IntoFont, RGBColor, TextStyle},
 };
@@ -226,17 +226,33 @@ pub fn buckets_chart(h: &Histogram) -> Result<String, String> {
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .map_err(failed)?;
+        // Rectangles in bucket order (plotters' Histogram series orders
+        // its bars by a hash map: the same page would differ run to run).
         chart
-            .draw_series(
-                Bars::vertical(&chart)
-                    .style(COLORS[0].filled())
-                    .margin(2)
-                    .data((lo..=hi).map(|i| (i, h.buckets[i as usize]))),
-            )
+            .draw_series((lo..=hi).map(|i| {
+                let mut bar = Rectangle::new(
+                    [
+                        (SegmentValue::Exact(i), 0),
+                        (segment_after(i, hi), h.buckets[i as usize]),
+                    ],
+                    COLORS[0].filled(),
+                );
+                bar.set_margin(0, 0, 2, 2);
+                bar
+            }))
             .map_err(failed)?;
         root.present().map_err(failed)?;
     }
     Ok(svg)
+}
+
+/// Where segment `i` of a segmented range ending at `last` ends.
+fn segment_after(i: u32, last: u32) -> SegmentValue<u32> {
+    if i < last {
+        SegmentValue::Exact(i + 1)
+    } else {
+        SegmentValue::Last
+    }
 }
 
 /// Horizontal bars, one per label, largest first (top to bottom).
@@ -275,16 +291,18 @@ pub fn bars_chart(x_desc: &str, rows: &[(String, u64)]) -> Result<String, String
             .draw()
             .map_err(failed)?;
         chart
-            .draw_series(
-                Bars::horizontal(&chart)
-                    .style(COLORS[1].filled())
-                    .margin(3)
-                    .data(
-                        rows.iter()
-                            .enumerate()
-                            .map(|(i, r)| (n - 1 - i as u32, r.1)),
-                    ),
-            )
+            .draw_series(rows.iter().enumerate().map(|(i, r)| {
+                let row = n - 1 - i as u32;
+                let mut bar = Rectangle::new(
+                    [
+                        (0, SegmentValue::Exact(row)),
+                        (r.1, segment_after(row, n - 1)),
+                    ],
+                    COLORS[1].filled(),
+                );
+                bar.set_margin(3, 3, 0, 0);
+                bar
+            }))
             .map_err(failed)?;
         root.present().map_err(failed)?;
     }
@@ -329,5 +347,11 @@ mod tests {
         assert!(svg.contains("<rect") && svg.contains("1.05ms"), "{svg}");
         let svg = bars_chart("entries", &[("nginx[12]".into(), 5)]).unwrap();
         assert!(svg.contains("nginx[12]"));
+        // The same chart twice is the same SVG.
+        let mut h = Histogram::empty();
+        for i in [3, 5, 9, 12, 20] {
+            h.buckets[i] = i as u64;
+        }
+        assert_eq!(buckets_chart(&h).unwrap(), buckets_chart(&h).unwrap());
     }
 }

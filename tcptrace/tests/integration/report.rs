@@ -296,6 +296,38 @@ fn a_capture_as_a_page() {
         }
     }
 
+    // The same page on stdout with `-o -`.
+    let stdout = run(Command::new(TRACER).args(["report", "-r", capture_arg, "-o", "-"]));
+    assert!(
+        stdout.stdout == html.as_bytes(),
+        "-o - writes the same page"
+    );
+
+    // A capture cut short (killed mid-write): the page of what was
+    // written, with one warning, and the page says so.
+    let bytes = std::fs::read(&capture).unwrap();
+    let cut = dir.join("cut.tcpt");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let cut_page = dir.join("cut.html");
+    let out = run(Command::new(TRACER)
+        .arg("report")
+        .arg("-r")
+        .arg(&cut)
+        .arg("-o")
+        .arg(&cut_page));
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(warning.lines().count(), 1, "{warning}");
+    assert!(
+        warning.starts_with(&format!("tcptrace: warning: {}: byte ", cut.display()))
+            && warning.contains("cut short"),
+        "{warning}"
+    );
+    let cut_html = std::fs::read_to_string(&cut_page).unwrap();
+    assert!(cut_html.contains("id=\"damage\""));
+    for f in [&cut, &cut_page] {
+        let _ = std::fs::remove_file(f);
+    }
+
     // What the capture holds, by the other readers.
     let all = json_lines(&run(Command::new(TRACER).args([
         "-r",
@@ -495,4 +527,10 @@ fn a_file_that_is_no_capture_is_refused_on_one_line() {
         "{stderr}"
     );
     let _ = std::fs::remove_file(&bogus);
+    // No file, or no output: a usage error, on one line.
+    for args in [&["report", "-o", "x.html"][..], &["report", "-r", "x.tcpt"]] {
+        let out = Command::new(TRACER).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    }
 }
