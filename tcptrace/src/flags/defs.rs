@@ -70,8 +70,10 @@ events the kernel lost.
 
 Subcommands: life (one record per finished connection), hist (histograms of
 lifetimes and time per state, aggregated in the kernel), stuck (who holds
-sockets in CLOSE_WAIT, FIN_WAIT2, LAST_ACK), census (sockets per state, live)
-and doctor (the TIME_WAIT sysctls, checked against this host).
+sockets in CLOSE_WAIT, FIN_WAIT2, LAST_ACK), census (sockets per state, live),
+doctor (the TIME_WAIT sysctls, checked against this host), record (everything
+into a capture file, read back with -r) and report (a capture as one HTML
+page of charts).
 
 Needs root (or CAP_BPF and CAP_PERFMON) and Linux 5.8 or later with BTF.";
 
