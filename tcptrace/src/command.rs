@@ -8,6 +8,7 @@ use crate::{
     life::{self, LifeOptions},
     options::Source,
     record::{self, RecordOptions},
+    report::{self, ReportOptions},
     stuck::{self, StuckOptions},
     tail::{self, TailOptions},
 };
@@ -21,6 +22,8 @@ pub enum Command {
     Census(CensusOptions),
     Doctor(DoctorOptions),
     Record(RecordOptions),
+    /// A capture as an HTML page: reads files only.
+    Report(ReportOptions),
 }
 
 impl Command {
@@ -31,6 +34,7 @@ impl Command {
             Command::Tail(o) => &o.source,
             Command::Life(o) => &o.source,
             Command::Hist(o) => &o.source,
+            Command::Report(_) => return false,
             _ => return true,
         };
         matches!(source, Source::Live(_))
@@ -45,6 +49,7 @@ impl Command {
             Command::Census(options) => census::run(options).await,
             Command::Doctor(options) => doctor::run(options).await,
             Command::Record(options) => record::run(options).await,
+            Command::Report(options) => report::run(options).await,
         }
     }
 }

@@ -3,7 +3,9 @@
 //! Layers, each using only those below it: `main` -> `flags` (the command
 //! line, turned into validated options) -> `command` and the commands
 //! (`tail`, `life`, `hist`, `stuck`, `census`, `doctor`, with `live` for
-//! what the three views share) -> `session` (the event loop) -> `probe`
+//! what the three views share; `record` and `replay` for captures, and
+//! `report`, a capture as an HTML page, which reads `capture` files only
+//! and loads no probe) -> `session` (the event loop) -> `probe`
 //! (loading, with `preflight` and `btf`), `ring` and `decode` (records in),
 //! `printer` (every line out, JSON and human; `snapshot` holds what the
 //! views hand it, `summary` the tallies), `sockets` (procfs and the table).
@@ -27,6 +29,7 @@ pub mod printer;
 mod probe;
 mod record;
 mod replay;
+mod report;
 mod ring;
 mod session;
 mod snapshot;

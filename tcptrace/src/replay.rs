@@ -67,6 +67,16 @@ pub fn open_all(files: &[PathBuf]) -> Result<Vec<Reader>> {
 
 /// The window as kernel times of the capture.
 fn window(options: &ReplayOptions, metadata: &Metadata) -> (u64, u64) {
+    window_of(options.since, options.until, metadata)
+}
+
+/// `--since` and `--until` as kernel times of the capture (0 and
+/// `u64::MAX` when not given).
+pub(crate) fn window_of(
+    since: Option<TimeBound>,
+    until: Option<TimeBound>,
+    metadata: &Metadata,
+) -> (u64, u64) {
     let to_ktime = |bound: TimeBound| match bound {
         TimeBound::AfterStart(d) => metadata
             .started_ktime_ns
@@ -78,10 +88,7 @@ fn window(options: &ReplayOptions, metadata: &Metadata) -> (u64, u64) {
             (unix_ns - metadata.realtime_minus_monotonic_ns as i128).max(0) as u64
         }
     };
-    (
-        options.since.map_or(0, to_ktime),
-        options.until.map_or(u64::MAX, to_ktime),
-    )
+    (since.map_or(0, to_ktime), until.map_or(u64::MAX, to_ktime))
 }
 
 /// A capture opened for a view: its files are checked before the view

@@ -4,9 +4,11 @@
 //! `.tools/`, the probe object in `target/bpf/`, virtme-ng and test kernels
 //! in `.tools/` too (`test --kernel`, see vm.rs). The only things installed
 //! outside the tree are the nightly `rust-src` component, which rustup keeps
-//! per toolchain, and, for `test --kernel` when missing, qemu, kmod and
-//! busybox from the system's packages.
+//! per toolchain, and, when missing, from the system's packages: for `test
+//! --kernel`, qemu, kmod and busybox; for `test` (the `report` module),
+//! Debian's chromium, the headless browser that renders the report.
 mod bench;
+mod browser;
 mod toolchain;
 mod vm;
 
@@ -54,7 +56,8 @@ enum Cmd {
         #[arg(long, default_value = "host", value_parser = clap::builder::PossibleValuesParser::new(vm::kernel_names()))]
         kernel: String,
         /// Only this module of the integration tests (repeatable): cli,
-        /// close_paths, lifetimes, load, timewait_expiry, views.
+        /// close_paths, lifetimes, load, report, startup, timewait_expiry,
+        /// views.
         #[arg(long = "test", value_name = "MODULE", value_parser = clap::builder::PossibleValuesParser::new(INTEGRATION_MODULES))]
         tests: Vec<String>,
         /// Only the library's unit tests (or these with --test/--bin).
@@ -109,6 +112,11 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let probe = build_probe(&root)?;
             build_peer(&root)?;
+            // The report module renders its page in a real browser.
+            let all_modules = tests.is_empty() && !lib && bins.is_empty() && kernel == "host";
+            if all_modules || tests.iter().any(|t| t == "report") {
+                browser::ensure()?;
+            }
             if kernel == "host" {
                 let mut cmd = cargo(&root, &probe);
                 cmd.args(["test", "--release"]);
@@ -179,6 +187,7 @@ const INTEGRATION_MODULES: &[&str] = &[
     "close_paths",
     "lifetimes",
     "load",
+    "report",
     "startup",
     "timewait_expiry",
     "views",

@@ -28,7 +28,7 @@ pub struct CaptureError {
     pub truncated: bool,
 }
 
-/// A block as read: (kind, time written, payload).
+/// A block as read: its kind, when it was written, its payload.
 type RawBlock<'a> = (BlockKind, u64, &'a [u8]);
 
 /// One block of a capture.
@@ -265,7 +265,19 @@ pub struct ReplayTally {
 pub fn read_records(
     reader: &mut Reader,
     tally: &mut ReplayTally,
+    each: impl FnMut(&[u8], &Record) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    read_capture(reader, tally, each, |_, _| {})
+}
+
+/// As `read_records`, and hands every `Losses` block to `losses` too: when
+/// it was written (CLOCK_MONOTONIC) and its counters, cumulative over the
+/// capture (`report` plots them over time).
+pub fn read_capture(
+    reader: &mut Reader,
+    tally: &mut ReplayTally,
     mut each: impl FnMut(&[u8], &Record) -> anyhow::Result<()>,
+    mut losses: impl FnMut(u64, &Value),
 ) -> anyhow::Result<()> {
     let path = reader.path().to_owned();
     loop {
@@ -307,7 +319,8 @@ pub fn read_records(
                     }
                 }
             }
-            Block::Losses { counters, .. } => {
+            Block::Losses { counters, ktime_ns } => {
+                losses(ktime_ns, &counters);
                 tally.losses = super::losses_from_json(&counters);
                 tally.records_unwritten = counters["records_unwritten"].as_u64().unwrap_or(0);
             }

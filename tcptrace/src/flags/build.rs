@@ -10,7 +10,7 @@ use tcptrace_common::{
 
 use super::defs::{
     CensusFlags, Cli, Columns, Command as Sub, Common, DoctorFlags, Filters, HistFlags, LifeFlags,
-    Output, ProbeFlags, ReadFlags, RecordFlags, Refresh, StuckFlags, TailFlags,
+    Output, ProbeFlags, ReadFlags, RecordFlags, Refresh, ReportFlags, StuckFlags, TailFlags,
     DEFAULT_HISTOGRAM_KEYS,
 };
 use crate::{
@@ -24,6 +24,7 @@ use crate::{
     probe::ProbeOptions,
     record::RecordOptions,
     replay::ReplayOptions,
+    report::ReportOptions,
     sockets::{current_netns, Scope},
     state,
     stuck::StuckOptions,
@@ -56,6 +57,7 @@ impl Cli {
             Some(Sub::Census(flags)) => Command::Census(flags.into_options()?),
             Some(Sub::Doctor(flags)) => Command::Doctor(flags.into_options()?),
             Some(Sub::Record(flags)) => Command::Record(flags.into_options()?),
+            Some(Sub::Report(flags)) => Command::Report(flags.into_options()?),
         })
     }
 }
@@ -146,6 +148,21 @@ impl RecordFlags {
             },
             queue_bytes: self.buffer_size,
             filters,
+        })
+    }
+}
+
+impl ReportFlags {
+    fn into_options(self) -> Result<ReportOptions> {
+        if self.top == 0 {
+            return Err(UsageError("--top must be at least 1".into()).into());
+        }
+        Ok(ReportOptions {
+            files: self.read,
+            output: self.output,
+            top: self.top,
+            since: self.since,
+            until: self.until,
         })
     }
 }

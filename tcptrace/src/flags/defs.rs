@@ -35,7 +35,10 @@ EXAMPLES:
     tcptrace record -w incident.tcpt -C 100M -W 10
         Capture everything into files of 100 MiB, keeping the newest ten.
     tcptrace -r incident.tcpt --port 443 --since 2m --until 5m --json
-        Read a capture back: the tail's records for port 443, minutes 2 to 5.";
+        Read a capture back: the tail's records for port 443, minutes 2 to 5.
+    tcptrace report -r incident.tcpt -o incident.html
+        The capture as one HTML page: charts of transitions, TIME_WAIT and
+        CLOSE_WAIT over time, time per state, who, losses.";
 
 const ABOUT: &str = "Trace TCP state transitions live, with the process that owns each socket";
 
@@ -67,8 +70,10 @@ events the kernel lost.
 
 Subcommands: life (one record per finished connection), hist (histograms of
 lifetimes and time per state, aggregated in the kernel), stuck (who holds
-sockets in CLOSE_WAIT, FIN_WAIT2, LAST_ACK), census (sockets per state, live)
-and doctor (the TIME_WAIT sysctls, checked against this host).
+sockets in CLOSE_WAIT, FIN_WAIT2, LAST_ACK), census (sockets per state, live),
+doctor (the TIME_WAIT sysctls, checked against this host), record (everything
+into a capture file, read back with -r) and report (a capture as one HTML
+page of charts).
 
 Needs root (or CAP_BPF and CAP_PERFMON) and Linux 5.8 or later with BTF.";
 
@@ -105,6 +110,8 @@ pub enum Command {
     Doctor(DoctorFlags),
     /// Capture every transition and connection record to a file, for -r.
     Record(RecordFlags),
+    /// A capture as one self-contained HTML page of charts and tables.
+    Report(ReportFlags),
 }
 
 /// Which sockets a command looks at; applied in the kernel.
@@ -512,4 +519,40 @@ pub struct RecordFlags {
 
     #[command(flatten)]
     pub common: Common,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(long_about = "\
+A capture (tcptrace record -w FILE) as one self-contained HTML page, to open
+in any browser (nothing is fetched: the charts are inline SVG): transitions
+per second by kind; TIME_WAIT and CLOSE_WAIT populations over time (from the
+capture's census of the sockets at its start when it had no filters); the
+time spent per state (handshake, established, close_wait, fin_wait2,
+last_ack, time_wait, lifetime) with count, p50, p90, p99 and max; the
+processes, local ports and peers behind TIME_WAIT and CLOSE_WAIT entries;
+losses over time; and where and how the capture was taken.
+
+One pass over the records: a capture of millions of records takes seconds.
+Needs no privileges.")]
+pub struct ReportFlags {
+    /// The capture's FILE (every file of a rotated capture, in any order).
+    #[arg(short = 'r', long = "read", value_name = "FILE", num_args = 1.., required = true)]
+    pub read: Vec<PathBuf>,
+
+    /// Write the page to FILE (`-` for stdout).
+    #[arg(short = 'o', long = "output", value_name = "FILE", required = true)]
+    pub output: PathBuf,
+
+    /// How many transition kinds, processes, ports and peers to show.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// Only records from TIME on, an RFC 3339 time (2026-12-02T01:20:04Z,
+    /// UTC) or a duration after the capture's start (30s, 2m, 1h).
+    #[arg(long, value_name = "TIME", value_parser = parse_time_bound)]
+    pub since: Option<TimeBound>,
+
+    /// Only records up to TIME (as --since).
+    #[arg(long, value_name = "TIME", value_parser = parse_time_bound)]
+    pub until: Option<TimeBound>,
 }

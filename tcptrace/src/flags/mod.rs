@@ -144,6 +144,14 @@ mod tests {
     }
 
     #[test]
+    fn report_needs_files_and_an_output() {
+        assert!(Cli::try_parse_from(["tcptrace", "report", "-o", "x.html"]).is_err());
+        assert!(Cli::try_parse_from(["tcptrace", "report", "-r", "a.tcpt"]).is_err());
+        let cli = Cli::try_parse_from(["tcptrace", "report", "-r", "a", "-o", "b", "--top", "0"]);
+        assert!(cli.unwrap().into_command().is_err());
+    }
+
+    #[test]
     fn missing_pid_is_a_usage_error() {
         let cli = Cli::try_parse_from(["tcptrace", "--pid", "999999999"]).unwrap();
         let Err(err) = cli.into_command() else {
@@ -157,7 +165,7 @@ mod tests {
     /// types of a derive only when a command line uses them).
     #[test]
     fn every_subcommand_builds_its_options() {
-        let lines: [&[&str]; 8] = [
+        let lines: [&[&str]; 9] = [
             &["tcptrace", "--all", "--json", "-d", "1", "--wide"],
             &["tcptrace", "life", "--port", "80", "--no-header"],
             &[
@@ -196,6 +204,10 @@ mod tests {
             &[
                 "tcptrace", "hist", "-r", "a.tcpt", "a.tcpt1", "--since", "30s", "--by", "rport",
             ],
+            &[
+                "tcptrace", "report", "-r", "a.tcpt", "a.tcpt1", "-o", "-", "--top", "3",
+                "--until", "1m",
+            ],
         ];
         for line in lines {
             let command = Cli::try_parse_from(line)
@@ -232,6 +244,17 @@ mod tests {
                 Command::Tail(o) => assert!(o.columns.wide && o.output.json),
                 Command::Life(o) => assert!(!o.columns.header),
                 Command::Doctor(o) => assert_eq!(o.observe, Some(Duration::from_secs(2))),
+                Command::Report(o) => {
+                    assert!(!Command::Report(o.clone()).loads_probe());
+                    assert_eq!((o.files.len(), o.top), (2, 3));
+                    assert_eq!(o.output, std::path::Path::new("-"));
+                    assert_eq!(
+                        o.until,
+                        Some(crate::replay::TimeBound::AfterStart(Duration::from_secs(
+                            60
+                        )))
+                    );
+                }
             }
         }
     }

@@ -20,6 +20,7 @@ mod cli;
 mod close_paths;
 mod lifetimes;
 mod load;
+mod report;
 mod startup;
 mod timewait_expiry;
 mod views;
