@@ -41,10 +41,13 @@ pub fn connection_over(record: &SocketRecord, endpoints: &Endpoints, end: u8, no
     if start_seen {
         conn_flags |= CONN_START_SEEN;
     }
+    // A TIME_WAIT entry seen on another CPU may carry a clock read a
+    // microsecond after this end's: the end is then its start, so that the
+    // phases still add up to the lifetime (and nothing wraps around).
     let (est, closing, tw) = (
         record.established_at_ns,
         record.closing_at_ns,
-        record.time_wait_at_ns,
+        record.time_wait_at_ns.min(now),
     );
     let mut handshake_ns = 0;
     if start_seen && est != 0 {

@@ -292,7 +292,9 @@ pub fn packet_at_timewait(tw: u64) -> Result<(), i64> {
 /// FIN_WAIT2 -> TIME_WAIT, the moment `netstat` starts showing TIME_WAIT.
 #[inline(never)]
 pub fn enter_time_wait(tw: u64, record: &mut SocketRecord, now: u64) -> Result<(), i64> {
-    let in_fin_wait2 = now.wrapping_sub(record.state_since_ns);
+    // Clock reads of two CPUs: a FIN seen a hair "before" its socket's
+    // start is a FIN at its start (never a wrapped-around duration).
+    let in_fin_wait2 = now.saturating_sub(record.state_since_ns);
     let known = record.flags & EVENT_IN_OLD_KNOWN != 0;
     record.state = TIME_WAIT;
     record.state_since_ns = now;
@@ -335,7 +337,9 @@ pub fn end_timewait(tw: u64, substate: u8, reason: u8, endpoints: &Endpoints, no
     } else {
         FIN_WAIT2
     };
-    let dwell = now.wrapping_sub(record.state_since_ns);
+    // `now` may be a cancel's clock read, taken before a TIME_WAIT entry
+    // another CPU recorded: an end at the entry, not 2^64 ns after it.
+    let dwell = now.saturating_sub(record.state_since_ns);
     let known = record.flags & EVENT_IN_OLD_KNOWN != 0;
     if let (true, true, Some(which)) = (flags & CONFIG_HISTOGRAMS != 0, known, dwell_metric(old)) {
         record_duration(which, dwell, &record, endpoints);
