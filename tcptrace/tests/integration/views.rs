@@ -115,8 +115,10 @@ fn close_wait(netns: &Netns, addr: &str, hold_ms: u64) -> (Peer, u16, u16) {
 #[test]
 fn stuck_shows_owners_ages_and_sockets_stuck_before_start() {
     let netns = Netns::new();
-    // Stuck before tcptrace starts: CLOSE_WAIT for 12 s.
-    let (old_server, old_port, old_client_port) = close_wait(&netns, "127.0.0.1", 12_000);
+    // Stuck before tcptrace starts: CLOSE_WAIT for 12 s (longer under
+    // emulation, where the tracer's start takes most of that).
+    let (old_server, old_port, old_client_port) =
+        close_wait(&netns, "127.0.0.1", harness::outlasting_startup_ms(12_000));
     thread::sleep(Duration::from_millis(300));
     let view = View::start(
         &netns,
@@ -281,7 +283,7 @@ fn expected() -> BTreeMap<String, u64> {
 #[test]
 fn census_once_equals_ss() {
     let netns = Netns::new();
-    let peers = known_states(&netns, 8_000);
+    let peers = known_states(&netns, harness::outlasting_startup_ms(8_000));
     // ss before and after must agree (nothing moved meanwhile).
     let (before, census) = (0..3)
         .find_map(|_| {
@@ -323,7 +325,7 @@ fn census_live_follows_events_and_equals_ss() {
     let view = View::start(&netns, &["census", "--json", "--interval", "0.3"]);
     let first = view.next_of("census");
     assert_eq!(first["total"], 0, "a new namespace is empty: {first:#}");
-    let peers = known_states(&netns, 6_000);
+    let peers = known_states(&netns, harness::outlasting_startup_ms(6_000));
     // Everything below comes from events: the walk found nothing.
     let deadline = Instant::now() + Duration::from_secs(if harness::emulated() { 20 } else { 4 });
     let mut matched = 0;
