@@ -153,7 +153,7 @@ pub fn parse_time_bound(text: &str) -> Result<TimeBound, UsageError> {
         return Ok(TimeBound::At(at));
     }
     if let Ok(seconds) = t.parse::<f64>() {
-        if seconds.is_finite() && seconds >= 0.0 && seconds < 1e9 {
+        if seconds.is_finite() && (0.0..1e9).contains(&seconds) {
             return Ok(TimeBound::AfterStart(Duration::from_secs_f64(seconds)));
         }
     }
@@ -193,7 +193,7 @@ pub fn parse_file_size(text: &str) -> Result<u64, UsageError> {
     };
     let bytes = n * scale;
     // Room for the header and at least one full batch.
-    if !(bytes.is_finite() && bytes >= 2.0 * 1024.0 * 1024.0 && bytes < 1e15) {
+    if !(bytes.is_finite() && (2.0 * 1024.0 * 1024.0..1e15).contains(&bytes)) {
         return Err(UsageError(format!(
             "bad file size '{text}': at least 2M (a capture writes 1 MiB batches)"
         )));
