@@ -7,6 +7,7 @@
 //! per toolchain, and, for `test --kernel` when missing, qemu, kmod and
 //! busybox from the system's packages.
 mod bench;
+mod fuzz;
 mod toolchain;
 mod vm;
 
@@ -70,6 +71,11 @@ enum Cmd {
     },
     /// rustfmt check and clippy with warnings denied.
     Lint,
+    /// Fuzz the capture reader (`tcptrace -r`) with libFuzzer for a while;
+    /// installs cargo-fuzz into .tools/cargo-fuzz when missing, runs on the
+    /// probe's nightly. A crash fails, naming the saved input
+    /// (tcptrace/fuzz/artifacts/TARGET/).
+    Fuzz(fuzz::Options),
     /// Benchmark under loopback churn: no tracer, tcptrace --all --json,
     /// tcptrace's default view and libbpf-tools tcpstates, in alternating
     /// rounds (needs root).
@@ -150,6 +156,10 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Cmd::Bench(options) => bench::run(&root, options),
+        Cmd::Fuzz(options) => {
+            let probe = build_probe(&root)?;
+            fuzz::run(&root, &probe, &options)
+        }
         Cmd::Lint => {
             let probe = build_probe(&root)?;
             cargo(&root, &probe)
