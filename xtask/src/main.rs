@@ -54,8 +54,9 @@ enum Cmd {
         /// or one xtask boots in a VM.
         #[arg(long, default_value = "host", value_parser = clap::builder::PossibleValuesParser::new(vm::kernel_names()))]
         kernel: String,
-        /// Only this module of the integration tests (repeatable): cli,
-        /// close_paths, lifetimes, load, timewait_expiry, views.
+        /// Only this module of the integration tests (repeatable):
+        /// capture_input, cli, close_paths, lifetimes, load, startup,
+        /// timewait_expiry, views.
         #[arg(long = "test", value_name = "MODULE", value_parser = clap::builder::PossibleValuesParser::new(INTEGRATION_MODULES))]
         tests: Vec<String>,
         /// Only the library's unit tests (or these with --test/--bin).
@@ -183,6 +184,7 @@ fn run(cli: Cli) -> Result<()> {
 const INTEGRATION: &str = "integration";
 /// Its modules: a test's name starts with its module's (`cli::...`).
 const INTEGRATION_MODULES: &[&str] = &[
+    "capture_input",
     "cli",
     "close_paths",
     "lifetimes",

@@ -14,6 +14,7 @@
 
 mod harness;
 
+mod capture_input;
 mod cli;
 mod close_paths;
 mod lifetimes;
