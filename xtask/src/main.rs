@@ -70,7 +70,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// rustfmt check and clippy with warnings denied.
+    /// rustfmt check (the fuzz target's too) and clippy with warnings denied.
     Lint,
     /// Fuzz the capture reader (`tcptrace -r`) with libFuzzer for a while;
     /// installs cargo-fuzz into .tools/cargo-fuzz when missing, runs on the
@@ -166,6 +166,15 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&root, &probe)
                 .args(["fmt", "--all", "--check"])
                 .run("cargo fmt --check")?;
+            // The fuzz target is a workspace of its own (tcptrace/fuzz).
+            cargo(&root, &probe)
+                .args([
+                    "fmt",
+                    "--manifest-path",
+                    "tcptrace/fuzz/Cargo.toml",
+                    "--check",
+                ])
+                .run("cargo fmt --check (tcptrace/fuzz)")?;
             cargo(&root, &probe)
                 .args([
                     "clippy",
