@@ -5,7 +5,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use anyhow::{bail, Context, Result};
@@ -39,7 +39,7 @@ pub fn run(root: &Path, probe: &Path, options: &Options) -> Result<()> {
     let artifacts = fuzz_dir.join("artifacts").join(target);
     let before = newest_file(&artifacts);
 
-    let mut path = vec![bin_dir];
+    let mut path = vec![bin_dir.clone()];
     path.extend(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     ));
@@ -69,11 +69,14 @@ pub fn run(root: &Path, probe: &Path, options: &Options) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     if let Err(err) = result {
+        // A new file, or one rewritten (libFuzzer names them by content).
         match newest_file(&artifacts).filter(|new| Some(new) != before.as_ref()) {
-            Some(input) => bail!(
-                "{err}: the input is saved as {}; reproduce with `cargo +{} fuzz run {target} {}` \
-                 in tcptrace/, then make it a unit test in tcptrace/src/capture/",
+            Some((_, input)) => bail!(
+                "{err}: the input is saved as {}; reproduce with `PATH={}:$PATH cargo +{} fuzz \
+                 run {target} {}` in tcptrace/, then make it a unit test in \
+                 tcptrace/src/capture/",
                 input.display(),
+                bin_dir.display(),
                 toolchain::NIGHTLY,
                 input.display()
             ),
@@ -107,12 +110,11 @@ fn ensure_cargo_fuzz(root: &Path) -> Result<PathBuf> {
     Ok(bin_dir)
 }
 
-/// The most recently modified file in `dir`, if any.
-fn newest_file(dir: &Path) -> Option<PathBuf> {
+/// The most recently modified file in `dir`, if any, with its time.
+fn newest_file(dir: &Path) -> Option<(SystemTime, PathBuf)> {
     std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok())
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .max()
-        .map(|(_, path)| path)
 }
