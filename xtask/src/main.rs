@@ -9,6 +9,7 @@
 //! Debian's chromium, the headless browser that renders the report.
 mod bench;
 mod browser;
+mod fuzz;
 mod toolchain;
 mod vm;
 
@@ -55,9 +56,9 @@ enum Cmd {
         /// or one xtask boots in a VM.
         #[arg(long, default_value = "host", value_parser = clap::builder::PossibleValuesParser::new(vm::kernel_names()))]
         kernel: String,
-        /// Only this module of the integration tests (repeatable): cli,
-        /// close_paths, lifetimes, load, report, startup, timewait_expiry,
-        /// views.
+        /// Only this module of the integration tests (repeatable): capture,
+        /// capture_disk, capture_input, cli, close_paths, lifetimes, load,
+        /// report, startup, timewait_expiry, views.
         #[arg(long = "test", value_name = "MODULE", value_parser = clap::builder::PossibleValuesParser::new(INTEGRATION_MODULES))]
         tests: Vec<String>,
         /// Only the library's unit tests (or these with --test/--bin).
@@ -71,8 +72,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// rustfmt check and clippy with warnings denied.
+    /// rustfmt check (the fuzz target's too) and clippy with warnings denied.
     Lint,
+    /// Fuzz the capture reader (`tcptrace -r`) with libFuzzer for a while;
+    /// installs cargo-fuzz into .tools/cargo-fuzz when missing, runs on the
+    /// probe's nightly. A crash fails, naming the saved input
+    /// (tcptrace/fuzz/artifacts/TARGET/).
+    Fuzz(fuzz::Options),
     /// Benchmark under loopback churn: no tracer, tcptrace --all --json,
     /// tcptrace's default view and libbpf-tools tcpstates, in alternating
     /// rounds (needs root).
@@ -158,11 +164,24 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Cmd::Bench(options) => bench::run(&root, options),
+        Cmd::Fuzz(options) => {
+            let probe = build_probe(&root)?;
+            fuzz::run(&root, &probe, &options)
+        }
         Cmd::Lint => {
             let probe = build_probe(&root)?;
             cargo(&root, &probe)
                 .args(["fmt", "--all", "--check"])
                 .run("cargo fmt --check")?;
+            // The fuzz target is a workspace of its own (tcptrace/fuzz).
+            cargo(&root, &probe)
+                .args([
+                    "fmt",
+                    "--manifest-path",
+                    "tcptrace/fuzz/Cargo.toml",
+                    "--check",
+                ])
+                .run("cargo fmt --check (tcptrace/fuzz)")?;
             cargo(&root, &probe)
                 .args([
                     "clippy",
@@ -183,6 +202,7 @@ const INTEGRATION: &str = "integration";
 const INTEGRATION_MODULES: &[&str] = &[
     "capture",
     "capture_disk",
+    "capture_input",
     "cli",
     "close_paths",
     "lifetimes",

@@ -28,9 +28,6 @@ pub struct CaptureError {
     pub truncated: bool,
 }
 
-/// A block as read: its kind, when it was written, its payload.
-type RawBlock<'a> = (BlockKind, u64, &'a [u8]);
-
 /// One block of a capture.
 pub enum Block<'a> {
     /// Ring records as the probe wrote them, back to back.
@@ -46,6 +43,13 @@ pub enum Block<'a> {
     },
     Summary(Value),
 }
+
+/// Block headers and small blocks come through this buffer; a payload at
+/// least this large is read straight into the block buffer.
+const READ_BUFFER: usize = 64 << 10;
+
+/// A block as read: its kind, when it was written, its payload.
+type RawBlock<'a> = (BlockKind, u64, &'a [u8]);
 
 pub struct Reader {
     path: PathBuf,
@@ -65,6 +69,10 @@ impl Reader {
             truncated,
         };
         let file = File::open(path).map_err(|e| fail(format!("cannot open: {e}"), false))?;
+        // open(2) succeeds on a directory; its read(2) would fail at byte 0.
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(fail("is a directory, not a capture file".into(), false));
+        }
         Reader::new(path, Box::new(file))
     }
 
@@ -78,7 +86,7 @@ impl Reader {
         };
         let mut reader = Reader {
             path: path.to_owned(),
-            file: BufReader::with_capacity(1 << 20, input),
+            file: BufReader::with_capacity(READ_BUFFER, input),
             offset: 0,
             metadata: Metadata::default(),
             buf: Vec::new(),
@@ -87,7 +95,18 @@ impl Reader {
         match read_full(&mut reader.file, &mut header) {
             Ok(n) if n == FILE_HEADER_SIZE => {}
             Ok(0) => return Err(fail("empty file, not a tcptrace capture".into(), false)),
-            Ok(_) => {}
+            Ok(n) => {
+                let magic = n.min(MAGIC.len());
+                if header[..magic] == MAGIC[..magic] {
+                    return Err(fail(
+                        format!(
+                            "byte 0: the capture ends inside its {FILE_HEADER_SIZE}-byte file \
+                             header ({n} bytes; cut short?)"
+                        ),
+                        true,
+                    ));
+                }
+            }
             Err(e) => return Err(fail(format!("byte 0: {e}"), false)),
         }
         if &header[..8] != MAGIC {
@@ -120,7 +139,7 @@ impl Reader {
         let at = FILE_HEADER_SIZE;
         if kind != BlockKind::Metadata {
             return Err(fail(
-                format!("byte {at}: the first block is not metadata"),
+                format!("byte {at}: the first block is a {kind:?} block, not the metadata"),
                 false,
             ));
         }
@@ -205,8 +224,10 @@ impl Reader {
                 false,
             ));
         }
-        self.buf.resize(len, 0);
-        match read_full(&mut self.file, &mut self.buf) {
+        // Read as it comes rather than into a buffer of the length the
+        // header claims: a damaged length in a small file costs no 64 MiB.
+        self.buf.clear();
+        match (&mut self.file).take(len as u64).read_to_end(&mut self.buf) {
             Ok(n) if n < len => {
                 return Err(fail(
                     format!(
@@ -335,10 +356,368 @@ pub fn read_capture(
     }
 }
 
+/// Damage or a cut after some records is a warning (`tally.damage`); with
+/// no record read at all, an error.
 fn damaged(err: CaptureError, tally: &mut ReplayTally) -> anyhow::Result<()> {
-    if tally.records == 0 && !err.truncated {
+    if tally.records == 0 {
         return Err(err.into());
     }
     tally.damage.get_or_insert_with(|| err.to_string());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use serde_json::json;
+    use tcptrace_common::{tcp_state::*, AF_INET, AF_INET6, EVENT_OWNER_KNOWN};
+
+    use super::*;
+    use crate::{
+        capture::format::{file_header, write_block, BlockHeader},
+        decode::tests::{bytes_of, raw_event},
+    };
+
+    const NAME: &str = "t.tcpt";
+
+    fn metadata() -> Metadata {
+        Metadata {
+            tcptrace_version: "0.1.0".into(),
+            kernel_release: "6.1.0".into(),
+            hostname: "h".into(),
+            boot_id: "b".into(),
+            realtime_minus_monotonic_ns: 1_700_000_000_000_000_000,
+            started_ktime_ns: 1_000,
+            command_line: vec!["tcptrace".into(), "record".into()],
+            filters: json!({}),
+            hooks: vec!["tp_btf/inet_sock_set_state".into()],
+            timewait_detection: "exact".into(),
+            file_index: 0,
+            sockets_at_start: json!({}),
+        }
+    }
+
+    /// Two transitions, back to back, as the probe writes them.
+    fn records() -> Vec<u8> {
+        let mut payload = Vec::new();
+        let a = raw_event(AF_INET, SYN_SENT, ESTABLISHED, EVENT_OWNER_KNOWN);
+        let b = raw_event(AF_INET6, ESTABLISHED, FIN_WAIT1, EVENT_OWNER_KNOWN);
+        payload.extend_from_slice(bytes_of(&a));
+        payload.extend_from_slice(bytes_of(&b));
+        payload
+    }
+
+    /// The header and the metadata block.
+    fn start() -> Vec<u8> {
+        let mut out = file_header().to_vec();
+        let meta = serde_json::to_vec(&metadata().to_json()).unwrap();
+        write_block(&mut out, BlockKind::Metadata, 0, 1_000, &meta);
+        out
+    }
+
+    /// A whole capture: metadata, records, losses, summary. Returns the
+    /// bytes and the offsets of the records, losses and summary blocks.
+    fn capture() -> (Vec<u8>, [usize; 3]) {
+        let mut out = start();
+        let records_at = out.len();
+        write_block(&mut out, BlockKind::Records, 2, 2_000, &records());
+        let losses_at = out.len();
+        let losses = json!({"ring_reservation_failures": 3, "records_unwritten": 1});
+        write_block(
+            &mut out,
+            BlockKind::Losses,
+            0,
+            3_000,
+            &serde_json::to_vec(&losses).unwrap(),
+        );
+        let summary_at = out.len();
+        let summary = json!({"ring_reservation_failures": 4, "records_unwritten": 2});
+        write_block(
+            &mut out,
+            BlockKind::Summary,
+            0,
+            4_000,
+            &serde_json::to_vec(&summary).unwrap(),
+        );
+        (out, [records_at, losses_at, summary_at])
+    }
+
+    fn open(bytes: Vec<u8>) -> Result<Reader, CaptureError> {
+        Reader::new(Path::new(NAME), Box::new(Cursor::new(bytes)))
+    }
+
+    fn open_err(bytes: Vec<u8>) -> String {
+        match open(bytes) {
+            Ok(_) => panic!("the capture was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Reads every record; the error, or the tally.
+    fn read_all(bytes: Vec<u8>) -> Result<ReplayTally, String> {
+        let mut reader = open(bytes).map_err(|e| e.to_string())?;
+        let mut tally = ReplayTally::default();
+        read_records(&mut reader, &mut tally, |_, _| Ok(())).map_err(|e| e.to_string())?;
+        Ok(tally)
+    }
+
+    #[test]
+    fn every_block_round_trips() {
+        let (bytes, [records_at, ..]) = capture();
+        let mut reader = open(bytes.clone()).unwrap();
+        assert_eq!(reader.metadata.to_json(), metadata().to_json());
+        match reader.next_block().unwrap() {
+            Some(Block::Records {
+                ktime_ns,
+                offset,
+                payload,
+            }) => {
+                assert_eq!(ktime_ns, 2_000);
+                assert_eq!(offset, (records_at + BLOCK_HEADER_SIZE) as u64);
+                assert_eq!(payload, &records()[..]);
+            }
+            _ => panic!("not the records block"),
+        }
+        match reader.next_block().unwrap() {
+            Some(Block::Losses { ktime_ns, counters }) => {
+                assert_eq!(ktime_ns, 3_000);
+                assert_eq!(counters["ring_reservation_failures"], 3);
+            }
+            _ => panic!("not the losses block"),
+        }
+        match reader.next_block().unwrap() {
+            Some(Block::Summary(summary)) => assert_eq!(summary["records_unwritten"], 2),
+            _ => panic!("not the summary block"),
+        }
+        assert!(reader.next_block().unwrap().is_none());
+        assert!(reader.next_block().unwrap().is_none());
+
+        let tally = read_all(bytes).unwrap();
+        assert_eq!((tally.records, tally.bad_records), (2, 0));
+        assert_eq!(tally.losses.ring_full, 4);
+        assert_eq!(tally.records_unwritten, 2);
+        assert!(tally.summary.is_some());
+        assert_eq!(tally.damage, None);
+        assert_eq!(tally.last_ktime_ns, 3_000);
+    }
+
+    #[test]
+    fn metadata_alone_is_a_capture_without_records() {
+        let tally = read_all(start()).unwrap();
+        assert_eq!((tally.records, tally.damage), (0, None));
+    }
+
+    #[test]
+    fn a_failed_checksum_names_the_block() {
+        let (mut bytes, [records_at, losses_at, _]) = capture();
+        // A record's length (bytes 2..4 of the first record) changed.
+        bytes[records_at + BLOCK_HEADER_SIZE + 2] ^= 0x40;
+        assert_eq!(
+            read_all(bytes.clone()).err().unwrap(),
+            format!("{NAME}: byte {records_at}: Records block fails its checksum (damaged)")
+        );
+        // After a good block, damage is noted and the records before it kept.
+        let (mut good, _) = capture();
+        good.truncate(losses_at);
+        good.extend_from_slice(&bytes[records_at..]);
+        let tally = read_all(good).unwrap();
+        assert_eq!(tally.records, 2);
+        assert_eq!(
+            tally.damage.unwrap(),
+            format!("{NAME}: byte {losses_at}: Records block fails its checksum (damaged)")
+        );
+    }
+
+    #[test]
+    fn a_damaged_record_length_under_a_good_checksum() {
+        let mut payload = records();
+        payload[2..4].copy_from_slice(&9999u16.to_le_bytes());
+        let mut bytes = start();
+        let at = bytes.len() + BLOCK_HEADER_SIZE;
+        write_block(&mut bytes, BlockKind::Records, 2, 2_000, &payload);
+        assert_eq!(
+            read_all(bytes).err().unwrap(),
+            format!("{NAME}: byte {at}: a record's length is damaged")
+        );
+    }
+
+    #[test]
+    fn a_cut_inside_a_block_header() {
+        let (mut bytes, [_, losses_at, _]) = capture();
+        bytes.truncate(losses_at + 10);
+        let tally = read_all(bytes).unwrap();
+        assert_eq!(tally.records, 2);
+        assert_eq!(
+            tally.damage.unwrap(),
+            format!(
+                "{NAME}: byte {losses_at}: the capture ends inside a block header (10 of 24 \
+                 bytes; cut short?)"
+            )
+        );
+    }
+
+    #[test]
+    fn a_cut_inside_the_first_records_block_reads_nothing() {
+        let (mut bytes, [records_at, ..]) = capture();
+        bytes.truncate(records_at + BLOCK_HEADER_SIZE + 100);
+        assert_eq!(
+            read_all(bytes).err().unwrap(),
+            format!(
+                "{NAME}: byte {records_at}: the capture ends inside a Records block (100 of 224 \
+                 bytes; cut short?)"
+            )
+        );
+    }
+
+    #[test]
+    fn a_cut_inside_the_file_header() {
+        let (mut bytes, _) = capture();
+        bytes.truncate(12);
+        assert_eq!(
+            open_err(bytes),
+            format!(
+                "{NAME}: byte 0: the capture ends inside its 16-byte file header (12 bytes; cut \
+                 short?)"
+            )
+        );
+        assert_eq!(
+            open_err(b"TCPTRACE".to_vec()),
+            format!(
+                "{NAME}: byte 0: the capture ends inside its 16-byte file header (8 bytes; cut \
+                 short?)"
+            )
+        );
+        assert_eq!(
+            open_err(file_header().to_vec()),
+            format!("{NAME}: byte 16: no metadata block (cut short at start?)")
+        );
+    }
+
+    /// A length up to the limit in a small file: read as far as the file
+    /// goes, without a buffer of the claimed size.
+    #[test]
+    fn a_lying_huge_length_costs_no_allocation() {
+        let mut bytes = start();
+        let at = bytes.len();
+        let header = BlockHeader {
+            kind: BlockKind::Records as u32,
+            len: MAX_BLOCK as u32,
+            count: 1,
+            crc32: 0,
+            ktime_ns: 0,
+        };
+        bytes.extend_from_slice(&header.encode());
+        bytes.extend_from_slice(&[0; 10]);
+        let mut reader = open(bytes.clone()).unwrap();
+        let err = reader.next_block().err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{NAME}: byte {at}: the capture ends inside a Records block (10 of 67108864 \
+                 bytes; cut short?)"
+            )
+        );
+        assert!(err.truncated);
+        assert!(reader.buf.capacity() < 1 << 20, "{}", reader.buf.capacity());
+
+        // One byte over the limit is refused before anything is read.
+        bytes[at + 4..at + 8].copy_from_slice(&(MAX_BLOCK as u32 + 1).to_le_bytes());
+        assert_eq!(
+            open(bytes).unwrap().next_block().err().unwrap().to_string(),
+            format!(
+                "{NAME}: byte {at}: block length 67108865 is over the 67108864-byte limit \
+                 (damaged?)"
+            )
+        );
+    }
+
+    /// Found by `cargo xtask fuzz` in 8 s when payloads were still read
+    /// into a buffer of the claimed length: a metadata block claiming
+    /// 32 MiB in a 1 KiB file made a 32 MiB allocation (the fuzzer stops at
+    /// 32 MiB: a lying length up to MAX_BLOCK cost 64 MiB per file).
+    #[test]
+    fn fuzz_lying_metadata_length() {
+        let bytes = include_bytes!("../../tests/data/fuzz-oom-lying-length.tcpt");
+        assert_eq!(bytes.len(), 1043);
+        assert_eq!(
+            open_err(bytes.to_vec()),
+            format!(
+                "{NAME}: byte 16: the capture ends inside a Metadata block (1003 of 33554569 \
+                 bytes; cut short?)"
+            )
+        );
+    }
+
+    #[test]
+    fn not_captures() {
+        assert_eq!(
+            open_err(Vec::new()),
+            format!("{NAME}: empty file, not a tcptrace capture")
+        );
+        assert_eq!(
+            open_err(b"hello".to_vec()),
+            format!("{NAME}: byte 0: not a tcptrace capture (no TCPTRACE magic)")
+        );
+        let (mut bytes, _) = capture();
+        bytes[0] = b't';
+        assert_eq!(
+            open_err(bytes),
+            format!("{NAME}: byte 0: not a tcptrace capture (no TCPTRACE magic)")
+        );
+        let (mut bytes, _) = capture();
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(
+            open_err(bytes),
+            format!(
+                "{NAME}: byte 8: capture format version 2; this tcptrace ({}) reads version 1",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+        let dir = std::env::temp_dir();
+        let err = Reader::open(&dir).err().unwrap().to_string();
+        assert_eq!(
+            err,
+            format!("{}: is a directory, not a capture file", dir.display())
+        );
+    }
+
+    #[test]
+    fn blocks_out_of_place() {
+        let mut bytes = file_header().to_vec();
+        write_block(&mut bytes, BlockKind::Records, 2, 0, &records());
+        assert_eq!(
+            open_err(bytes),
+            format!("{NAME}: byte 16: the first block is a Records block, not the metadata")
+        );
+
+        let mut bytes = start();
+        let at = bytes.len();
+        let meta = serde_json::to_vec(&metadata().to_json()).unwrap();
+        write_block(&mut bytes, BlockKind::Metadata, 0, 0, &meta);
+        assert_eq!(
+            open(bytes).unwrap().next_block().err().unwrap().to_string(),
+            format!("{NAME}: byte {at}: a second metadata block")
+        );
+
+        let mut bytes = start();
+        let at = bytes.len();
+        write_block(&mut bytes, BlockKind::Losses, 0, 0, b"[1,");
+        assert_eq!(
+            open(bytes.clone())
+                .unwrap()
+                .next_block()
+                .err()
+                .unwrap()
+                .to_string(),
+            format!(
+                "{NAME}: byte {at}: bad Losses block: EOF while parsing a value at line 1 column 3"
+            )
+        );
+        bytes[at..at + 4].copy_from_slice(&9u32.to_le_bytes());
+        assert_eq!(
+            open(bytes).unwrap().next_block().err().unwrap().to_string(),
+            format!("{NAME}: byte {at}: unknown block kind 9 (damaged?)")
+        );
+    }
 }

@@ -16,6 +16,7 @@ mod harness;
 
 mod capture;
 mod capture_disk;
+mod capture_input;
 mod cli;
 mod close_paths;
 mod lifetimes;
