@@ -12,6 +12,9 @@ pub(super) struct Tracer {
     pub(super) out_path: PathBuf,
     /// (user, system) CPU seconds when it became ready.
     pub(super) ready_cpu: (f64, f64),
+    /// The main (ring-reading) thread's scheduler run time when it became
+    /// ready, ns.
+    pub(super) ready_reader_ns: u64,
     pub(super) waited: bool,
 }
 
@@ -22,6 +25,10 @@ pub(super) struct Exit {
     pub(super) sys_s: f64,
     pub(super) maxrss_kb: u64,
     pub(super) nvcsw: u64,
+    /// The main thread's run time from ready to the stop signal, ns: the
+    /// scheduler's exact count (schedstat), where rusage samples ticks and
+    /// charges a tick's softirq work to whoever it interrupted.
+    pub(super) reader_ns: u64,
 }
 
 impl Tracer {
@@ -60,6 +67,7 @@ impl Tracer {
             stderr_lines: Vec::new(),
             out_path: out_path.to_path_buf(),
             ready_cpu: (0.0, 0.0),
+            ready_reader_ns: 0,
             waited: false,
         })
     }
@@ -89,6 +97,7 @@ impl Tracer {
             );
         }
         tracer.ready_cpu = process_cpu(tracer.pid)?;
+        tracer.ready_reader_ns = main_thread_runtime_ns(tracer.pid)?;
         Ok(tracer)
     }
 
@@ -120,6 +129,7 @@ impl Tracer {
         }
         thread::sleep(Duration::from_millis(200));
         tracer.ready_cpu = process_cpu(tracer.pid)?;
+        tracer.ready_reader_ns = main_thread_runtime_ns(tracer.pid)?;
         Ok(tracer)
     }
 
@@ -176,6 +186,7 @@ impl Tracer {
 
     /// SIGINT, then waits for the exit (60 s at most) and collects rusage.
     pub(super) fn stop(&mut self) -> Result<Exit> {
+        let reader_ns = main_thread_runtime_ns(self.pid)?.saturating_sub(self.ready_reader_ns);
         unsafe { libc::kill(self.pid, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut status = 0;
@@ -213,6 +224,7 @@ impl Tracer {
             },
             user_s: secs(usage.ru_utime),
             sys_s: secs(usage.ru_stime),
+            reader_ns,
             maxrss_kb: usage.ru_maxrss as u64,
             nvcsw: usage.ru_nvcsw as u64,
         })
@@ -301,6 +313,16 @@ pub(super) fn clock_ticks() -> u64 {
 }
 
 /// (user, system) CPU seconds of a process so far, from /proc/PID/stat.
+/// Run time of the process's main thread so far (schedstat's first field).
+pub(super) fn main_thread_runtime_ns(pid: i32) -> Result<u64> {
+    let path = format!("/proc/{pid}/task/{pid}/schedstat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("bad {path}: {text}"))
+}
+
 pub(super) fn process_cpu(pid: i32) -> Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after_comm = stat.rsplit_once(')').context("bad /proc/PID/stat")?.1;

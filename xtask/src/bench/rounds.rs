@@ -26,6 +26,8 @@ pub(super) struct Round {
     pub(super) other_losses: u64,
     pub(super) user_s: f64,
     pub(super) sys_s: f64,
+    /// The ring-reading thread's run time while tracing (schedstat), ns.
+    pub(super) reader_ns: u64,
     pub(super) voluntary_switches: u64,
     pub(super) peak_rss_kb: u64,
     pub(super) probe_runs: u64,
@@ -64,6 +66,14 @@ impl Round {
         1e6 * (self.user_s + self.sys_s) / reported.max(1) as f64
     }
 
+    /// The ring-reading thread's run time per reported record, in
+    /// microseconds (for `record`, the writer thread's page-cache copies
+    /// are not in it; they are in `cpu_us_per_event`).
+    pub(super) fn reader_us_per_event(&self) -> f64 {
+        let reported = self.delivered + self.outside_total();
+        self.reader_ns as f64 / 1e3 / reported.max(1) as f64
+    }
+
     /// Probe run time (all the tracer's programs) per transition, in
     /// nanoseconds, over the statistics sample.
     pub(super) fn probe_ns_per_transition(&self) -> f64 {
@@ -95,6 +105,7 @@ impl Round {
                 "user_s": self.user_s,
                 "sys_s": self.sys_s,
                 "cpu_us_per_event": self.cpu_us_per_event(),
+                "reader_us_per_event": self.reader_us_per_event(),
                 "voluntary_context_switches": self.voluntary_switches,
                 "peak_rss_kb": self.peak_rss_kb,
                 "probe_runs": self.probe_runs,
@@ -298,6 +309,7 @@ impl Bench {
             round.user_s = exit.user_s - tracer.ready_cpu.0;
             round.sys_s = exit.sys_s - tracer.ready_cpu.1;
             round.peak_rss_kb = exit.maxrss_kb;
+            round.reader_ns = exit.reader_ns;
             round.voluntary_switches = exit.nvcsw;
             if !exit.success {
                 bail!(

@@ -106,6 +106,7 @@ impl<'a> Summary<'a> {
                         "unexplained_all_rounds": rounds.iter().map(|r| r.unexplained()).sum::<u64>(),
                         "delivered_pct": m(&|r| r.delivered_pct()),
                         "cpu_us_per_event": m(&|r| r.cpu_us_per_event()),
+                        "reader_us_per_event": m(&|r| r.reader_us_per_event()),
                         "probe_ns_per_transition": m(&|r| r.probe_ns_per_transition()),
                         "peak_rss_kb": m(&|r| r.peak_rss_kb as f64),
                     });
@@ -126,7 +127,7 @@ impl<'a> Summary<'a> {
         let base = self.untraced_rate();
         println!();
         println!(
-            "{:<27} {:>8} {:>6} {:>10} {:>10} {:>7} {:>6} {:>6} {:>7} {:>8} {:>8} {:>7} {:>7}",
+            "{:<27} {:>8} {:>6} {:>10} {:>10} {:>7} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7}",
             "median of rounds",
             "conn/s",
             "vs A",
@@ -138,12 +139,13 @@ impl<'a> Summary<'a> {
             "UNEXPL",
             "deliv %",
             "cpu/ev",
+            "rdr/ev",
             "probe",
             "RSS"
         );
         println!(
-            "{:<27} {:>8} {:>6} {:>10} {:>10} {:>7} {:>6} {:>6} {:>7} {:>8} {:>8} {:>7} {:>7}",
-            "", "", "", "", "", "", "full", "miss", "loss", "", "us", "ns/tr", "MiB"
+            "{:<27} {:>8} {:>6} {:>10} {:>10} {:>7} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7}",
+            "", "", "", "", "", "", "full", "miss", "loss", "", "us", "us", "ns/tr", "MiB"
         );
         for (config, rounds) in &self.rows {
             let name = format!("{} {}", config.letter(), config.label());
@@ -166,7 +168,7 @@ impl<'a> Summary<'a> {
                 continue;
             }
             println!(
-                "{name:<27} {rate:>8.0} {ratio:>6} {:>10.0} {:>10.0} {:>7.0} {:>6.0} {:>6.0} {:>7.0} {:>8.3} {:>8.3} {:>7.0} {:>7.1}",
+                "{name:<27} {rate:>8.0} {ratio:>6} {:>10.0} {:>10.0} {:>7.0} {:>6.0} {:>6.0} {:>7.0} {:>8.3} {:>8.3} {:>8.3} {:>7.0} {:>7.1}",
                 m(&|r| r.expected as f64),
                 m(&|r| r.delivered as f64),
                 m(&|r| r.outside_total() as f64),
@@ -175,6 +177,7 @@ impl<'a> Summary<'a> {
                 m(&|r| r.unexplained() as f64),
                 m(&|r| r.delivered_pct()),
                 m(&|r| r.cpu_us_per_event()),
+                m(&|r| r.reader_us_per_event()),
                 m(&|r| r.probe_ns_per_transition()),
                 m(&|r| r.peak_rss_kb as f64) / 1024.0,
             );
@@ -205,7 +208,7 @@ impl<'a> Summary<'a> {
         }
         println!(
             "reported: records matching the expected table; outside: other records; cpu/ev: \
-             tracer user+sys CPU per record; probe ns/tr: BPF run time (kernel stats, all the \
+             tracer user+sys CPU per record (rusage: tick-sampled, charged softirq work included); rdr/ev: run time of the thread that drains the ring per record (schedstat, exact); probe ns/tr: BPF run time (kernel stats, all the \
              tracer's programs) per transition, kernel stats sampled over the middle third of \
              each round; RSS: peak (VmHWM)"
         );
