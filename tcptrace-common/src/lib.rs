@@ -267,6 +267,22 @@ pub mod metric {
     pub const LAST_ACK: u8 = 5;
     pub const TIME_WAIT: u8 = 6;
     pub const COUNT: usize = 7;
+
+    /// What the time spent in `state` counts towards, if anything: the
+    /// probe's histograms, and `hist -r` rebuilding them from records.
+    #[inline(always)]
+    pub fn of_dwell_in(state: u8) -> Option<u8> {
+        use super::tcp_state::*;
+        match state {
+            super::tcp_state::TIME_WAIT => Some(TIME_WAIT),
+            SYN_SENT | SYN_RECV => Some(HANDSHAKE),
+            super::tcp_state::ESTABLISHED => Some(ESTABLISHED),
+            super::tcp_state::CLOSE_WAIT => Some(CLOSE_WAIT),
+            super::tcp_state::FIN_WAIT2 => Some(FIN_WAIT2),
+            super::tcp_state::LAST_ACK => Some(LAST_ACK),
+            _ => None,
+        }
+    }
 }
 
 /// How histograms are split (`ProbeConfig::hist_by`).

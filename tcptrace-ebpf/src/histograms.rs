@@ -1,8 +1,8 @@
 //! Duration histograms, per metric and `--by` key.
 use aya_ebpf::bindings::BPF_NOEXIST;
 use tcptrace_common::{
-    hist_by, metric, tcp_state::*, Endpoints, HistKey, SocketRecord, COUNTER_HIST_OVERFLOW,
-    EVENT_OWNER_KNOWN, HIST_BUCKETS,
+    hist_by, Endpoints, HistKey, SocketRecord, COUNTER_HIST_OVERFLOW, EVENT_OWNER_KNOWN,
+    HIST_BUCKETS,
 };
 
 use crate::{
@@ -10,19 +10,7 @@ use crate::{
     maps::{count, HISTOGRAMS, HIST_ZERO},
 };
 
-/// What the time spent in `state` counts towards, if anything.
-#[inline(always)]
-pub fn dwell_metric(state: u8) -> Option<u8> {
-    match state {
-        TIME_WAIT => Some(metric::TIME_WAIT),
-        SYN_SENT | SYN_RECV => Some(metric::HANDSHAKE),
-        ESTABLISHED => Some(metric::ESTABLISHED),
-        CLOSE_WAIT => Some(metric::CLOSE_WAIT),
-        FIN_WAIT2 => Some(metric::FIN_WAIT2),
-        LAST_ACK => Some(metric::LAST_ACK),
-        _ => None,
-    }
-}
+pub use tcptrace_common::metric::of_dwell_in as dwell_metric;
 
 /// Floor of log2, 0 for 0 and 1 (BPF has no count-leading-zeros).
 #[inline(always)]

@@ -132,7 +132,7 @@ impl RecordHistograms {
                 if t.old == FIN_WAIT2 && t.timewait == Timewait::Handoff && !t.timewait_socket {
                     return;
                 }
-                let (Some(ns), Some(metric)) = (t.in_old_ns, dwell_metric(t.old)) else {
+                let (Some(ns), Some(metric)) = (t.in_old_ns, metric::of_dwell_in(t.old)) else {
                     return;
                 };
                 let raddr = match t.remote {
@@ -217,19 +217,6 @@ impl RecordHistograms {
 
     pub fn raw(&self) -> Vec<(HistKey, HistValue)> {
         self.per_key.iter().map(|(k, v)| (*k, *v)).collect()
-    }
-}
-
-/// Which state a duration measures, as the probe's `dwell_metric`.
-fn dwell_metric(state: u8) -> Option<u8> {
-    match state {
-        TIME_WAIT => Some(metric::TIME_WAIT),
-        SYN_SENT | SYN_RECV => Some(metric::HANDSHAKE),
-        ESTABLISHED => Some(metric::ESTABLISHED),
-        CLOSE_WAIT => Some(metric::CLOSE_WAIT),
-        FIN_WAIT2 => Some(metric::FIN_WAIT2),
-        LAST_ACK => Some(metric::LAST_ACK),
-        _ => None,
     }
 }
 

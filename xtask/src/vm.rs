@@ -343,14 +343,14 @@ fn ensure_host_tools() -> Result<()> {
     Ok(())
 }
 
-fn apt(subcommand: &str) -> Command {
+pub(crate) fn apt(subcommand: &str) -> Command {
     let mut cmd = Command::new("apt-get");
     cmd.arg(subcommand).env("DEBIAN_FRONTEND", "noninteractive");
     cmd
 }
 
 /// `command` on PATH or in the sbin directories (depmod lives there).
-fn find_command(command: &str) -> Option<PathBuf> {
+pub(crate) fn find_command(command: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))

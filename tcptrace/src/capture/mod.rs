@@ -59,6 +59,13 @@ impl Metadata {
 
     pub fn from_json(v: &Value) -> Result<Self, String> {
         let text = |name: &str| v[name].as_str().unwrap_or_default().to_string();
+        let strings = |name: &str| -> Vec<String> {
+            let items = v[name].as_array().map(Vec::as_slice).unwrap_or_default();
+            items
+                .iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        };
         let number = |name: &str| {
             v[name]
                 .as_u64()
@@ -73,23 +80,9 @@ impl Metadata {
                 .as_i64()
                 .ok_or("no realtime_minus_monotonic_ns (a number)")?,
             started_ktime_ns: number("started_ktime_ns")?,
-            command_line: v["command_line"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            command_line: strings("command_line"),
             filters: v["filters"].clone(),
-            hooks: v["hooks"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            hooks: strings("hooks"),
             timewait_detection: text("timewait_detection"),
             file_index: v["file_index"].as_u64().unwrap_or(0),
             sockets_at_start: v["sockets_at_start"].clone(),

@@ -36,6 +36,17 @@ fn churn(netns: &Netns, seconds: &str) {
     assert!(out.status.success());
 }
 
+/// From `record`'s summary: records written, records it could not write,
+/// and records the ring handed it.
+fn kept_of(summary: &Value) -> (u64, u64, u64) {
+    let n = |key: &str| summary[key].as_u64().unwrap();
+    (
+        n("records_written"),
+        n("records_unwritten"),
+        n("transitions") + n("connections"),
+    )
+}
+
 /// Transitions and connections in the capture files, read back.
 fn records_in(files: &[String]) -> u64 {
     let mut args = vec!["-r"];
@@ -151,10 +162,7 @@ fn a_slow_disk_costs_counted_records_not_a_stalled_ring() {
     churn(&netns, "2");
     let recorded = recorder.stop();
     let summary = recorded.summary();
-    let unwritten = summary["records_unwritten"].as_u64().unwrap();
-    let written = summary["records_written"].as_u64().unwrap();
-    let handed =
-        summary["transitions"].as_u64().unwrap() + summary["connections"].as_u64().unwrap();
+    let (written, unwritten, handed) = kept_of(summary);
     assert!(unwritten > 0, "the churn outran 4 MiB/s: {summary}");
     assert_eq!(
         written + unwritten,
@@ -212,10 +220,7 @@ fn a_full_disk_is_reported_and_the_capture_stays_readable() {
     churn(&netns, "2");
     let recorded = recorder.stop();
     let summary = recorded.summary();
-    let unwritten = summary["records_unwritten"].as_u64().unwrap();
-    let written = summary["records_written"].as_u64().unwrap();
-    let handed =
-        summary["transitions"].as_u64().unwrap() + summary["connections"].as_u64().unwrap();
+    let (written, unwritten, handed) = kept_of(summary);
     assert!(unwritten > 0 && written > 0, "{summary}");
     assert_eq!(written + unwritten, handed, "{summary}");
     let errors: Vec<&String> = recorded
