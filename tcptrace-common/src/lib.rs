@@ -272,14 +272,14 @@ pub mod metric {
     /// probe's histograms, and `hist -r` rebuilding them from records.
     #[inline(always)]
     pub fn of_dwell_in(state: u8) -> Option<u8> {
-        use super::tcp_state::*;
+        use super::tcp_state as tcp;
         match state {
-            super::tcp_state::TIME_WAIT => Some(TIME_WAIT),
-            SYN_SENT | SYN_RECV => Some(HANDSHAKE),
-            super::tcp_state::ESTABLISHED => Some(ESTABLISHED),
-            super::tcp_state::CLOSE_WAIT => Some(CLOSE_WAIT),
-            super::tcp_state::FIN_WAIT2 => Some(FIN_WAIT2),
-            super::tcp_state::LAST_ACK => Some(LAST_ACK),
+            tcp::TIME_WAIT => Some(TIME_WAIT),
+            tcp::SYN_SENT | tcp::SYN_RECV => Some(HANDSHAKE),
+            tcp::ESTABLISHED => Some(ESTABLISHED),
+            tcp::CLOSE_WAIT => Some(CLOSE_WAIT),
+            tcp::FIN_WAIT2 => Some(FIN_WAIT2),
+            tcp::LAST_ACK => Some(LAST_ACK),
             _ => None,
         }
     }
@@ -667,5 +667,28 @@ mod tests {
         port_insert(&mut b, 8080);
         assert!(port_in(&b, 0) && port_in(&b, 65535) && port_in(&b, 8080));
         assert!(!port_in(&b, 8081));
+    }
+}
+#[cfg(test)]
+mod dwell_tests {
+    /// Each state's metric: the two namespaces share names, not values.
+    #[test]
+    fn every_state_counts_towards_its_metric() {
+        use super::{metric, tcp_state as tcp};
+        for (state, expected) in [
+            (tcp::TIME_WAIT, Some(metric::TIME_WAIT)),
+            (tcp::SYN_SENT, Some(metric::HANDSHAKE)),
+            (tcp::SYN_RECV, Some(metric::HANDSHAKE)),
+            (tcp::ESTABLISHED, Some(metric::ESTABLISHED)),
+            (tcp::CLOSE_WAIT, Some(metric::CLOSE_WAIT)),
+            (tcp::FIN_WAIT2, Some(metric::FIN_WAIT2)),
+            (tcp::LAST_ACK, Some(metric::LAST_ACK)),
+            (tcp::FIN_WAIT1, None),
+            (tcp::CLOSE, None),
+            (tcp::LISTEN, None),
+            (tcp::CLOSING, None),
+        ] {
+            assert_eq!(metric::of_dwell_in(state), expected, "state {state}");
+        }
     }
 }
