@@ -25,8 +25,10 @@ use crate::{
 /// A timewait socket removed within this long of a connect() on the same
 /// CPU by the same task, towards the same port, was taken over by it. Both
 /// happen in that one connect() call, microseconds apart on hardware; the
-/// margin is for virtual CPUs, which the host may stop in between.
-pub const REUSE_WINDOW_NS: u64 = HANDOFF_WINDOW_NS;
+/// margin is for virtual CPUs, which the host may stop in between. Kept
+/// narrower than the hand-off's: here a false match needs only the same
+/// task and remote port, which a busy client has all the time.
+pub const REUSE_WINDOW_NS: u64 = 20_000_000;
 
 /// A timewait socket's birth seen by the fentry hook (see `twsk_hashdance`).
 #[inline(always)]
