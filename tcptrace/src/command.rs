@@ -6,9 +6,9 @@ use crate::{
     doctor::{self, DoctorOptions},
     hist::{self, HistOptions},
     life::{self, LifeOptions},
-    options::Source,
     record::{self, RecordOptions},
     report::{self, ReportOptions},
+    source::Source,
     stuck::{self, StuckOptions},
     tail::{self, TailOptions},
 };

@@ -20,11 +20,11 @@ pub use crate::snapshot::{Histogram, KeyValue, METRICS};
 use crate::{
     clock::Clock,
     decode::{comm_bytes, Record, Timewait},
-    options::{Output, Source},
+    options::Output,
     printer,
     probe::Probe,
-    replay,
-    session::{self, SessionOptions, View},
+    session::{SessionOptions, View},
+    source::{Opened, Source},
     summary::RunContext,
 };
 
@@ -320,17 +320,15 @@ pub async fn run(options: HistOptions) -> Result<()> {
         overflow: 0,
         from_records: None,
     };
-    let probe = match options.source {
-        Source::Capture(capture) => {
-            let replay = replay::Replay::open(capture)?;
-            view.from_records = Some(RecordHistograms::new(options.by));
-            view.interval = None;
-            return replay.run(&mut view);
-        }
-        Source::Live(probe) => session::start_probe(&probe)?,
-    };
-    session::run(
-        probe,
+    let source = options.source.open()?;
+    if let Opened::Capture(_) = source {
+        // Read back: the histograms are rebuilt from the records, and
+        // printed once, at the end.
+        view.from_records = Some(RecordHistograms::new(options.by));
+        view.interval = None;
+    }
+    source
+        .run(
         &mut view,
         SessionOptions::new(output.json, output.duration, Some(
                 "tcptrace: aggregating TCP state durations in the kernel (Ctrl-C to print and stop)"

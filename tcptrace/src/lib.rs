@@ -3,7 +3,8 @@
 //! Layers, each using only those below it: `main` -> `flags` (the command
 //! line, turned into validated options) -> `command` and the commands
 //! (`tail`, `life`, `hist`, `stuck`, `census`, `doctor`, with `live` for
-//! what the three views share; `record` and `replay` for captures, and
+//! what the three views share; `source` for where a view's records come
+//! from, `record` and `replay` for captures, and
 //! `report`, a capture as an HTML page, which reads `capture` files only
 //! and loads no probe) -> `session` (the event loop) -> `probe`
 //! (loading, with `preflight` and `btf`), `ring` and `decode` (records in),
@@ -34,6 +35,7 @@ mod ring;
 mod session;
 mod snapshot;
 mod sockets;
+mod source;
 mod state;
 mod stuck;
 mod summary;

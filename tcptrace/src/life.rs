@@ -9,10 +9,10 @@ use anyhow::Result;
 use crate::{
     clock::Clock,
     decode::{end_name, Connection, Record},
-    options::{Columns, Output, Source},
+    options::{Columns, Output},
     printer::{self, ConnectionRecord, Format},
-    replay,
-    session::{self, SessionOptions, View},
+    session::{SessionOptions, View},
+    source::Source,
     summary::{ConnectionTally, RunContext},
 };
 
@@ -82,10 +82,7 @@ pub async fn run(options: LifeOptions) -> Result<()> {
         output,
         columns,
     } = options;
-    let replay = match &source {
-        Source::Capture(capture) => Some(replay::Replay::open(capture.clone())?),
-        Source::Live(_) => None,
-    };
+    let source = source.open()?;
     let mut view = LifeView {
         format: Format::new(output.json, columns.wide),
         tally: ConnectionTally::default(),
@@ -97,22 +94,18 @@ pub async fn run(options: LifeOptions) -> Result<()> {
             printer::write_stdout(&header)?;
         }
     }
-    let probe = match source {
-        Source::Live(probe) => session::start_probe(&probe)?,
-        Source::Capture(_) => return replay.expect("opened above").run(&mut view),
-    };
-    session::run(
-        probe,
-        &mut view,
-        SessionOptions::new(
-            output.json,
-            output.duration,
-            Some(
-                "tcptrace: reporting finished connections (Ctrl-C to stop; connections that \
+    source
+        .run(
+            &mut view,
+            SessionOptions::new(
+                output.json,
+                output.duration,
+                Some(
+                    "tcptrace: reporting finished connections (Ctrl-C to stop; connections that \
                  closed first appear when their TIME_WAIT ends)"
-                    .into(),
+                        .into(),
+                ),
             ),
-        ),
-    )
-    .await
+        )
+        .await
 }

@@ -1,17 +1,6 @@
 //! Validated options the commands share, built from the flags by `flags`.
 use std::time::Duration;
 
-use crate::{probe::ProbeOptions, replay::ReplayOptions};
-
-/// Where a view's records come from.
-#[derive(Clone)]
-pub enum Source {
-    /// The probe, live.
-    Live(ProbeOptions),
-    /// A capture (`-r`).
-    Capture(ReplayOptions),
-}
-
 /// Output format and run length.
 #[derive(Clone, Copy, Debug)]
 pub struct Output {

@@ -4,10 +4,10 @@ use anyhow::Result;
 use crate::{
     clock::Clock,
     decode::Record,
-    options::{Columns, Output, Source},
+    options::{Columns, Output},
     printer::{self, Format},
-    replay,
-    session::{self, SessionOptions, View},
+    session::{SessionOptions, View},
+    source::Source,
     summary::{RunContext, RunStats},
 };
 
@@ -54,10 +54,7 @@ pub async fn run(options: TailOptions) -> Result<()> {
         output,
         columns,
     } = options;
-    let replay = match &source {
-        Source::Capture(capture) => Some(replay::Replay::open(capture.clone())?),
-        Source::Live(_) => None,
-    };
+    let source = source.open()?;
     let mut format = Format::new(output.json, columns.wide);
     let mut header = Vec::new();
     if let Format::Human(human) = &mut format {
@@ -71,10 +68,6 @@ pub async fn run(options: TailOptions) -> Result<()> {
         json: output.json,
         stats: RunStats::new(),
     };
-    let probe = match source {
-        Source::Live(probe) => session::start_probe(&probe)?,
-        Source::Capture(_) => return replay.expect("opened above").run(&mut view),
-    };
     let banner = format!(
         "tcptrace: tracing TCP state transitions{}",
         match output.duration {
@@ -82,10 +75,10 @@ pub async fn run(options: TailOptions) -> Result<()> {
             None => " (Ctrl-C to stop)".into(),
         }
     );
-    session::run(
-        probe,
-        &mut view,
-        SessionOptions::new(output.json, output.duration, Some(banner)),
-    )
-    .await
+    source
+        .run(
+            &mut view,
+            SessionOptions::new(output.json, output.duration, Some(banner)),
+        )
+        .await
 }

@@ -89,25 +89,11 @@ pub fn run(root: &Path, probe: &Path, options: &Options) -> Result<()> {
 /// cargo-fuzz in .tools/cargo-fuzz/bin, installed from crates.io when
 /// missing or of another version; returns that directory.
 fn ensure_cargo_fuzz(root: &Path) -> Result<PathBuf> {
-    let tools_dir = root.join(".tools/cargo-fuzz");
-    let bin_dir = tools_dir.join("bin");
-    let stamp = tools_dir.join("cargo-fuzz.version");
-    let installed = std::fs::read_to_string(&stamp).unwrap_or_default();
-    if !bin_dir.join("cargo-fuzz").exists() || installed.trim() != CARGO_FUZZ_VERSION {
-        eprintln!(
-            "xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} into {}",
-            tools_dir.display()
-        );
-        let mut cmd = Command::new("cargo");
-        toolchain::scrub_cargo_env(&mut cmd);
-        cmd.args(["install", "--locked", "--force"])
-            .arg(format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"))
-            .arg("--root")
-            .arg(&tools_dir)
-            .run("installing cargo-fuzz")?;
-        std::fs::write(&stamp, CARGO_FUZZ_VERSION).context("writing the cargo-fuzz stamp")?;
-    }
-    Ok(bin_dir)
+    toolchain::ensure_cargo_tool(
+        &root.join(".tools/cargo-fuzz"),
+        "cargo-fuzz",
+        CARGO_FUZZ_VERSION,
+    )
 }
 
 /// The most recently modified file in `dir`, if any, with its time.

@@ -34,25 +34,32 @@ impl Tools {
 /// Makes sure nightly with rust-src and bpf-linker are present.
 pub fn ensure(root: &Path) -> Result<Tools> {
     ensure_nightly_with_rust_src()?;
-    let tools_dir = root.join(".tools");
+    let bin_dir = ensure_cargo_tool(&root.join(".tools"), "bpf-linker", BPF_LINKER_VERSION)?;
+    Ok(Tools { bin_dir })
+}
+
+/// `name` at `version` from crates.io in `tools_dir/bin`, installed when
+/// missing or of another version (a stamp file says which); returns that
+/// bin directory.
+pub fn ensure_cargo_tool(tools_dir: &Path, name: &str, version: &str) -> Result<PathBuf> {
     let bin_dir = tools_dir.join("bin");
-    let stamp = tools_dir.join("bpf-linker.version");
+    let stamp = tools_dir.join(format!("{name}.version"));
     let installed = std::fs::read_to_string(&stamp).unwrap_or_default();
-    if !bin_dir.join("bpf-linker").exists() || installed.trim() != BPF_LINKER_VERSION {
+    if !bin_dir.join(name).exists() || installed.trim() != version {
         eprintln!(
-            "xtask: installing bpf-linker {BPF_LINKER_VERSION} into {}",
+            "xtask: installing {name} {version} into {}",
             tools_dir.display()
         );
         let mut cmd = Command::new("cargo");
         scrub_cargo_env(&mut cmd);
         cmd.args(["install", "--locked", "--force"])
-            .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
+            .arg(format!("{name}@{version}"))
             .arg("--root")
-            .arg(&tools_dir)
-            .run("installing bpf-linker")?;
-        std::fs::write(&stamp, BPF_LINKER_VERSION).context("writing the bpf-linker stamp")?;
+            .arg(tools_dir)
+            .run(&format!("installing {name}"))?;
+        std::fs::write(&stamp, version).with_context(|| format!("writing the {name} stamp"))?;
     }
-    Ok(Tools { bin_dir })
+    Ok(bin_dir)
 }
 
 fn ensure_nightly_with_rust_src() -> Result<()> {

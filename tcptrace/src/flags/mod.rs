@@ -53,8 +53,8 @@ mod tests {
     fn tail_config(args: &[&str]) -> tcptrace_common::ProbeConfig {
         match Cli::try_parse_from(args).unwrap().into_command().unwrap() {
             Command::Tail(options) => match options.source {
-                crate::options::Source::Live(probe) => probe.config,
-                crate::options::Source::Capture(_) => unreachable!("no -r: live"),
+                crate::source::Source::Live(probe) => probe.config,
+                crate::source::Source::Capture(_) => unreachable!("no -r: live"),
             },
             _ => unreachable!("no subcommand: the tail"),
         }
@@ -216,7 +216,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{line:?}: {e}"));
             match command {
                 Command::Hist(o) => match o.source {
-                    crate::options::Source::Capture(capture) => {
+                    crate::source::Source::Capture(capture) => {
                         assert_eq!(capture.files.len(), 2);
                         assert_eq!(
                             capture.since,
@@ -225,7 +225,7 @@ mod tests {
                             )))
                         );
                     }
-                    crate::options::Source::Live(_) => {
+                    crate::source::Source::Live(_) => {
                         assert_eq!(o.metrics.len(), 2);
                         assert_eq!(o.interval, Some(Duration::from_secs(2)));
                     }
