@@ -9,7 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use bytes::Buf;
 
 use tcptrace_common::{
-    closer, end_reason, record_kind, ConnectionEvent, RecordHeader, TransitionEvent, AF_INET6,
+    closer, end_reason, record_kind, CgroupEvent, ConnectionEvent, RecordHeader, TransitionEvent,
+    AF_INET6, CGROUP_PATH_LEN,
     COMM_LEN, CONN_CLOSING_KNOWN, CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN,
     CONN_START_SEEN, CONN_TIME_WAIT_KNOWN, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN,
     EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET, RECORD_VERSION,
@@ -62,9 +63,13 @@ impl Record {
             record_kind::CONNECTION => ConnectionEvent::SIZE,
             _ => return Err(BadRecord::UnknownKind(kind)),
         };
-        if version != RECORD_VERSION {
-            return Err(BadRecord::Version { kind, version });
-        }
+        // Version 1 (captures from before the owner's cgroup) is version 2
+        // without its last field.
+        let expected = match version {
+            RECORD_VERSION => expected,
+            1 => expected - CGROUP_FIELD,
+            _ => return Err(BadRecord::Version { kind, version }),
+        };
         if data.len() != expected || header_len as usize != expected {
             return Err(BadRecord::Length {
                 kind,
@@ -85,6 +90,50 @@ impl Record {
             Record::Connection(_) => record_kind::CONNECTION,
         }
     }
+}
+
+/// Size of the owner's cgroup, the last field of every record since
+/// version 2.
+const CGROUP_FIELD: usize = 8;
+
+/// The owner's cgroup id of a record `Record::decode` accepts (0 when it has
+/// none): its last 8 bytes since version 2. For the capture writer, which
+/// names the cgroups of the records it writes without decoding them.
+pub fn cgroup_of_raw(data: &[u8]) -> u64 {
+    let owned = matches!(
+        data.first(),
+        Some(&(record_kind::TRANSITION | record_kind::CONNECTION))
+    );
+    match (owned, data.get(1), data.len().checked_sub(CGROUP_FIELD)) {
+        (true, Some(&RECORD_VERSION), Some(at)) => {
+            u64::from_ne_bytes(data[at..].try_into().unwrap_or_default())
+        }
+        _ => 0,
+    }
+}
+
+/// A `CgroupEvent` (a new cgroup's id and path), if `data` is one whose
+/// path fitted. Views never see these: the session and `-r` hand them to
+/// `View::learn_cgroups`.
+pub fn cgroup_named(data: &[u8]) -> Option<(u64, &str)> {
+    if data.first() != Some(&record_kind::CGROUP) || data.len() != CgroupEvent::SIZE {
+        return None;
+    }
+    let id = u64::from_ne_bytes(data[8..16].try_into().ok()?);
+    let path_len = u32::from_ne_bytes(data[16..20].try_into().ok()?) as usize;
+    let path = &data[24..];
+    let end = path.iter().position(|&b| b == 0)?;
+    // A path cut short is no name (a walk names it, if it still exists).
+    if path_len > CGROUP_PATH_LEN || end + 1 != path_len {
+        return None;
+    }
+    std::str::from_utf8(&path[..end]).ok().map(|p| (id, p))
+}
+
+/// Whether `data` is a record of a cgroup's name (`cgroup_named`), cut short or not.
+#[inline]
+pub fn is_cgroup_record(data: &[u8]) -> bool {
+    data.first() == Some(&record_kind::CGROUP)
 }
 
 /// Who and where, shared by every per-socket record.
@@ -119,6 +168,8 @@ pub struct Transition {
     /// Inode of the socket's network namespace.
     pub netns: u32,
     comm: [u8; COMM_LEN],
+    /// The owner's cgroup v2 id; 0 when the owner or its cgroup is unknown.
+    pub cgroup: u64,
     pub local: IpAddr,
     pub lport: u16,
     pub remote: IpAddr,
@@ -175,6 +226,11 @@ impl Transition {
         data.copy_to_slice(&mut laddr);
         let mut raddr = [0u8; 16];
         data.copy_to_slice(&mut raddr);
+        let cgroup = if data.remaining() >= CGROUP_FIELD && flags & EVENT_OWNER_KNOWN != 0 {
+            data.get_u64_ne()
+        } else {
+            0
+        };
 
         let addr = |raw: [u8; 16]| address(family, raw);
         let known = |bit: u8, value: u64| (flags & bit != 0).then_some(value);
@@ -196,6 +252,7 @@ impl Transition {
             pid: (flags & EVENT_OWNER_KNOWN != 0).then_some(pid),
             netns,
             comm,
+            cgroup,
             local: addr(laddr),
             lport,
             remote: addr(raddr),
@@ -247,10 +304,13 @@ impl Connection {
 
     /// A `ConnectionEvent` whose header `Record::decode` checked.
     fn from_checked(data: &[u8]) -> Self {
-        assert!(data.len() >= ConnectionEvent::SIZE);
+        // A version 1 record lacks the last field (the cgroup): zero it.
+        let mut full = [0u8; ConnectionEvent::SIZE];
+        let n = data.len().min(ConnectionEvent::SIZE);
+        full[..n].copy_from_slice(&data[..n]);
         // SAFETY: ConnectionEvent is plain integers and byte arrays: any
         // bytes are a valid value; read_unaligned copes with alignment.
-        let event = unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<ConnectionEvent>()) };
+        let event = unsafe { std::ptr::read_unaligned(full.as_ptr().cast::<ConnectionEvent>()) };
         Connection { event }
     }
 
@@ -267,6 +327,11 @@ impl Connection {
             return &[];
         }
         comm_bytes(&self.event.comm)
+    }
+
+    /// The owner's cgroup v2 id; 0 when unknown.
+    pub fn cgroup(&self) -> u64 {
+        self.pid().map_or(0, |_| self.event.cgroup)
     }
 
     pub fn endpoints(&self) -> Endpoints {

@@ -4,7 +4,7 @@ use anyhow::Result;
 use tcptrace_common::{
     hist_by, ProbeConfig, CONFIG_EMIT_CONNECTIONS, CONFIG_EMIT_TRANSITIONS, CONFIG_HANDOFF_ONLY,
     CONFIG_HIDE_HANDOFFS, CONFIG_HISTOGRAMS, CONFIG_IPV4, CONFIG_IPV6, CONFIG_LPORT_FILTER,
-    CONFIG_NETNS_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER,
+    CONFIG_CGROUP_FILTER, CONFIG_NETNS_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER,
     CONFIG_TIMEWAIT_EVENTS,
 };
 
@@ -14,6 +14,7 @@ use super::defs::{
     DEFAULT_HISTOGRAM_KEYS,
 };
 use crate::{
+    cgroups::CgroupFilter,
     census::CensusOptions,
     command::Command,
     doctor::DoctorOptions,
@@ -134,6 +135,7 @@ impl RecordFlags {
             "port": ports(&f.port),
             "pid": f.pid,
             "netns": f.netns,
+            "cgroup": f.cgroup.path,
         });
         Ok(RecordOptions {
             output: self.common.output.options(),
@@ -177,6 +179,7 @@ impl StuckFlags {
             scope: scope(self.all_netns)?,
             min_age: self.min_age,
             limit: self.limit.max(1),
+            cgroup: self.cgroup.live()?,
         })
     }
 }
@@ -191,6 +194,7 @@ impl CensusFlags {
             by: self.by,
             states: self.states.0,
             top: self.top.max(1),
+            cgroup: self.cgroup.live()?,
         })
     }
 }
@@ -259,6 +263,8 @@ impl Common {
             since: read.since,
             until: read.until,
             filter,
+            // By path: the ids are the recording host's, named in the capture.
+            cgroup: self.filters.cgroup.path.as_deref().map(CgroupFilter::by_path),
         }))
     }
 
@@ -266,6 +272,11 @@ impl Common {
         self.filters.check_pid()?;
         let mut config = purpose.config();
         self.filters.apply(&mut config);
+        if let Some(filter) = self.filters.cgroup.live()? {
+            config.flags |= CONFIG_CGROUP_FILTER;
+            config.cgroup = filter.id.unwrap_or(0);
+            config.cgroup_level = filter.level;
+        }
         Ok(self.probe.options(config))
     }
 }

@@ -151,6 +151,34 @@ pub struct Filters {
     /// (By default every namespace is traced, as the kernel hook sees them all.)
     #[arg(long, value_name = "PATH", value_parser = parse_netns)]
     pub netns: Option<u32>,
+
+    #[command(flatten)]
+    pub cgroup: CgroupFlag,
+}
+
+/// `--cgroup`, for every command.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CgroupFlag {
+    /// Only sockets whose owner is in cgroup PATH or below it: a path in
+    /// the cgroup v2 hierarchy as /proc/PID/cgroup shows it
+    /// (/system.slice/nginx.service), or its directory under the cgroup2
+    /// mount. Decided in the kernel where the probe filters; sockets whose
+    /// owner tcptrace never saw do not match.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub path: Option<String>,
+}
+
+impl CgroupFlag {
+    /// The filter, checked against this host's hierarchy.
+    pub fn live(&self) -> anyhow::Result<Option<crate::cgroups::CgroupFilter>> {
+        self.path
+            .as_deref()
+            .map(|typed| {
+                crate::cgroups::CgroupFilter::live(typed)
+                    .map_err(|e| crate::error::UsageError(format!("{e:#}")).into())
+            })
+            .transpose()
+    }
 }
 
 /// How the probe is loaded, for every command that loads it.
@@ -382,6 +410,9 @@ pub struct StuckFlags {
     pub all_netns: bool,
 
     #[command(flatten)]
+    pub cgroup: CgroupFlag,
+
+    #[command(flatten)]
     pub output: Output,
 
     #[command(flatten)]
@@ -434,6 +465,9 @@ pub struct CensusFlags {
     /// Every network namespace, not only tcptrace's own.
     #[arg(long)]
     pub all_netns: bool,
+
+    #[command(flatten)]
+    pub cgroup: CgroupFlag,
 
     #[command(flatten)]
     pub output: Output,

@@ -302,7 +302,12 @@ impl Aggregate {
 
     /// Per metric (in `snapshot::METRICS` order), its histogram.
     pub fn dwell(&self) -> Vec<(u8, Histogram)> {
-        hist::arrange(&self.histograms.raw(), None, 1)
+        hist::arrange(
+            &self.histograms.raw(),
+            None,
+            1,
+            &mut crate::cgroups::Names::from_table([]),
+        )
             .into_iter()
             .map(|(m, _, h)| (m, h))
             .collect()
