@@ -2,7 +2,9 @@
 //! path. Userspace names the cgroups that already exist by walking the
 //! hierarchy; this names those created later even if they are gone before
 //! userspace could see them (short-lived containers).
-use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, programs::TracePointContext, EbpfContext};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel_str_bytes, programs::TracePointContext, EbpfContext,
+};
 use tcptrace_common::{CgroupEvent, COUNTER_RING_FULL};
 
 use crate::{

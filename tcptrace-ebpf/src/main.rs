@@ -130,7 +130,9 @@ pub fn timewait_state_process(ctx: FExitContext) -> u32 {
 /// A new cgroup's id and path (`cgroups`).
 #[tracepoint(category = "cgroup", name = "cgroup_mkdir")]
 pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
-    counted(cgroups::try_cgroup_mkdir(&ctx, unsafe { bpf_ktime_get_ns() }));
+    counted(cgroups::try_cgroup_mkdir(&ctx, unsafe {
+        bpf_ktime_get_ns()
+    }));
     0
 }
 

@@ -308,6 +308,7 @@ mod tests {
         let owner = Owner {
             pid: 1,
             comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
+            cgroup: 0,
         };
         table.seed(&sockets, &HashMap::from([(40004, owner)]), 0, 1);
         let c = Counts::of(&table);

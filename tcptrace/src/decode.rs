@@ -10,10 +10,10 @@ use bytes::Buf;
 
 use tcptrace_common::{
     closer, end_reason, record_kind, CgroupEvent, ConnectionEvent, RecordHeader, TransitionEvent,
-    AF_INET6, CGROUP_PATH_LEN,
-    COMM_LEN, CONN_CLOSING_KNOWN, CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN,
-    CONN_START_SEEN, CONN_TIME_WAIT_KNOWN, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN,
-    EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET, RECORD_VERSION,
+    AF_INET6, CGROUP_PATH_LEN, COMM_LEN, CONN_CLOSING_KNOWN, CONN_ESTABLISHED_KNOWN,
+    CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN, CONN_START_SEEN, CONN_TIME_WAIT_KNOWN, EVENT_AGE_KNOWN,
+    EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF,
+    EVENT_TIMEWAIT_SOCKET, RECORD_VERSION,
 };
 
 /// One record of the ring buffer.
@@ -431,6 +431,7 @@ pub(crate) mod tests {
             comm,
             laddr,
             raddr,
+            cgroup: 4242,
         }
     }
 
@@ -529,6 +530,7 @@ pub(crate) mod tests {
             comm,
             laddr,
             raddr,
+            cgroup: 77,
         }
     }
 
@@ -630,6 +632,58 @@ pub(crate) mod tests {
                 version: RECORD_VERSION + 1
             })
         );
+    }
+
+    /// Captures written before the owner's cgroup (version 1) still read:
+    /// the same records without their last 8 bytes.
+    #[test]
+    fn version_1_records_decode_without_a_cgroup() {
+        let mut ev = raw_event(AF_INET, ESTABLISHED, FIN_WAIT1, EVENT_OWNER_KNOWN);
+        ev.header.version = 1;
+        ev.header.len = (TransitionEvent::SIZE - 8) as u16;
+        let v1 = &bytes_of(&ev)[..TransitionEvent::SIZE - 8];
+        let t = Transition::decode(v1).unwrap();
+        assert_eq!((t.pid, t.cgroup, t.lport), (Some(4242), 0, 45678));
+        assert_eq!(cgroup_of_raw(v1), 0);
+        let current = raw_event(AF_INET, ESTABLISHED, FIN_WAIT1, EVENT_OWNER_KNOWN);
+        assert_eq!(Transition::decode(bytes_of(&current)).unwrap().cgroup, 4242);
+        assert_eq!(cgroup_of_raw(bytes_of(&current)), 4242);
+
+        let mut conn = raw_connection();
+        conn.header.version = 1;
+        conn.header.len = (ConnectionEvent::SIZE - 8) as u16;
+        let bytes = connection_bytes(&conn);
+        let c = Connection::decode(&bytes[..ConnectionEvent::SIZE - 8]).unwrap();
+        assert_eq!((c.pid(), c.cgroup(), c.event.lport), (Some(1234), 0, 443));
+        assert_eq!(
+            Connection::decode(&connection_bytes(&raw_connection()))
+                .unwrap()
+                .cgroup(),
+            77
+        );
+    }
+
+    #[test]
+    fn cgroup_records_name_a_cgroup_unless_cut_short() {
+        let mut ev = CgroupEvent {
+            header: CgroupEvent::HEADER,
+            id: 991,
+            path_len: 6,
+            _pad: 0,
+            path: [0; CGROUP_PATH_LEN],
+        };
+        ev.path[..5].copy_from_slice(b"/a/bc");
+        let bytes = |ev: &CgroupEvent| unsafe {
+            std::slice::from_raw_parts((ev as *const CgroupEvent).cast::<u8>(), CgroupEvent::SIZE)
+                .to_vec()
+        };
+        assert!(is_cgroup_record(&bytes(&ev)));
+        assert_eq!(cgroup_named(&bytes(&ev)), Some((991, "/a/bc")));
+        assert_eq!(cgroup_of_raw(&bytes(&ev)), 0, "no owner's cgroup in it");
+        // The kernel's path was longer than the record's room.
+        ev.path_len = CGROUP_PATH_LEN as u32 + 10;
+        assert_eq!(cgroup_named(&bytes(&ev)), None);
+        assert!(!is_cgroup_record(bytes_of(&raw_event(AF_INET, 1, 4, 0))));
     }
 
     #[test]

@@ -686,7 +686,9 @@ fn socket_offsets(btf: &Btf, offsets: &mut KernelOffsets) -> Result<()> {
 fn cgroup_mkdir_fields() -> Result<(u32, u32, u32)> {
     let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .iter()
-        .find_map(|dir| std::fs::read_to_string(format!("{dir}/events/cgroup/cgroup_mkdir/format")).ok())
+        .find_map(|dir| {
+            std::fs::read_to_string(format!("{dir}/events/cgroup/cgroup_mkdir/format")).ok()
+        })
         .context("no cgroup:cgroup_mkdir tracepoint format")?;
     let offset = |field: &str| -> Result<u32> {
         format

@@ -10,11 +10,11 @@ use anyhow::{bail, Result};
 use tcptrace_common::ProbeConfig;
 
 use crate::{
-    cgroups::{CgroupFilter, Names},
     capture::{
         reader::{read_capture, Reader, ReplayTally, Side},
         Metadata,
     },
+    cgroups::{CgroupFilter, Names},
     clock::Clock,
     decode::Record,
     error::note,
@@ -141,7 +141,10 @@ fn run(options: &ReplayOptions, mut readers: Vec<Reader>, view: &mut impl View) 
                 };
                 let in_cgroup = || match &options.cgroup {
                     None => true,
-                    Some(f) => names.borrow().get(cgroup).is_some_and(|c| f.contains(&c.path)),
+                    Some(f) => names
+                        .borrow()
+                        .get(cgroup)
+                        .is_some_and(|c| f.contains(&c.path)),
                 };
                 if (since..=until).contains(&ktime)
                     && filter::keeps(&options.filter, record)

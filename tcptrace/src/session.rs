@@ -13,8 +13,8 @@
 //! loss counters; a view may ask for its own refresh timer.
 use std::time::Duration;
 
-use tcptrace_common::CONFIG_CGROUP_FILTER;
 use anyhow::{Context, Result};
+use tcptrace_common::CONFIG_CGROUP_FILTER;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -22,8 +22,8 @@ use tokio::{
 };
 
 use crate::{
-    decode,
     clock::Clock,
+    decode,
     error::note,
     printer::{self, Sink},
     probe::{LossCounters, Probe, ProbeLog, ProbeOptions, TimewaitDetection},

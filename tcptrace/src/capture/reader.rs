@@ -592,7 +592,7 @@ mod tests {
         assert_eq!(
             read_all(bytes).err().unwrap(),
             format!(
-                "{NAME}: byte {records_at}: the capture ends inside a Records block (100 of 224 \
+                "{NAME}: byte {records_at}: the capture ends inside a Records block (100 of 240 \
                  bytes; cut short?)"
             )
         );
@@ -694,11 +694,11 @@ mod tests {
             format!("{NAME}: byte 0: not a tcptrace capture (no TCPTRACE magic)")
         );
         let (mut bytes, _) = capture();
-        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
         assert_eq!(
             open_err(bytes),
             format!(
-                "{NAME}: byte 8: capture format version 2; this tcptrace ({}) reads version 1",
+                "{NAME}: byte 8: capture format version 3; this tcptrace ({}) reads versions 1 to 2",
                 env!("CARGO_PKG_VERSION")
             )
         );

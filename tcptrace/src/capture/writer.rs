@@ -274,10 +274,16 @@ impl Disk {
         if table.is_empty() {
             return;
         }
-        let payload = serde_json::to_vec(&serde_json::json!({ "cgroups": table }))
-            .unwrap_or_default();
+        let payload =
+            serde_json::to_vec(&serde_json::json!({ "cgroups": table })).unwrap_or_default();
         let mut block = Vec::new();
-        format::write_block(&mut block, BlockKind::Cgroups, 0, Clock::now_ktime_ns(), &payload);
+        format::write_block(
+            &mut block,
+            BlockKind::Cgroups,
+            0,
+            Clock::now_ktime_ns(),
+            &payload,
+        );
         if let Err(err) = self.file.append(&block) {
             let mut first = self.counts.error.lock().unwrap_or_else(|e| e.into_inner());
             first.get_or_insert_with(|| format!("writing {}: {err}", self.file.path.display()));
@@ -429,7 +435,9 @@ mod tests {
         };
         let mut writer =
             CaptureWriter::create(rotation.clone(), Metadata::default(), 64 << 20).unwrap();
-        let event = raw_event(AF_INET, ESTABLISHED, CLOSE_WAIT, 0);
+        let mut event = raw_event(AF_INET, ESTABLISHED, CLOSE_WAIT, 0);
+        // No owner's cgroup: no Cgroups blocks beside the records.
+        event.cgroup = 0;
         // 5.5 MiB of records: 6 batches, three files of two, two kept.
         let records = (11 << 19) / bytes_of(&event).len() as u64;
         for _ in 0..records {
@@ -452,7 +460,8 @@ mod tests {
         );
         let (first, _) = count_records(&rotation.file_name(1));
         let (second, tally) = count_records(&rotation.file_name(2));
-        assert_eq!(first, 2 * (BATCH_BYTES / bytes_of(&event).len() + 1) as u64);
+        let per_batch = (BATCH_BYTES - BLOCK_HEADER_SIZE).div_ceil(bytes_of(&event).len());
+        assert_eq!(first, 2 * per_batch as u64);
         assert_eq!(
             Reader::open(&rotation.file_name(2))
                 .unwrap()

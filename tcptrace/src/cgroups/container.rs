@@ -119,10 +119,16 @@ mod tests {
     fn runtimes_under_systemd() {
         let cases = [
             (format!("/system.slice/docker-{ID}.scope"), "docker"),
-            (format!("/system.slice/cri-containerd-{ID}.scope"), "containerd"),
+            (
+                format!("/system.slice/cri-containerd-{ID}.scope"),
+                "containerd",
+            ),
             (format!("/machine.slice/crio-{ID}.scope"), "crio"),
             (format!("/machine.slice/libpod-{ID}.scope"), "podman"),
-            (format!("/machine.slice/libpod-{ID}.scope/container"), "podman"),
+            (
+                format!("/machine.slice/libpod-{ID}.scope/container"),
+                "podman",
+            ),
         ];
         for (path, kind) in cases {
             assert_eq!(label(&path), format!("{kind}:{ID}"), "{path}");
@@ -148,7 +154,10 @@ mod tests {
         assert_eq!(label(pod), "pod:0b1c2d3e_4f50_6172_8394_a5b6c7d8e9f0");
         let container = format!("{pod}/cri-containerd-{ID}.scope");
         assert_eq!(label(&container), format!("containerd:{ID}"));
-        assert_eq!(label(&format!("{pod}/crio-{ID}.scope")), format!("crio:{ID}"));
+        assert_eq!(
+            label(&format!("{pod}/crio-{ID}.scope")),
+            format!("crio:{ID}")
+        );
     }
 
     #[test]
@@ -161,7 +170,10 @@ mod tests {
         );
         assert_eq!(label("/"), "/");
         // Near misses are not containers.
-        assert_eq!(label("/system.slice/docker-abc.scope"), "/system.slice/docker-abc.scope");
+        assert_eq!(
+            label("/system.slice/docker-abc.scope"),
+            "/system.slice/docker-abc.scope"
+        );
         assert_eq!(label("/.service"), "/.service");
         assert_eq!(identify("/docker"), None);
     }

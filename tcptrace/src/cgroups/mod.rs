@@ -167,7 +167,9 @@ fn unescape_mount_path(raw: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match (bytes[i], octal) {
             (b'\\', Some(d)) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -464,8 +466,14 @@ mod tests {
             mount: PathBuf::from("/sys/fs/cgroup/unified"),
             access: PathBuf::from("/sys/fs/cgroup/unified"),
         };
-        assert_eq!(h.cgroup_path("/system.slice/a.service"), "/system.slice/a.service");
-        assert_eq!(h.cgroup_path("system.slice/a.service/"), "/system.slice/a.service");
+        assert_eq!(
+            h.cgroup_path("/system.slice/a.service"),
+            "/system.slice/a.service"
+        );
+        assert_eq!(
+            h.cgroup_path("system.slice/a.service/"),
+            "/system.slice/a.service"
+        );
         assert_eq!(h.cgroup_path("/sys/fs/cgroup/unified/x/y"), "/x/y");
         assert_eq!(h.cgroup_path("/sys/fs/cgroup/unified"), "/");
         assert_eq!(level_of("/"), 0);

@@ -2,10 +2,10 @@
 //! filters and probe flags into the probe's configuration.
 use anyhow::Result;
 use tcptrace_common::{
-    hist_by, ProbeConfig, CONFIG_EMIT_CONNECTIONS, CONFIG_EMIT_TRANSITIONS, CONFIG_HANDOFF_ONLY,
-    CONFIG_HIDE_HANDOFFS, CONFIG_HISTOGRAMS, CONFIG_IPV4, CONFIG_IPV6, CONFIG_LPORT_FILTER,
-    CONFIG_CGROUP_FILTER, CONFIG_NETNS_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER,
-    CONFIG_TIMEWAIT_EVENTS,
+    hist_by, ProbeConfig, CONFIG_CGROUP_FILTER, CONFIG_EMIT_CONNECTIONS, CONFIG_EMIT_TRANSITIONS,
+    CONFIG_HANDOFF_ONLY, CONFIG_HIDE_HANDOFFS, CONFIG_HISTOGRAMS, CONFIG_IPV4, CONFIG_IPV6,
+    CONFIG_LPORT_FILTER, CONFIG_NETNS_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER,
+    CONFIG_RPORT_FILTER, CONFIG_TIMEWAIT_EVENTS,
 };
 
 use super::defs::{
@@ -14,8 +14,8 @@ use super::defs::{
     DEFAULT_HISTOGRAM_KEYS,
 };
 use crate::{
-    cgroups::CgroupFilter,
     census::CensusOptions,
+    cgroups::CgroupFilter,
     command::Command,
     doctor::DoctorOptions,
     error::UsageError,
@@ -264,7 +264,12 @@ impl Common {
             until: read.until,
             filter,
             // By path: the ids are the recording host's, named in the capture.
-            cgroup: self.filters.cgroup.path.as_deref().map(CgroupFilter::by_path),
+            cgroup: self
+                .filters
+                .cgroup
+                .path
+                .as_deref()
+                .map(CgroupFilter::by_path),
         }))
     }
 

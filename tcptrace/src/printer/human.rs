@@ -102,7 +102,11 @@ impl HumanFormat {
     /// `life`'s header.
     pub fn write_connection_header(&self, out: &mut Vec<u8>) {
         let w = self.addr_width;
-        let end = if self.container_column { "END        " } else { "END" };
+        let end = if self.container_column {
+            "END        "
+        } else {
+            "END"
+        };
         let _ = write!(
             out,
             "{:<15} {:>7} {:<15} {:<w$} {:<w$} {:<6} {:>9} {:>9} {:>9} {:>9} {:>9} {end}",
@@ -672,7 +676,10 @@ pub fn lost_line(before: &LossCounters, now: &LossCounters) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::printer::fixtures::{clock, transition, ALL_KNOWN};
+    use crate::{
+        cgroups::Cgroup,
+        printer::fixtures::{clock, transition, ALL_KNOWN},
+    };
     use tcptrace_common::{tcp_state::*, *};
 
     #[test]
@@ -685,7 +692,7 @@ mod tests {
         );
         let mut human = HumanFormat::new(false);
         let mut out = Vec::new();
-        human.write_transition(&mut out, &clock(), &t);
+        human.write_transition(&mut out, &clock(), &t, Default::default());
         let line = String::from_utf8(out).unwrap();
         assert_eq!(
             line,
@@ -699,7 +706,7 @@ mod tests {
         let t = transition(AF_INET6, CLOSE_WAIT, LAST_ACK, 0);
         let mut human = HumanFormat::new(false);
         let mut out = Vec::new();
-        human.write_transition(&mut out, &clock(), &t);
+        human.write_transition(&mut out, &clock(), &t, Default::default());
         let line = String::from_utf8(out).unwrap();
         assert!(
             line.contains("      - -               [::1]:45678"),
@@ -713,6 +720,54 @@ mod tests {
         wide.write_header(&mut header);
         assert!(header.len() > 2 * WIDE_ADDR);
         let _ = &mut wide;
+    }
+
+    #[test]
+    fn wide_lines_end_with_the_owners_container() {
+        let t = transition(AF_INET, CLOSE_WAIT, LAST_ACK, ALL_KNOWN);
+        let mut wide = HumanFormat::new(true);
+        let mut header = Vec::new();
+        wide.write_header(&mut header);
+        assert!(
+            header.ends_with(b" AGE CONTAINER\n"),
+            "{}",
+            String::from_utf8_lossy(&header)
+        );
+        let docker = Cgroup::new(
+            "/system.slice/docker-3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899.scope",
+        );
+        let service = Cgroup::new("/system.slice/nginx.service");
+        for (cgroup, shown) in [
+            (
+                OwnerCgroup {
+                    id: 9,
+                    name: Some(&docker),
+                },
+                " docker:3f4e5d6c7b8a\n",
+            ),
+            (
+                OwnerCgroup {
+                    id: 9,
+                    name: Some(&service),
+                },
+                " nginx.service\n",
+            ),
+            (OwnerCgroup { id: 9, name: None }, " cgroup:9\n"),
+            (OwnerCgroup::default(), " -\n"),
+        ] {
+            let mut out = Vec::new();
+            wide.write_transition(&mut out, &clock(), &t, cgroup);
+            let line = String::from_utf8(out).unwrap();
+            assert!(line.ends_with(shown), "{line:?} ends with {shown:?}");
+        }
+        // Narrow lines have no such column.
+        let mut out = Vec::new();
+        HumanFormat::new(false).write_transition(&mut out, &clock(), &t, OwnerCgroup::default());
+        let narrow = String::from_utf8(out).unwrap();
+        assert!(
+            narrow.ends_with("2.000s\n"),
+            "{narrow:?}: AGE is the last column"
+        );
     }
 
     #[test]

@@ -87,7 +87,15 @@ fn write_event_prefix(
 
 /// `{"type":"transition",...}`
 pub fn write_transition(out: &mut Vec<u8>, clock: &Clock, t: &Transition, cgroup: OwnerCgroup) {
-    write_event_prefix(out, b"transition", clock, t.ktime_ns, t.pid, t.comm(), cgroup);
+    write_event_prefix(
+        out,
+        b"transition",
+        clock,
+        t.ktime_ns,
+        t.pid,
+        t.comm(),
+        cgroup,
+    );
     write_endpoints(out, t.endpoints(), t.netns);
     out.extend_from_slice(b",\"old\":\"");
     out.extend_from_slice(state::name(t.old).as_bytes());
@@ -114,7 +122,15 @@ pub fn write_transition(out: &mut Vec<u8>, clock: &Clock, t: &Transition, cgroup
 
 /// `{"type":"connection",...}`
 pub fn write_connection(out: &mut Vec<u8>, clock: &Clock, c: &ConnectionRecord) {
-    write_event_prefix(out, b"connection", clock, c.ktime_ns, c.pid, c.comm, c.cgroup);
+    write_event_prefix(
+        out,
+        b"connection",
+        clock,
+        c.ktime_ns,
+        c.pid,
+        c.comm,
+        c.cgroup,
+    );
     write_endpoints(out, c.ends, c.netns);
     out.extend_from_slice(b",\"closer\":");
     write_opt_str(out, c.closer);
@@ -622,7 +638,7 @@ mod tests {
             ALL_KNOWN | EVENT_TIMEWAIT_CHECKED | EVENT_TIMEWAIT_HANDOFF,
         );
         let mut out = Vec::new();
-        write_transition(&mut out, &clock(), &t);
+        write_transition(&mut out, &clock(), &t, Default::default());
         let line = String::from_utf8(out).unwrap();
         assert!(line.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -648,7 +664,7 @@ mod tests {
     fn json_unknowns_are_null() {
         let t = transition(AF_INET6, FIN_WAIT2, CLOSE, 0);
         let mut out = Vec::new();
-        write_transition(&mut out, &clock(), &t);
+        write_transition(&mut out, &clock(), &t, Default::default());
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["family"], "ipv6");
         assert_eq!(v["laddr"], "::1");

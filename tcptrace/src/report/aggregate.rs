@@ -308,9 +308,9 @@ impl Aggregate {
             1,
             &mut crate::cgroups::Names::from_table([]),
         )
-            .into_iter()
-            .map(|(m, _, h)| (m, h))
-            .collect()
+        .into_iter()
+        .map(|(m, _, h)| (m, h))
+        .collect()
     }
 }
 

@@ -221,8 +221,7 @@ pub fn inode_owners(wanted: &HashSet<u64>) -> HashMap<u64, Owner> {
                 continue;
             }
             let comm = *comm.get_or_insert_with(|| comm_of(pid));
-            let cgroup =
-                *cgroup.get_or_insert_with(|| cgroups::id_of_pid(hierarchy.as_ref(), pid));
+            let cgroup = *cgroup.get_or_insert_with(|| cgroups::id_of_pid(hierarchy.as_ref(), pid));
             owners.insert(inode, Owner { pid, comm, cgroup });
         }
     }

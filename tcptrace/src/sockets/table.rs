@@ -567,6 +567,7 @@ mod tests {
         let owner = Owner {
             pid: 9,
             comm: [b'x'; COMM_LEN],
+            cgroup: 0,
         };
         t.seed(&walked, &HashMap::from([(77, owner)]), 3, 8);
         let (_, e) = t.connections().next().unwrap();

@@ -28,7 +28,12 @@ fn transitions_of(records: &[Value], pid: u32) -> Vec<(String, String)> {
     of_type(records, "transition")
         .into_iter()
         .filter(|t| t["pid"] == pid)
-        .map(|t| (t["old"].as_str().unwrap().into(), t["new"].as_str().unwrap().into()))
+        .map(|t| {
+            (
+                t["old"].as_str().unwrap().into(),
+                t["new"].as_str().unwrap().into(),
+            )
+        })
         .collect()
 }
 
@@ -73,8 +78,7 @@ fn events_and_life_name_the_owners_cgroup_and_container_and_filter_by_subtree() 
     // The server (in the Docker scope) holds CLOSE_WAIT for a moment after
     // the client (in web.service) closes first: the client's side goes to
     // TIME_WAIT, the server's through LAST_ACK.
-    let (server, port) =
-        Peer::server_in(&netns, &docker, "127.0.0.1:0", "close-second", 200, &[]);
+    let (server, port) = Peer::server_in(&netns, &docker, "127.0.0.1:0", "close-second", 200, &[]);
     let client = Peer::client_in(
         &netns,
         &web,
@@ -99,9 +103,17 @@ fn events_and_life_name_the_owners_cgroup_and_container_and_filter_by_subtree() 
         of_type(records, "transition")
             .iter()
             .map(|t| {
-                ["sk", "old", "new", "pid", "cgroup_id", "cgroup", "container"]
-                    .map(|k| t[k].clone())
-                    .to_vec()
+                [
+                    "sk",
+                    "old",
+                    "new",
+                    "pid",
+                    "cgroup_id",
+                    "cgroup",
+                    "container",
+                ]
+                .map(|k| t[k].clone())
+                .to_vec()
             })
             .collect()
     };
@@ -113,7 +125,12 @@ fn events_and_life_name_the_owners_cgroup_and_container_and_filter_by_subtree() 
     assert_owners(&headlines, &owners);
     let names: Vec<(String, String)> = headlines
         .iter()
-        .map(|t| (t["old"].as_str().unwrap().into(), t["new"].as_str().unwrap().into()))
+        .map(|t| {
+            (
+                t["old"].as_str().unwrap().into(),
+                t["new"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     for want in [("CLOSE_WAIT", "LAST_ACK"), ("FIN_WAIT2", "TIME_WAIT")] {
         assert!(
@@ -242,11 +259,7 @@ fn socket_views_name_cgroups_and_group_and_filter_by_them() {
     thread::sleep(Duration::from_millis(300));
 
     let run = |args: &[&str]| -> Vec<Value> {
-        let out = netns
-            .command(TRACER)
-            .args(args)
-            .output()
-            .expect("tcptrace");
+        let out = netns.command(TRACER).args(args).output().expect("tcptrace");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "tcptrace {args:?}: {stderr}");
         String::from_utf8(out.stdout)
@@ -266,15 +279,35 @@ fn socket_views_name_cgroups_and_group_and_filter_by_them() {
     assert_eq!(row["container"], format!("containerd:{containerd_id}"));
 
     // --cgroup on the views: the subtree keeps it, another cgroup nothing.
-    let inside = run(&["stuck", "--once", "--json", "--min-age", "0.001", "--cgroup", &root.path]);
+    let inside = run(&[
+        "stuck",
+        "--once",
+        "--json",
+        "--min-age",
+        "0.001",
+        "--cgroup",
+        &root.path,
+    ]);
     assert_eq!(of_type(&inside, "stuck").len(), 1, "{inside:#?}");
     let outside = run(&[
-        "stuck", "--once", "--json", "--min-age", "0.001", "--cgroup", &elsewhere.path,
+        "stuck",
+        "--once",
+        "--json",
+        "--min-age",
+        "0.001",
+        "--cgroup",
+        &elsewhere.path,
     ]);
     assert_eq!(of_type(&outside, "stuck").len(), 0, "{outside:#?}");
 
     let census = run(&[
-        "census", "--once", "--json", "--by", "container", "--states", "CLOSE_WAIT",
+        "census",
+        "--once",
+        "--json",
+        "--by",
+        "container",
+        "--states",
+        "CLOSE_WAIT",
     ]);
     let top = &of_type(&census, "census")[0]["top"]["CLOSE_WAIT"];
     assert_eq!(
@@ -282,7 +315,14 @@ fn socket_views_name_cgroups_and_group_and_filter_by_them() {
         &serde_json::json!([{"key": format!("containerd:{containerd_id}"), "count": 1}])
     );
     let census = run(&[
-        "census", "--once", "--json", "--cgroup", &holder.path, "--by", "cgroup", "--states",
+        "census",
+        "--once",
+        "--json",
+        "--cgroup",
+        &holder.path,
+        "--by",
+        "cgroup",
+        "--states",
         "CLOSE_WAIT",
     ]);
     let census = &of_type(&census, "census")[0];
@@ -298,7 +338,14 @@ fn socket_views_name_cgroups_and_group_and_filter_by_them() {
     // under their owner's key.
     let hist = Tracer::start(
         &netns,
-        &["hist", "--json", "--by", "container", "--cgroup", &root.path],
+        &[
+            "hist",
+            "--json",
+            "--by",
+            "container",
+            "--cgroup",
+            &root.path,
+        ],
     );
     for (cgroup, n) in [(&clients, 3), (&holder, 2)] {
         let n = n.to_string();

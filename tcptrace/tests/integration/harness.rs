@@ -618,8 +618,8 @@ impl TestCgroup {
     /// pid stays: `ip netns exec` execs the program too).
     pub fn enter_at_exec(&self, command: &mut Command) {
         use std::os::unix::{ffi::OsStrExt, process::CommandExt};
-        let procs = std::ffi::CString::new(self.dir.join("cgroup.procs").as_os_str().as_bytes())
-            .unwrap();
+        let procs =
+            std::ffi::CString::new(self.dir.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
         // SAFETY: only async-signal-safe calls between fork and exec, no
         // allocation: the pid is formatted on the stack.
         unsafe {
