@@ -39,6 +39,13 @@ pub struct StuckRow {
 /// FIN_WAIT2.
 pub type ProcessCounts = BTreeMap<Option<Owner>, [u64; 4]>;
 
+/// The same counts per `--by` key (a cgroup path or a container), with the
+/// key's name (`cgroup`, `container`).
+pub struct GroupCounts {
+    pub by: &'static str,
+    pub counts: BTreeMap<String, [u64; 4]>,
+}
+
 // ---- census ----
 
 /// The states counted, in netstat's order of interest.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use tcptrace_common::tcp_state::{CLOSE_WAIT, FIN_WAIT2, LAST_ACK};
 
-pub use crate::snapshot::{ProcessCounts, StuckRow as Row, STUCK_STATES};
+pub use crate::snapshot::{GroupCounts, ProcessCounts, StuckRow as Row, STUCK_STATES};
 use crate::{
     cgroups::{CgroupFilter, OwnerCgroups},
     clock::Clock,
@@ -67,18 +67,51 @@ pub fn rows(
     rows
 }
 
-/// Counts per owner: CLOSE_WAIT, FIN_WAIT2 (held open), LAST_ACK, and
-/// orphaned FIN_WAIT2.
+/// A row's column in the counts: CLOSE_WAIT, FIN_WAIT2 (held open),
+/// LAST_ACK, orphaned FIN_WAIT2.
+fn column(row: &Row) -> usize {
+    match (row.state, row.orphaned) {
+        (CLOSE_WAIT, _) => 0,
+        (FIN_WAIT2, false) => 1,
+        (LAST_ACK, _) => 2,
+        _ => 3,
+    }
+}
+
+/// Counts per owner.
 pub fn per_process(rows: &[Row]) -> ProcessCounts {
     let mut counts = ProcessCounts::new();
     for row in rows {
-        let column = match (row.state, row.orphaned) {
-            (CLOSE_WAIT, _) => 0,
-            (FIN_WAIT2, false) => 1,
-            (LAST_ACK, _) => 2,
-            _ => 3,
+        counts.entry(row.owner).or_default()[column(row)] += 1;
+    }
+    counts
+}
+
+/// What `stuck --by` groups by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum By {
+    /// The owner's cgroup path.
+    Cgroup,
+    /// The owner's container (or service, or cgroup path).
+    Container,
+}
+
+/// Counts per owner's cgroup or container (`-` for an unknown owner).
+pub fn per_group(rows: &[Row], by: By) -> GroupCounts {
+    let mut counts = GroupCounts {
+        by: match by {
+            By::Cgroup => "cgroup",
+            By::Container => "container",
+        },
+        counts: Default::default(),
+    };
+    for row in rows {
+        let key = match (&row.cgroup, by) {
+            (Some(c), By::Cgroup) => c.path.to_string(),
+            (Some(c), By::Container) => c.container.to_string(),
+            (None, _) => "-".to_string(),
         };
-        counts.entry(row.owner).or_default()[column] += 1;
+        counts.counts.entry(key).or_default()[column(row)] += 1;
     }
     counts
 }
@@ -93,14 +126,25 @@ struct StuckView {
     limit: usize,
     screen: Screen,
     owners: OwnerCgroups,
+    by: Option<By>,
 }
 
 impl StuckView {
     fn print(&mut self, clock: &Clock, out: &mut Vec<u8>) {
         let now = Clock::now_ktime_ns();
         let rows = rows(&self.tracked, now, self.min_age, &mut self.owners);
+        let groups = self.by.map(|by| per_group(&rows, by));
         if self.json {
-            printer::json::write_stuck(out, clock, now, self.min_age, &rows, &per_process(&rows));
+            let processes = per_process(&rows);
+            printer::json::write_stuck(
+                out,
+                clock,
+                now,
+                self.min_age,
+                &rows,
+                &processes,
+                groups.as_ref(),
+            );
         } else {
             self.screen.begin(out);
             printer::human::write_stuck(
@@ -111,6 +155,7 @@ impl StuckView {
                 self.limit,
                 &rows,
                 per_process(&rows),
+                groups.as_ref(),
             );
         }
     }
@@ -159,6 +204,8 @@ pub struct StuckOptions {
     pub limit: usize,
     /// `--cgroup`: only owners in this subtree.
     pub cgroup: Option<CgroupFilter>,
+    /// `--by`: counts per cgroup or container too.
+    pub by: Option<By>,
 }
 
 pub async fn run(options: StuckOptions) -> Result<()> {
@@ -170,6 +217,7 @@ pub async fn run(options: StuckOptions) -> Result<()> {
         min_age,
         limit,
         cgroup,
+        by,
     } = options;
     let (probe, tracked) = live::start(&probe, scope).await?;
     let mut view = StuckView {
@@ -182,6 +230,7 @@ pub async fn run(options: StuckOptions) -> Result<()> {
         limit,
         screen: Screen::new(output.json),
         owners: OwnerCgroups::new(cgroup),
+        by,
     };
     let banner = (!refresh.once).then(|| {
         "tcptrace: tracing stuck sockets (CLOSE_WAIT, FIN_WAIT2, LAST_ACK; Ctrl-C to stop)"
@@ -260,6 +309,7 @@ mod tests {
             Duration::from_secs(5),
             &rows,
             &counts,
+            None,
         );
         let lines: Vec<serde_json::Value> = out
             .split(|&b| b == b'\n')

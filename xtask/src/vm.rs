@@ -44,7 +44,14 @@ pub fn kernel_names() -> Vec<&'static str> {
 
 /// What `.ci/run` runs on every kernel (the list): modules of the
 /// integration binary, each run on its own (a verdict and result files each).
-const DEFAULT_TESTS: &[&str] = &["close_paths", "lifetimes", "views", "cli", "capture"];
+const DEFAULT_TESTS: &[&str] = &[
+    "close_paths",
+    "lifetimes",
+    "views",
+    "cli",
+    "capture",
+    "cgroups",
+];
 
 const VIRTME_NG_VERSION: &str = "1.42";
 /// Host commands virtme-ng needs, and the Debian packages that bring them.

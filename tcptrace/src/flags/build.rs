@@ -180,6 +180,7 @@ impl StuckFlags {
             min_age: self.min_age,
             limit: self.limit.max(1),
             cgroup: self.cgroup.live()?,
+            by: self.by,
         })
     }
 }

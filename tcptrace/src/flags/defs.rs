@@ -401,6 +401,10 @@ pub struct StuckFlags {
     #[command(flatten)]
     pub refresh: Refresh,
 
+    /// Counts per owner's cgroup or container too (`stuck_group` records).
+    #[arg(long, value_enum)]
+    pub by: Option<crate::stuck::By>,
+
     /// Most rows shown per state (human output; JSON has them all).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub limit: usize,

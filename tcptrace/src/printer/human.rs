@@ -9,8 +9,8 @@ use crate::{
     decode::{end_name, Timewait, Transition},
     probe::LossCounters,
     snapshot::{
-        metric_name, Counts, Finding, Histogram, KeyValue, ProcessCounts, StuckRow, TopKeys,
-        STATES, STUCK_STATES,
+        metric_name, Counts, Finding, GroupCounts, Histogram, KeyValue, ProcessCounts, StuckRow,
+        TopKeys, STATES, STUCK_STATES,
     },
     state,
     summary::{RunContext, RunStats},
@@ -305,6 +305,7 @@ pub fn write_stuck(
     limit: usize,
     rows: &[StuckRow],
     processes: ProcessCounts,
+    groups: Option<&GroupCounts>,
 ) {
     let mut local_time = Vec::new();
     clock.write_local_time(&mut local_time, now);
@@ -382,6 +383,33 @@ pub fn write_stuck(
             let _ = writeln!(
                 out,
                 "{pid:>8} {comm:<16} {:>10} {:>9} {:>8} {:>18}",
+                c[0], c[1], c[2], c[3]
+            );
+        }
+    }
+    if let Some(groups) = groups.filter(|g| !g.counts.is_empty()) {
+        let width = groups
+            .counts
+            .keys()
+            .map(|k| k.len())
+            .max()
+            .unwrap_or(0)
+            .max(9);
+        let _ = writeln!(
+            out,
+            "\n{:<width$} {:>10} {:>9} {:>8} {:>18}",
+            groups.by.to_uppercase(),
+            "CLOSE_WAIT",
+            "FIN_WAIT2",
+            "LAST_ACK",
+            "FIN_WAIT2 ORPHANED"
+        );
+        let mut by_count: Vec<_> = groups.counts.iter().collect();
+        by_count.sort_by_key(|(_, c)| std::cmp::Reverse(c.iter().sum::<u64>()));
+        for (key, c) in by_count {
+            let _ = writeln!(
+                out,
+                "{key:<width$} {:>10} {:>9} {:>8} {:>18}",
                 c[0], c[1], c[2], c[3]
             );
         }

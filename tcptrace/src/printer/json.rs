@@ -14,8 +14,8 @@ use crate::{
     decode::{comm_bytes, end_name, Timewait, Transition},
     probe::LossCounters,
     snapshot::{
-        metric_name, Counts, Facts, Finding, Histogram, Key, KeyValue, ProcessCounts, StuckRow,
-        TopKeys, NETSTAT_KEYS, STATES,
+        metric_name, Counts, Facts, Finding, GroupCounts, Histogram, Key, KeyValue, ProcessCounts,
+        StuckRow, TopKeys, NETSTAT_KEYS, STATES,
     },
     state,
     summary::{ConnectionTally, RunContext, RunStats},
@@ -325,6 +325,7 @@ pub fn write_stuck(
     min_age: Duration,
     rows: &[StuckRow],
     processes: &ProcessCounts,
+    groups: Option<&GroupCounts>,
 ) {
     let count = |s: u8| rows.iter().filter(|r| r.state == s).count();
     write_value(
@@ -381,6 +382,20 @@ pub fn write_stuck(
                 "pid": owner.map_or(0, |o| o.pid),
                 "comm": owner.map_or(String::new(), |o| o.comm_str()),
                 "owner_known": owner.is_some(),
+                "close_wait": c[0],
+                "fin_wait2": c[1],
+                "last_ack": c[2],
+                "fin_wait2_orphaned": c[3],
+            }),
+        );
+    }
+    for (key, c) in groups.iter().flat_map(|g| &g.counts) {
+        write_value(
+            out,
+            &json!({
+                "type": "stuck_group",
+                "by": groups.map(|g| g.by),
+                "key": key,
                 "close_wait": c[0],
                 "fin_wait2": c[1],
                 "last_ack": c[2],

@@ -336,6 +336,7 @@ fn printed(kind: &str) -> Vec<u8> {
                 Duration::from_secs(5),
                 &rows,
                 &processes,
+                None,
             );
         }
         "census" => {

@@ -254,12 +254,12 @@ fn wrong_magic() {
 #[test]
 fn a_future_format_version() {
     let file = damaged("version.tcpt", |b| {
-        b[8..12].copy_from_slice(&2u32.to_le_bytes())
+        b[8..12].copy_from_slice(&3u32.to_le_bytes())
     });
     assert_refused(
         &file,
         &format!(
-            "tcptrace: {}: byte 8: capture format version 2; this tcptrace ({}) reads version 1",
+            "tcptrace: {}: byte 8: capture format version 3; this tcptrace ({}) reads versions 1 to 2",
             file.display(),
             env!("CARGO_PKG_VERSION")
         ),

@@ -278,6 +278,30 @@ fn socket_views_name_cgroups_and_group_and_filter_by_them() {
     assert_eq!(row["cgroup"], holder.path.as_str());
     assert_eq!(row["container"], format!("containerd:{containerd_id}"));
 
+    // --by container: the counts per container.
+    let grouped = run(&[
+        "stuck",
+        "--once",
+        "--json",
+        "--min-age",
+        "0.001",
+        "--by",
+        "container",
+    ]);
+    let group = of_type(&grouped, "stuck_group")
+        .into_iter()
+        .find(|g| g["key"] == format!("containerd:{containerd_id}"))
+        .unwrap_or_else(|| panic!("the container's counts in {grouped:#?}"));
+    assert_eq!(
+        [
+            &group["by"],
+            &group["close_wait"],
+            &group["fin_wait2"],
+            &group["last_ack"]
+        ],
+        [&Value::from("container"), &1.into(), &0.into(), &0.into()]
+    );
+
     // --cgroup on the views: the subtree keeps it, another cgroup nothing.
     let inside = run(&[
         "stuck",
