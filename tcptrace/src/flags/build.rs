@@ -10,8 +10,8 @@ use tcptrace_common::{
 
 use super::defs::{
     CensusFlags, Cli, Columns, Command as Sub, Common, DoctorFlags, Filters, HistFlags, LifeFlags,
-    Output, ProbeFlags, ReadFlags, RecordFlags, Refresh, ReportFlags, StuckFlags, TailFlags,
-    DEFAULT_HISTOGRAM_KEYS,
+    Output, ProbeFlags, ReadFlags, RecordFlags, Refresh, ReportFlags, ServeFlags, StuckFlags,
+    TailFlags, DEFAULT_HISTOGRAM_KEYS,
 };
 use crate::{
     census::CensusOptions,
@@ -25,6 +25,7 @@ use crate::{
     record::RecordOptions,
     replay::ReplayOptions,
     report::ReportOptions,
+    serve::ServeOptions,
     sockets::{current_netns, Scope},
     source::Source,
     state,
@@ -59,6 +60,7 @@ impl Cli {
             Some(Sub::Doctor(flags)) => Command::Doctor(flags.into_options()?),
             Some(Sub::Record(flags)) => Command::Record(flags.into_options()?),
             Some(Sub::Report(flags)) => Command::Report(flags.into_options()?),
+            Some(Sub::Serve(flags)) => Command::Serve(flags.into_options()?),
         })
     }
 }
@@ -201,6 +203,30 @@ impl DoctorFlags {
             json: self.json,
             observe: self.observe,
             probe: self.probe.options(Purpose::Table.config()),
+        })
+    }
+}
+
+impl ServeFlags {
+    fn into_options(self) -> Result<ServeOptions> {
+        let scope = scope(self.all_netns)?;
+        let mut config = Purpose::Table.config();
+        // The kernel's histograms too (one per metric, no key), and in
+        // tcptrace's own namespace only, as the census counts it.
+        config.flags |= CONFIG_HISTOGRAMS;
+        config.hist_by = hist_by::NONE;
+        if let Scope::Netns(inode) = scope {
+            config.flags |= CONFIG_NETNS_FILTER;
+            config.netns = inode;
+        }
+        Ok(ServeOptions {
+            output: self.output.options(),
+            probe: self.probe.options(config),
+            scope,
+            listen: self.listen,
+            interval: self.interval,
+            top_keys: self.top_keys as usize,
+            min_age: self.min_age,
         })
     }
 }
