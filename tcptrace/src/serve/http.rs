@@ -111,10 +111,7 @@ async fn accept(listener: TcpListener, registry: Arc<Registry>) {
 
 fn respond(request: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
     let has_body = request.body().size_hint().upper() != Some(0);
-    let accept = request
-        .headers()
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok());
+    let accept = request.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
     route(
         request.method(),
         request.uri().path(),
@@ -140,7 +137,10 @@ pub fn route(
         return response;
     }
     if has_body {
-        return plain(StatusCode::PAYLOAD_TOO_LARGE, "a request body is not accepted\n");
+        return plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "a request body is not accepted\n",
+        );
     }
     match path {
         "/metrics" => {
@@ -201,7 +201,11 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
     with_type(status, text.into(), "text/plain; charset=utf-8")
 }
 
-fn with_type(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+fn with_type(
+    status: StatusCode,
+    body: String,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response

@@ -234,12 +234,7 @@ fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: f64) ->
 }
 
 fn histogram(m: &mut MetricEncoder, h: &HistValue) -> fmt::Result {
-    m.encode_histogram::<NoLabelSet>(
-        h.sum_ns as f64 / 1e9,
-        h.count,
-        &classic_buckets(h),
-        None,
-    )
+    m.encode_histogram::<NoLabelSet>(h.sum_ns as f64 / 1e9, h.count, &classic_buckets(h), None)
 }
 
 impl Snapshot {
@@ -273,9 +268,9 @@ impl Snapshot {
             e,
             "transitions",
             "TCP state transitions seen, by old and new state",
-            self.transitions.iter().map(|&(old, new, n)| {
-                ([("old", state::name(old)), ("new", state::name(new))], n)
-            }),
+            self.transitions
+                .iter()
+                .map(|&(old, new, n)| ([("old", state::name(old)), ("new", state::name(new))], n)),
         )?;
         let ends = &self.ends;
         counters(
@@ -357,8 +352,14 @@ impl Snapshot {
             self.behind.iter().flat_map(|b| {
                 let state = state::name(b.state);
                 [
-                    ([("metric", "tcptrace_process_sockets"), ("state", state)], b.processes.folded),
-                    ([("metric", "tcptrace_local_port_sockets"), ("state", state)], b.local_ports.folded),
+                    (
+                        [("metric", "tcptrace_process_sockets"), ("state", state)],
+                        b.processes.folded,
+                    ),
+                    (
+                        [("metric", "tcptrace_local_port_sockets"), ("state", state)],
+                        b.local_ports.folded,
+                    ),
                 ]
             }),
         )
@@ -399,7 +400,12 @@ impl Snapshot {
 
     fn encode_health(&self, e: &mut DescriptorEncoder) -> fmt::Result {
         let h = &self.health;
-        counter(e, "events", "Transitions read from the probe (in scope)", h.events)?;
+        counter(
+            e,
+            "events",
+            "Transitions read from the probe (in scope)",
+            h.events,
+        )?;
         let l = &h.losses;
         counters(
             e,
@@ -425,7 +431,12 @@ impl Snapshot {
             "Per-connection records the kernel's LRU maps evicted (counted every 30 s)",
             h.records_evicted,
         )?;
-        counter(e, "bad_records", "Ring records that did not decode", h.bad_records)?;
+        counter(
+            e,
+            "bad_records",
+            "Ring records that did not decode",
+            h.bad_records,
+        )?;
         gauges(
             e,
             "hook_info",

@@ -108,7 +108,8 @@ impl ServeView {
 /// in that sub-state, by its last owner) and stuck CLOSE_WAIT (at least
 /// `min_age` in the state, or there since before tcptrace started).
 fn behind(tracked: &Tracked, now_ns: u64, min_age: Duration, n: usize) -> Vec<Behind> {
-    let comm = |owner: Option<crate::sockets::Owner>| owner.map_or(UNKNOWN.into(), |o| o.comm_str());
+    let comm =
+        |owner: Option<crate::sockets::Owner>| owner.map_or(UNKNOWN.into(), |o| o.comm_str());
     let mut time_wait = Tally::default();
     tracked.table.for_each(|tuple, e| {
         if e.state == TIME_WAIT {

@@ -114,6 +114,11 @@ impl Netns {
             .ino()
     }
 
+    /// The namespace's file, for setns(2) (`/run/netns/NAME`).
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.ns.name()))
+    }
+
     /// Sets a (per-namespace) sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
         self.ns.sysctl(key, value).unwrap_or_else(|e| panic!("{e}"));
