@@ -213,3 +213,41 @@ fn with_type(
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_negotiation() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                          version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(wants_openmetrics(Some(prometheus)));
+        assert!(!wants_openmetrics(None));
+        assert!(!wants_openmetrics(Some("*/*")));
+        assert!(!wants_openmetrics(Some("text/plain")));
+        assert!(!wants_openmetrics(Some("application/openmetrics-text;q=0")));
+        assert!(!wants_openmetrics(Some(
+            "text/plain;q=1,application/openmetrics-text;q=0.5"
+        )));
+    }
+
+    #[test]
+    fn routes() {
+        let registry = metrics::registry(Default::default());
+        let status = |method: Method, path: &str, body: bool| {
+            route(&method, path, body, None, &registry).status()
+        };
+        assert_eq!(status(Method::GET, "/metrics", false), StatusCode::OK);
+        assert_eq!(status(Method::HEAD, "/", false), StatusCode::OK);
+        assert_eq!(status(Method::GET, "/x", false), StatusCode::NOT_FOUND);
+        assert_eq!(
+            status(Method::POST, "/metrics", false),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            status(Method::GET, "/metrics", true),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+}

@@ -484,3 +484,111 @@ impl Snapshot {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::http;
+
+    #[test]
+    fn top_keeps_the_largest_and_folds_the_rest() {
+        let counts: HashMap<String, u64> = [("a", 5), ("b", 9), ("c", 1), ("d", 5)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into_iter()
+            .collect();
+        let top = Top::of(counts.clone(), 2);
+        assert_eq!(top.kept, vec![("b".into(), 9), ("a".into(), 5)]);
+        assert_eq!((top.other, top.folded), (6, 2));
+        let all = Top::of(counts, 10);
+        assert_eq!((all.kept.len(), all.other, all.folded), (4, 0, 0));
+    }
+
+    #[test]
+    fn log2_buckets_become_classic_buckets_in_seconds() {
+        let mut h = empty_histogram();
+        h.buckets[3] = 2; // [8, 16) ns: below the first bound
+        h.buckets[20] = 5; // [2^20, 2^21) ns: le = 2^21 ns
+        h.buckets[50] = 1; // past the last bound: +Inf
+        h.count = 8;
+        let buckets = classic_buckets(&h);
+        assert_eq!(buckets.len(), LAST_BOUND_LOG2 - FIRST_BOUND_LOG2 + 2);
+        assert_eq!(buckets[0], (1024e-9, 2));
+        assert_eq!(
+            buckets[21 - FIRST_BOUND_LOG2],
+            ((1u64 << 21) as f64 / 1e9, 5)
+        );
+        assert_eq!(*buckets.last().unwrap(), (f64::INFINITY, 1));
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), h.count);
+    }
+
+    fn snapshot() -> Snapshot {
+        let mut s = Snapshot::default();
+        s.counts.per_state[TIME_WAIT as usize] = 3;
+        s.transitions = vec![(FIN_WAIT2, TIME_WAIT, 7)];
+        s.ends.expired = 2;
+        s.histograms[metric::CLOSE_WAIT as usize].buckets[25] = 4;
+        s.histograms[metric::CLOSE_WAIT as usize].count = 4;
+        s.histograms[metric::CLOSE_WAIT as usize].sum_ns = 200_000_000;
+        let ports: HashMap<String, u64> =
+            (0..1000).map(|p| (format!("{}", 20000 + p), 1)).collect();
+        s.behind = vec![Behind {
+            state: TIME_WAIT,
+            processes: Top::of(HashMap::from([("nginx".to_string(), 3)]), 10),
+            local_ports: Top::of(ports, 10),
+        }];
+        s.health.hooks = vec!["tp_btf/inet_sock_set_state".into()];
+        s
+    }
+
+    #[test]
+    fn the_exposition_has_every_family_in_both_formats() {
+        let latest: Latest = Arc::new(Mutex::new(Arc::new(snapshot())));
+        let registry = registry(latest);
+        let (text, content_type) = http::render(&registry, false);
+        assert!(content_type.starts_with("text/plain; version=0.0.4"));
+        for line in [
+            "# TYPE tcptrace_sockets gauge",
+            "tcptrace_sockets{state=\"TIME_WAIT\"} 3",
+            "# TYPE tcptrace_transitions_total counter",
+            "tcptrace_transitions_total{old=\"FIN_WAIT2\",new=\"TIME_WAIT\"} 7",
+            "tcptrace_timewait_ends_total{reason=\"expired\"} 2",
+            "# TYPE tcptrace_state_duration_seconds histogram",
+            "tcptrace_state_duration_seconds_bucket{state=\"close_wait\",le=\"0.067108864\"} 4",
+            "tcptrace_state_duration_seconds_sum{state=\"close_wait\"} 0.2",
+            "tcptrace_state_duration_seconds_count{state=\"close_wait\"} 4",
+            "tcptrace_connection_lifetime_seconds_count 0",
+            "tcptrace_process_sockets{state=\"TIME_WAIT\",comm=\"nginx\"} 3",
+            "tcptrace_local_port_sockets{state=\"TIME_WAIT\",port=\"(other)\"} 990",
+            "tcptrace_label_values_folded{metric=\"tcptrace_local_port_sockets\",state=\"TIME_WAIT\"} 990",
+            "tcptrace_hook_info{hook=\"tp_btf/inet_sock_set_state\"} 1",
+            "tcptrace_events_lost_total{cause=\"ring_full\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        let (om, content_type) = http::render(&registry, true);
+        assert!(content_type.starts_with("application/openmetrics-text"));
+        assert!(om.contains("# TYPE tcptrace_transitions counter\n"));
+        assert!(om.contains("# UNIT tcptrace_state_duration_seconds seconds\n"));
+        assert!(om.ends_with("# EOF\n"));
+    }
+
+    /// A 1,000-key snapshot, rendered as a scrape would (printed: `cargo
+    /// test -p tcptrace --release --lib serve -- --nocapture`).
+    #[test]
+    fn a_thousand_key_exposition_renders_in_milliseconds() {
+        let mut s = snapshot();
+        let ports: HashMap<String, u64> =
+            (0..2000).map(|p| (format!("{}", 20000 + p), 1)).collect();
+        s.behind[0].local_ports = Top::of(ports, 1000);
+        let registry = registry(Arc::new(Mutex::new(Arc::new(s))));
+        let start = std::time::Instant::now();
+        let rounds = 50;
+        let mut bytes = 0;
+        for _ in 0..rounds {
+            bytes = http::render(&registry, false).0.len();
+        }
+        let each = start.elapsed() / rounds;
+        eprintln!("1,000-key exposition: {bytes} bytes, rendered in {each:?}");
+        assert!(each < std::time::Duration::from_millis(100), "{each:?}");
+    }
+}
