@@ -534,3 +534,42 @@ pub fn ns(v: &Value) -> u64 {
     v.as_u64()
         .unwrap_or_else(|| panic!("expected a number of ns, got {v}"))
 }
+
+/// Each server-closes-first connection makes exactly these ten transitions
+/// of its full sockets (and then the server's TIME_WAIT entry in its
+/// timewait socket, accounted for separately).
+pub const PER_CONNECTION: [&str; 10] = [
+    "CLOSE->SYN_SENT",
+    "SYN_SENT->ESTABLISHED",
+    "ESTABLISHED->CLOSE_WAIT",
+    "CLOSE_WAIT->LAST_ACK",
+    "LAST_ACK->CLOSE",
+    "LISTEN->SYN_RECV",
+    "SYN_RECV->ESTABLISHED",
+    "ESTABLISHED->FIN_WAIT1",
+    "FIN_WAIT1->FIN_WAIT2",
+    "FIN_WAIT2->CLOSE",
+];
+
+/// `tcptrace-peer churn ARGS` in `netns`, run to its end: the connections
+/// it completed (it must have failed none, and made more than 1000).
+pub fn churn(netns: &Netns, args: &[&str]) -> u64 {
+    let out = netns
+        .command(peer())
+        .arg("churn")
+        .args(args)
+        .output()
+        .expect("running the churn generator");
+    assert!(out.status.success());
+    let report = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| -> u64 {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+    };
+    let connections = field("connections ");
+    assert_eq!(field("failed "), 0, "every connection completed: {report}");
+    assert!(connections > 1000, "the generator ran: {report}");
+    connections
+}
