@@ -173,10 +173,10 @@ impl ReportFlags {
 impl StuckFlags {
     fn into_options(self) -> Result<StuckOptions> {
         Ok(StuckOptions {
-            output: self.output.options(),
+            output: self.table.output.options(),
             refresh: self.refresh.options(),
-            probe: self.probe.options(Purpose::Table.config()),
-            scope: scope(self.all_netns)?,
+            probe: self.table.probe.options(Purpose::Table.config()),
+            scope: scope(self.table.all_netns)?,
             min_age: self.min_age,
             limit: self.limit.max(1),
         })
@@ -186,10 +186,10 @@ impl StuckFlags {
 impl CensusFlags {
     fn into_options(self) -> Result<CensusOptions> {
         Ok(CensusOptions {
-            output: self.output.options(),
+            output: self.table.output.options(),
             refresh: self.refresh.options(),
-            probe: self.probe.options(Purpose::Table.config()),
-            scope: scope(self.all_netns)?,
+            probe: self.table.probe.options(Purpose::Table.config()),
+            scope: scope(self.table.all_netns)?,
             by: self.by,
             states: self.states.0,
             top: self.top.max(1),
@@ -209,7 +209,7 @@ impl DoctorFlags {
 
 impl ServeFlags {
     fn into_options(self) -> Result<ServeOptions> {
-        let scope = scope(self.all_netns)?;
+        let scope = scope(self.table.all_netns)?;
         let mut config = Purpose::Table.config();
         // The kernel's histograms too (one per metric, no key), and in
         // tcptrace's own namespace only, as the census counts it.
@@ -220,8 +220,8 @@ impl ServeFlags {
             config.netns = inode;
         }
         Ok(ServeOptions {
-            output: self.output.options(),
-            probe: self.probe.options(config),
+            output: self.table.output.options(),
+            probe: self.table.probe.options(config),
             scope,
             listen: self.listen,
             interval: self.interval,

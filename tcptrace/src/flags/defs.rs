@@ -212,6 +212,21 @@ pub struct Output {
     pub duration: Option<Duration>,
 }
 
+/// What the views that keep a socket table take (stuck, census, serve):
+/// their scope, output and probe.
+#[derive(clap::Args, Debug)]
+pub struct TableFlags {
+    /// Every network namespace, not only tcptrace's own.
+    #[arg(long)]
+    pub all_netns: bool,
+
+    #[command(flatten)]
+    pub output: Output,
+
+    #[command(flatten)]
+    pub probe: ProbeFlags,
+}
+
 /// How a live table refreshes (stuck, census).
 #[derive(clap::Args, Debug)]
 pub struct Refresh {
@@ -386,15 +401,8 @@ pub struct StuckFlags {
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub limit: usize,
 
-    /// Every network namespace, not only tcptrace's own.
-    #[arg(long)]
-    pub all_netns: bool,
-
     #[command(flatten)]
-    pub output: Output,
-
-    #[command(flatten)]
-    pub probe: ProbeFlags,
+    pub table: TableFlags,
 }
 
 #[derive(clap::Args, Debug)]
@@ -440,15 +448,8 @@ pub struct CensusFlags {
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub top: usize,
 
-    /// Every network namespace, not only tcptrace's own.
-    #[arg(long)]
-    pub all_netns: bool,
-
     #[command(flatten)]
-    pub output: Output,
-
-    #[command(flatten)]
-    pub probe: ProbeFlags,
+    pub table: TableFlags,
 }
 
 #[derive(clap::Args, Debug)]
@@ -606,13 +607,6 @@ pub struct ServeFlags {
     #[arg(short, long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
     pub interval: Duration,
 
-    /// Every network namespace, not only tcptrace's own.
-    #[arg(long)]
-    pub all_netns: bool,
-
     #[command(flatten)]
-    pub output: Output,
-
-    #[command(flatten)]
-    pub probe: ProbeFlags,
+    pub table: TableFlags,
 }

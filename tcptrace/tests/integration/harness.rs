@@ -551,6 +551,25 @@ pub const PER_CONNECTION: [&str; 10] = [
     "FIN_WAIT2->CLOSE",
 ];
 
+/// A server-closes-first churn of `seconds` on the listening ports
+/// `base_port`.. (`ports` of them), as `load` and `serve` run it.
+pub fn server_churn(netns: &Netns, seconds: &str, base_port: u16, ports: u16) -> u64 {
+    let (base_port, ports) = (base_port.to_string(), ports.to_string());
+    churn(
+        netns,
+        &[
+            "--seconds",
+            seconds,
+            "--closer",
+            "server",
+            "--base-port",
+            &base_port,
+            "--ports",
+            &ports,
+        ],
+    )
+}
+
 /// `tcptrace-peer churn ARGS` in `netns`, run to its end: the connections
 /// it completed (it must have failed none, and made more than 1000).
 pub fn churn(netns: &Netns, args: &[&str]) -> u64 {

@@ -12,19 +12,7 @@ fn churn_loses_nothing_silently() {
     let netns = Netns::new();
     let ports = format!("{BASE_PORT}-{}", BASE_PORT + PORTS - 1);
     let tracer = Tracer::start(&netns, &["--json", "--all", "--port", &ports]);
-    let connections = harness::churn(
-        &netns,
-        &[
-            "--seconds",
-            "2",
-            "--closer",
-            "server",
-            "--base-port",
-            &BASE_PORT.to_string(),
-            "--ports",
-            &PORTS.to_string(),
-        ],
-    );
+    let connections = harness::server_churn(&netns, "2", BASE_PORT, PORTS);
     let records = tracer.stop();
 
     let summary = records.summary();

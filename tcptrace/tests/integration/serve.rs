@@ -708,19 +708,7 @@ fn concurrent_scrapes_and_an_idle_client_do_not_stall_events() {
             })
         })
         .collect();
-    let churned = harness::churn(
-        &netns,
-        &[
-            "--seconds",
-            "3",
-            "--closer",
-            "server",
-            "--base-port",
-            &BASE_PORT.to_string(),
-            "--ports",
-            &PORTS.to_string(),
-        ],
-    );
+    let churned = harness::server_churn(&netns, "3", BASE_PORT, PORTS);
     stop.store(true, Ordering::Relaxed);
     let mut times: Vec<Duration> = scrapers
         .into_iter()
