@@ -386,6 +386,22 @@ impl Prometheus {
     }
 }
 
+impl Prometheus {
+    /// `tcptrace_local_port_sockets{state}` is 1 on each of `ports`, and
+    /// on nothing else.
+    fn one_socket_per_port_until(&self, state: &str, ports: &[u16]) {
+        let expected: Vec<String> = ports
+            .iter()
+            .map(|p| format!("port={p},state={state}"))
+            .collect();
+        let expected: Vec<(&str, f64)> = expected.iter().map(|k| (k.as_str(), 1.0)).collect();
+        self.query_until(
+            &format!("tcptrace_local_port_sockets{{state=\"{state}\"}}"),
+            &expected,
+        );
+    }
+}
+
 impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -457,28 +473,12 @@ fn prometheus_scrapes_known_close_wait_and_time_wait() {
         r#"tcptrace_process_sockets{state="CLOSE_WAIT"}"#,
         &[("comm=cw-holder,state=CLOSE_WAIT", 3.0)],
     );
-    let per_port: Vec<(String, f64)> = holder_ports
-        .iter()
-        .map(|p| (format!("port={p},state=CLOSE_WAIT"), 1.0))
-        .collect();
-    let per_port: Vec<(&str, f64)> = per_port.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    prometheus.query_until(
-        r#"tcptrace_local_port_sockets{state="CLOSE_WAIT"}"#,
-        &per_port,
-    );
+    prometheus.one_socket_per_port_until("CLOSE_WAIT", &holder_ports);
     prometheus.query_until(
         r#"tcptrace_process_sockets{state="TIME_WAIT"}"#,
         &[("comm=tw-closer,state=TIME_WAIT", 4.0)],
     );
-    let per_port: Vec<(String, f64)> = time_wait_ports
-        .iter()
-        .map(|p| (format!("port={p},state=TIME_WAIT"), 1.0))
-        .collect();
-    let per_port: Vec<(&str, f64)> = per_port.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    prometheus.query_until(
-        r#"tcptrace_local_port_sockets{state="TIME_WAIT"}"#,
-        &per_port,
-    );
+    prometheus.one_socket_per_port_until("TIME_WAIT", &time_wait_ports);
     prometheus.query_until(
         r#"tcptrace_sockets{state=~"CLOSE_WAIT|TIME_WAIT|FIN_WAIT2"}"#,
         &[
