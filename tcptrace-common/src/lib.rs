@@ -51,6 +51,11 @@ pub const EVENT_TIMEWAIT_SOCKET: u8 = 1 << 5;
 /// (seen on 6.1) inet_csk_clone_lock() fires the tracepoint before it copies
 /// the peer's address and port into the new socket.
 pub const RECORD_SYN_RECV_DEFERRED: u8 = 1 << 6;
+/// The owner (EVENT_OWNER_KNOWN) is in `--cgroup`'s cgroup or below it,
+/// decided in the owner's own context (`bpf_get_current_ancestor_cgroup_id`)
+/// and carried with the owner: in a `SocketRecord`, a `ListenerOwner`, and
+/// in the events it passes.
+pub const EVENT_OWNER_IN_CGROUP: u8 = 1 << 7;
 
 /// `TransitionEvent::reason` / `ConnectionEvent::end`: why a timewait socket
 /// ended.
@@ -77,10 +82,39 @@ pub mod record_kind {
     pub const TRANSITION: u8 = 1;
     /// A `ConnectionEvent`.
     pub const CONNECTION: u8 = 2;
+    /// A `CgroupEvent`: a cgroup was created (its id and path).
+    pub const CGROUP: u8 = 3;
 }
 
-/// `RecordHeader::version` of the records this probe writes.
-pub const RECORD_VERSION: u8 = 1;
+/// Room for a cgroup's path in a `CgroupEvent` (NUL included); a longer
+/// path is cut there, and `CgroupEvent::path_len` says so.
+pub const CGROUP_PATH_LEN: usize = 488;
+
+/// A cgroup v2 cgroup was created (tracepoint cgroup:cgroup_mkdir): its id
+/// and path, so that a container that lives shorter than userspace's walks
+/// of the hierarchy is still named, and a capture names its own cgroups.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CgroupEvent {
+    pub header: RecordHeader,
+    pub id: u64,
+    /// The path's length with its NUL, as the kernel has it; more than
+    /// CGROUP_PATH_LEN: `path` holds only its start.
+    pub path_len: u32,
+    pub _pad: u32,
+    /// The path in the hierarchy (`/a/b`), NUL-terminated.
+    pub path: [u8; CGROUP_PATH_LEN],
+}
+
+impl CgroupEvent {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+    pub const HEADER: RecordHeader = RecordHeader::new(record_kind::CGROUP, Self::SIZE);
+}
+
+/// `RecordHeader::version` of the records this probe writes. Version 2
+/// added the owner's cgroup at the end of both kinds; version 1 records
+/// (captures written before) are still read, without it.
+pub const RECORD_VERSION: u8 = 2;
 
 /// The first field of every record in the ring buffer: the reader tells
 /// the kinds apart, and checks each one's length, without knowing how the
@@ -142,6 +176,9 @@ pub struct TransitionEvent {
     /// Local address: 4 bytes used for IPv4, 16 for IPv6 (network order).
     pub laddr: [u8; 16],
     pub raddr: [u8; 16],
+    /// The owner's cgroup v2 id (the cgroup directory's inode); valid when
+    /// EVENT_OWNER_KNOWN is set, 0 if the kernel gave none.
+    pub cgroup: u64,
 }
 
 impl TransitionEvent {
@@ -163,7 +200,7 @@ pub struct SocketRecord {
     /// When it entered TIME_WAIT (0: not yet, or never).
     pub time_wait_at_ns: u64,
     pub pid: u32,
-    /// EVENT_OWNER_KNOWN / EVENT_AGE_KNOWN bits.
+    /// EVENT_OWNER_KNOWN / EVENT_AGE_KNOWN / EVENT_OWNER_IN_CGROUP bits.
     pub flags: u8,
     /// `closer::*`.
     pub closer: u8,
@@ -173,6 +210,8 @@ pub struct SocketRecord {
     /// yet to report (with what the full socket knew).
     pub entry_pending: u8,
     pub comm: [u8; COMM_LEN],
+    /// The owner's cgroup v2 id (with the owner: EVENT_OWNER_KNOWN).
+    pub cgroup: u64,
 }
 
 impl SocketRecord {
@@ -190,6 +229,7 @@ impl SocketRecord {
             state,
             entry_pending: 0,
             comm: [0; COMM_LEN],
+            cgroup: 0,
         }
     }
 }
@@ -252,6 +292,8 @@ pub struct ConnectionEvent {
     pub comm: [u8; COMM_LEN],
     pub laddr: [u8; 16],
     pub raddr: [u8; 16],
+    /// The owner's cgroup v2 id (with CONN_OWNER_KNOWN).
+    pub cgroup: u64,
 }
 
 impl ConnectionEvent {
@@ -295,6 +337,9 @@ pub mod hist_by {
     pub const RADDR: u32 = 3;
     pub const COMM: u32 = 4;
     pub const PID: u32 = 5;
+    /// The owner's cgroup id (`--by cgroup`, and `--by container`, which
+    /// userspace folds from the cgroups).
+    pub const CGROUP: u32 = 6;
 }
 
 /// Log2 buckets: bucket 0 holds [0, 2) ns, bucket i >= 1 holds [2^i, 2^(i+1)).
@@ -329,8 +374,12 @@ pub struct HistValue {
 #[derive(Clone, Copy, Debug)]
 pub struct ListenerOwner {
     pub pid: u32,
-    pub _pad: u32,
+    /// EVENT_OWNER_IN_CGROUP, or 0.
+    pub flags: u8,
+    pub _pad: [u8; 3],
     pub comm: [u8; COMM_LEN],
+    /// The owner's cgroup v2 id.
+    pub cgroup: u64,
 }
 
 /// Config flags.
@@ -349,6 +398,9 @@ pub const CONFIG_HANDOFF_ONLY: u32 = 1 << 5;
 pub const CONFIG_HIDE_HANDOFFS: u32 = 1 << 12;
 /// `--netns`: only sockets of the network namespace `ProbeConfig::netns`.
 pub const CONFIG_NETNS_FILTER: u32 = 1 << 13;
+/// `--cgroup`: only sockets whose owner is in cgroup `ProbeConfig::cgroup`
+/// (at level `cgroup_level` of the v2 hierarchy) or below it.
+pub const CONFIG_CGROUP_FILTER: u32 = 1 << 14;
 /// The timer hooks that follow timewait sockets are attached.
 pub const CONFIG_TIMEWAIT_HOOK: u32 = 1 << 6;
 /// `--port`: pass when the local port is in `lports` OR the remote port is
@@ -404,7 +456,12 @@ pub struct KernelOffsets {
     /// `struct sock` skc_v6_rcv_saddr and skc_v6_daddr (IPv6)
     pub sk_v6_saddr: u32,
     pub sk_v6_daddr: u32,
-    pub _pad: u32,
+    /// Fields of the cgroup:cgroup_mkdir tracepoint's record (from its
+    /// format file): root (the hierarchy's id, 0 for cgroup v2), id, and
+    /// path (a __data_loc: offset in the low 16 bits, length above).
+    pub mkdir_root: u32,
+    pub mkdir_id: u32,
+    pub mkdir_path: u32,
 }
 
 /// Load-time configuration of the probe (a read-only global).
@@ -425,6 +482,11 @@ pub struct ProbeConfig {
     /// ...or when this many bytes wait in the ring; otherwise submit
     /// without a wake-up (the reader is woken soon anyway).
     pub wake_bytes: u64,
+    /// With CONFIG_CGROUP_FILTER: the cgroup v2 id, and its level (the
+    /// root is 0), of the only subtree to report.
+    pub cgroup: u64,
+    pub cgroup_level: u32,
+    pub _pad: u32,
     pub offsets: KernelOffsets,
     /// Bit `new` of `transitions[old]` set: report old -> new.
     pub transitions: [u16; 16],
@@ -443,6 +505,9 @@ impl ProbeConfig {
             netns: 0,
             wake_interval_ns: 0,
             wake_bytes: 0,
+            cgroup: 0,
+            cgroup_level: 0,
+            _pad: 0,
             offsets: KernelOffsets {
                 timer_function: 0,
                 tw_timer: 0,
@@ -463,7 +528,9 @@ impl ProbeConfig {
                 sk_daddr: 0,
                 sk_v6_saddr: 0,
                 sk_v6_daddr: 0,
-                _pad: 0,
+                mkdir_root: 0,
+                mkdir_id: 0,
+                mkdir_path: 0,
             },
             transitions: [0; 16],
             lports: [0; 1024],
@@ -634,21 +701,22 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(RecordHeader::SIZE, 8);
-        assert_eq!(TransitionEvent::SIZE, 112);
-        assert_eq!(ConnectionEvent::SIZE, 128);
+        assert_eq!(TransitionEvent::SIZE, 120);
+        assert_eq!(ConnectionEvent::SIZE, 136);
         // The header comes first, and says how long the whole record is.
         assert_eq!(core::mem::offset_of!(TransitionEvent, header), 0);
         assert_eq!(core::mem::offset_of!(ConnectionEvent, header), 0);
         assert_eq!(TransitionEvent::HEADER.len as usize, TransitionEvent::SIZE);
         assert_eq!(ConnectionEvent::HEADER.len as usize, ConnectionEvent::SIZE);
-        assert_eq!(core::mem::size_of::<SocketRecord>(), 64);
-        assert_eq!(core::mem::size_of::<ListenerOwner>(), 24);
+        assert_eq!(core::mem::size_of::<SocketRecord>(), 72);
+        assert_eq!(core::mem::size_of::<ListenerOwner>(), 32);
         assert_eq!(core::mem::size_of::<HistKey>(), 24);
         assert_eq!(core::mem::size_of::<HistValue>(), 24 + 8 * HIST_BUCKETS);
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 4 * 20);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 4 * 22);
+        assert_eq!(CgroupEvent::SIZE, 512);
         assert_eq!(
             core::mem::size_of::<ProbeConfig>(),
-            4 + 4 + 8 + 8 + 16 + 80 + 32 + 8192 * 2
+            4 + 4 + 8 + 8 + 16 + 16 + 88 + 32 + 8192 * 2
         );
     }
 

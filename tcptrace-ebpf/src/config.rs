@@ -1,8 +1,9 @@
 //! The load-time configuration and the filters every record passes before it
 //! reaches userspace.
 use tcptrace_common::{
-    Endpoints, ProbeConfig, AF_INET, AF_INET6, CONFIG_IPV4, CONFIG_IPV6, CONFIG_LPORT_FILTER,
-    CONFIG_NETNS_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER,
+    Endpoints, ProbeConfig, AF_INET, AF_INET6, CONFIG_CGROUP_FILTER, CONFIG_IPV4, CONFIG_IPV6,
+    CONFIG_LPORT_FILTER, CONFIG_NETNS_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER,
+    CONFIG_RPORT_FILTER, EVENT_OWNER_IN_CGROUP, EVENT_OWNER_KNOWN,
 };
 
 /// Userspace writes the real configuration here at load time.
@@ -42,13 +43,15 @@ pub fn port_allowed(bitmap: &[u64; 1024], port: u16) -> bool {
 /// `passes_filters` as a call of its own, for the rarer paths: their
 /// frames stay small (see `StateChange`), the state change's path pays no
 /// call.
+/// `owner` holds the EVENT_OWNER_KNOWN and EVENT_OWNER_IN_CGROUP bits of
+/// what is known of the socket's owner.
 #[inline(never)]
-pub fn passes_filters_apart(endpoints: &Endpoints, owner_known: bool, pid: u32) -> bool {
-    passes_filters(endpoints, owner_known, pid)
+pub fn passes_filters_apart(endpoints: &Endpoints, owner: u8, pid: u32) -> bool {
+    passes_filters(endpoints, owner, pid)
 }
 
 #[inline(always)]
-pub fn passes_filters(endpoints: &Endpoints, owner_known: bool, pid: u32) -> bool {
+pub fn passes_filters(endpoints: &Endpoints, owner: u8, pid: u32) -> bool {
     let flags = config_flags();
     let family_ok = match endpoints.family {
         AF_INET => flags & CONFIG_IPV4 != 0,
@@ -74,5 +77,25 @@ pub fn passes_filters(endpoints: &Endpoints, owner_known: bool, pid: u32) -> boo
             return false;
         }
     }
+    if flags & CONFIG_CGROUP_FILTER != 0 && owner & EVENT_OWNER_IN_CGROUP == 0 {
+        return false;
+    }
+    let owner_known = owner & EVENT_OWNER_KNOWN != 0;
     !(flags & CONFIG_PID_FILTER != 0 && (!owner_known || pid != config_u32(&CONFIG.pid)))
+}
+
+/// The owner's cgroup, and whether it is in `--cgroup`'s subtree: the
+/// current task's, so only in the owner's own context. The ancestor
+/// helper is called only with the filter on.
+#[inline(always)]
+pub fn current_cgroup() -> (u64, u8) {
+    use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id};
+    let id = unsafe { bpf_get_current_cgroup_id() };
+    if config_flags() & CONFIG_CGROUP_FILTER == 0 {
+        return (id, 0);
+    }
+    let level = config_u32(&CONFIG.cgroup_level) as i32;
+    let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+    let inside = ancestor != 0 && ancestor == config_u64(&CONFIG.cgroup);
+    (id, if inside { EVENT_OWNER_IN_CGROUP } else { 0 })
 }

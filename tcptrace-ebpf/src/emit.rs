@@ -3,7 +3,8 @@ use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEU
 use tcptrace_common::{
     ConnectionEvent, Endpoints, SocketRecord, TransitionEvent, CONFIG_EMIT_TRANSITIONS,
     CONFIG_TIMEWAIT_EVENTS, COUNTER_CONNECTIONS, COUNTER_EMITTED, COUNTER_RING_FULL,
-    EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_SOCKET,
+    EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_IN_CGROUP, EVENT_OWNER_KNOWN,
+    EVENT_TIMEWAIT_SOCKET,
 };
 
 use crate::{
@@ -83,11 +84,11 @@ pub fn emit_timewait_transition(
     if flags & CONFIG_EMIT_TRANSITIONS == 0 || flags & CONFIG_TIMEWAIT_EVENTS == 0 {
         return;
     }
-    let owner_known = record.flags & EVENT_OWNER_KNOWN != 0;
-    if !passes_filters_apart(endpoints, owner_known, record.pid) {
+    if !passes_filters_apart(endpoints, record.flags, record.pid) {
         return;
     }
-    let mut event_flags = EVENT_TIMEWAIT_SOCKET | (record.flags & EVENT_OWNER_KNOWN);
+    let mut event_flags =
+        EVENT_TIMEWAIT_SOCKET | (record.flags & (EVENT_OWNER_KNOWN | EVENT_OWNER_IN_CGROUP));
     if in_old_ns.is_some() {
         event_flags |= EVENT_IN_OLD_KNOWN;
     }
@@ -113,5 +114,6 @@ pub fn emit_timewait_transition(
         comm: record.comm,
         laddr: endpoints.laddr,
         raddr: endpoints.raddr,
+        cgroup: record.cgroup,
     });
 }

@@ -1,8 +1,7 @@
 //! Duration histograms, per metric and `--by` key.
 use aya_ebpf::bindings::BPF_NOEXIST;
 use tcptrace_common::{
-    hist_by, Endpoints, HistKey, SocketRecord, COUNTER_HIST_OVERFLOW, EVENT_OWNER_KNOWN,
-    HIST_BUCKETS,
+    hist_by, Endpoints, HistKey, SocketRecord, COUNTER_HIST_OVERFLOW, HIST_BUCKETS,
 };
 
 use crate::{
@@ -30,7 +29,7 @@ pub fn log2(mut v: u64) -> usize {
 /// Adds one duration to its histogram (per metric and `--by` key).
 #[inline(never)]
 pub fn record_duration(which: u8, ns: u64, record: &SocketRecord, endpoints: &Endpoints) {
-    if !passes_filters_apart(endpoints, record.flags & EVENT_OWNER_KNOWN != 0, record.pid) {
+    if !passes_filters_apart(endpoints, record.flags, record.pid) {
         return;
     }
     let mut key = HistKey {
@@ -49,6 +48,7 @@ pub fn record_duration(which: u8, ns: u64, record: &SocketRecord, endpoints: &En
         }
         hist_by::COMM => key.value = record.comm,
         hist_by::PID => key.value[..4].copy_from_slice(&record.pid.to_ne_bytes()),
+        hist_by::CGROUP => key.value[..8].copy_from_slice(&record.cgroup.to_ne_bytes()),
         _ => {}
     }
     let value = match HISTOGRAMS.get_ptr_mut(key) {

@@ -31,7 +31,7 @@ pub fn connection_over(record: &SocketRecord, endpoints: &Endpoints, end: u8, no
         return;
     }
     let owner_known = record.flags & EVENT_OWNER_KNOWN != 0;
-    if !passes_filters_apart(endpoints, owner_known, record.pid) {
+    if !passes_filters_apart(endpoints, record.flags, record.pid) {
         return;
     }
     let mut conn_flags = 0u8;
@@ -90,5 +90,6 @@ pub fn connection_over(record: &SocketRecord, endpoints: &Endpoints, end: u8, no
         comm: record.comm,
         laddr: endpoints.laddr,
         raddr: endpoints.raddr,
+        cgroup: record.cgroup,
     });
 }

@@ -36,6 +36,7 @@
 #![no_std]
 #![no_main]
 
+mod cgroups;
 mod config;
 mod diagnostics;
 mod emit;
@@ -47,8 +48,9 @@ mod state;
 mod timewait;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, fentry, fexit},
-    programs::{BtfTracePointContext, FEntryContext, FExitContext},
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, fentry, fexit, tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, FExitContext, TracePointContext},
 };
 use tcptrace_common::COUNTER_READ_FAILED;
 
@@ -122,6 +124,15 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> u32 {
 #[fexit(function = "tcp_timewait_state_process")]
 pub fn timewait_state_process(ctx: FExitContext) -> u32 {
     counted(timewait::packet_at_timewait(ctx.arg(0)));
+    0
+}
+
+/// A new cgroup's id and path (`cgroups`).
+#[tracepoint(category = "cgroup", name = "cgroup_mkdir")]
+pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
+    counted(cgroups::try_cgroup_mkdir(&ctx, unsafe {
+        bpf_ktime_get_ns()
+    }));
     0
 }
 

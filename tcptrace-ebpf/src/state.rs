@@ -9,12 +9,12 @@ use tcptrace_common::{
     SocketRecord, TransitionEvent, COMM_LEN, CONFIG_EMIT_CONNECTIONS, CONFIG_EMIT_TRANSITIONS,
     CONFIG_HANDOFF_ONLY, CONFIG_HIDE_HANDOFFS, CONFIG_HISTOGRAMS, CONFIG_TIMEWAIT_HOOK,
     COUNTER_RECORDS_ADDED, COUNTER_RECORDS_REMOVED, COUNTER_SOCKET_MAP_FULL,
-    COUNTER_TIMEWAIT_HANDOFFS, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN,
-    EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, RECORD_SYN_RECV_DEFERRED,
+    COUNTER_TIMEWAIT_HANDOFFS, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_IN_CGROUP,
+    EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, RECORD_SYN_RECV_DEFERRED,
 };
 
 use crate::{
-    config::{config_flags, passes_filters, passes_filters_apart, wants, CONFIG},
+    config::{config_flags, current_cgroup, passes_filters, passes_filters_apart, wants, CONFIG},
     diagnostics,
     emit::{emit_timewait_transition, emit_transition},
     fields::{load_btf_field, local_port, socket_addresses},
@@ -42,6 +42,8 @@ pub struct StateChange {
     endpoints: Endpoints,
     pid: u32,
     comm: [u8; COMM_LEN],
+    /// The owner's cgroup id (with EVENT_OWNER_KNOWN).
+    cgroup: u64,
     old: u8,
     new: u8,
     /// EVENT_* bits of the transition being reported.
@@ -83,6 +85,7 @@ pub fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         },
         pid: 0,
         comm: [0; COMM_LEN],
+        cgroup: 0,
         old,
         new,
         event_flags: 0,
@@ -193,11 +196,7 @@ pub fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
             return Ok(());
         }
     }
-    if !passes_filters(
-        &change.endpoints,
-        event_flags & EVENT_OWNER_KNOWN != 0,
-        change.pid,
-    ) {
+    if !passes_filters(&change.endpoints, event_flags, change.pid) {
         return Ok(());
     }
     if !have_addresses {
@@ -218,7 +217,9 @@ pub fn note_owner(change: &mut StateChange) {
     let pid_tgid = bpf_get_current_pid_tgid();
     change.pid = (pid_tgid >> 32) as u32;
     change.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-    change.event_flags |= EVENT_OWNER_KNOWN;
+    let (cgroup, in_cgroup) = current_cgroup();
+    change.cgroup = cgroup;
+    change.event_flags |= EVENT_OWNER_KNOWN | in_cgroup;
     if change.old == CLOSE && change.new == SYN_SENT && config_flags() & CONFIG_TIMEWAIT_HOOK != 0 {
         if let Some(slot) = RECENT_CONNECT.get_ptr_mut(0) {
             unsafe {
@@ -253,11 +254,15 @@ pub fn known_socket(
     if change.owner_context {
         record.pid = change.pid;
         record.comm = change.comm;
-        record.flags |= EVENT_OWNER_KNOWN;
+        record.cgroup = change.cgroup;
+        record.flags = (record.flags & !EVENT_OWNER_IN_CGROUP)
+            | EVENT_OWNER_KNOWN
+            | (change.event_flags & EVENT_OWNER_IN_CGROUP);
     } else if record.flags & EVENT_OWNER_KNOWN != 0 {
         change.pid = record.pid;
         change.comm = record.comm;
-        change.event_flags |= EVENT_OWNER_KNOWN;
+        change.cgroup = record.cgroup;
+        change.event_flags |= record.flags & (EVENT_OWNER_KNOWN | EVENT_OWNER_IN_CGROUP);
     }
     let old = change.old;
     if record.flags & RECORD_SYN_RECV_DEFERRED != 0 {
@@ -295,7 +300,8 @@ pub fn first_sight(change: &mut StateChange, born: bool) -> Option<*mut SocketRe
         if let Some(owner) = unsafe { LISTENERS.get(change.endpoints.lport) } {
             change.pid = owner.pid;
             change.comm = owner.comm;
-            change.event_flags |= EVENT_OWNER_KNOWN;
+            change.cgroup = owner.cgroup;
+            change.event_flags |= EVENT_OWNER_KNOWN | (owner.flags & EVENT_OWNER_IN_CGROUP);
         }
     }
     if !born {
@@ -306,9 +312,11 @@ pub fn first_sight(change: &mut StateChange, born: bool) -> Option<*mut SocketRe
     *record = SocketRecord::new(now, new, closer::UNKNOWN);
     record.pid = change.pid;
     record.comm = change.comm;
+    record.cgroup = change.cgroup;
     // From now on the time in each state is known.
-    record.flags =
-        (change.event_flags & (EVENT_OWNER_KNOWN | EVENT_AGE_KNOWN)) | EVENT_IN_OLD_KNOWN;
+    record.flags = (change.event_flags
+        & (EVENT_OWNER_KNOWN | EVENT_AGE_KNOWN | EVENT_OWNER_IN_CGROUP))
+        | EVENT_IN_OLD_KNOWN;
     if old == LISTEN && new == SYN_RECV && change.endpoints.rport == 0 {
         // The kernel has not given the new socket its peer yet.
         record.flags |= RECORD_SYN_RECV_DEFERRED;
@@ -333,8 +341,7 @@ pub fn report_syn_recv(change: &StateChange) {
     if config_flags() & CONFIG_EMIT_TRANSITIONS == 0 || !wants(LISTEN, SYN_RECV) {
         return;
     }
-    let owner_known = change.event_flags & EVENT_OWNER_KNOWN != 0;
-    if !passes_filters_apart(&change.endpoints, owner_known, change.pid) {
+    if !passes_filters_apart(&change.endpoints, change.event_flags, change.pid) {
         return;
     }
     let at = change.syn_recv_at;
@@ -373,6 +380,7 @@ pub fn state_event(
         comm: change.comm,
         laddr: change.endpoints.laddr,
         raddr: change.endpoints.raddr,
+        cgroup: change.cgroup,
     }
 }
 
@@ -392,8 +400,10 @@ pub fn track_listener(change: &StateChange) {
     } else {
         let owner = ListenerOwner {
             pid: change.pid,
-            _pad: 0,
+            flags: change.event_flags & EVENT_OWNER_IN_CGROUP,
+            _pad: [0; 3],
             comm: change.comm,
+            cgroup: change.cgroup,
         };
         let _ = LISTENERS.insert(port, owner, 0);
     }

@@ -10,6 +10,7 @@ use tcptrace_common::tcp_state::*;
 
 pub use crate::snapshot::{Counts, Key, TopKeys, STATES};
 use crate::{
+    cgroups::{CgroupFilter, OwnerCgroups},
     clock::Clock,
     live::{self, Screen, Tracked},
     options::{Output, Refresh},
@@ -27,6 +28,10 @@ pub enum By {
     Raddr,
     Lport,
     Comm,
+    /// The owner's cgroup path.
+    Cgroup,
+    /// The owner's container (or service, or cgroup path).
+    Container,
 }
 
 impl By {
@@ -36,7 +41,14 @@ impl By {
             By::Raddr => "raddr",
             By::Lport => "lport",
             By::Comm => "comm",
+            By::Cgroup => "cgroup",
+            By::Container => "container",
         }
+    }
+
+    /// Needs each socket's owner (found in procfs when no event gave it).
+    fn needs_owner(self) -> bool {
+        matches!(self, By::Comm | By::Cgroup | By::Container)
     }
 }
 
@@ -44,6 +56,21 @@ impl Counts {
     pub fn of(table: &SocketTable) -> Counts {
         let mut c = Counts::default();
         table.for_each(|_, e| c.add(e));
+        c
+    }
+
+    /// The counts of sockets whose owner passes `--cgroup`.
+    pub fn of_owners(table: &SocketTable, owners: &mut OwnerCgroups) -> Counts {
+        let mut c = Counts::default();
+        table.for_each(|_, e| {
+            if owners.filters() {
+                let cgroup = owners.of(e.owner.as_ref());
+                if !owners.passes(cgroup.as_ref()) {
+                    return;
+                }
+            }
+            c.add(e)
+        });
         c
     }
 
@@ -61,22 +88,52 @@ impl Counts {
 }
 
 impl Key {
-    fn of(by: By, tuple: &Tuple, e: &Entry) -> Key {
-        match by {
+    /// `by`'s key of a socket, and whether its owner passes `--cgroup`.
+    fn of(by: By, tuple: &Tuple, e: &Entry, owners: &mut OwnerCgroups) -> (Key, bool) {
+        let cgroup = (by.needs_owner() || owners.filters())
+            .then(|| owners.of(e.owner.as_ref()))
+            .flatten();
+        let unnamed = || match e.owner {
+            Some(o) if o.cgroup != 0 => format!("cgroup:{}", o.cgroup),
+            _ => "-".into(),
+        };
+        let key = match by {
             By::Rport => Key::Port(tuple.rport),
             By::Lport => Key::Port(tuple.lport),
             By::Raddr => Key::Addr(tuple.remote),
             By::Comm => Key::Comm(e.owner.map_or("-".into(), |o| o.comm_str())),
-        }
+            By::Cgroup => Key::Comm(cgroup.as_ref().map_or_else(unnamed, |c| c.path.to_string())),
+            By::Container => Key::Comm(
+                cgroup
+                    .as_ref()
+                    .map_or_else(unnamed, |c| c.container.to_string()),
+            ),
+        };
+        (key, owners.passes(cgroup.as_ref()))
     }
 }
 
 /// The `n` keys with the most sockets in each of `states`, most first.
+#[cfg(test)]
 pub fn top(table: &SocketTable, by: By, states: &[u8], n: usize) -> TopKeys {
+    top_of_owners(table, by, states, n, &mut OwnerCgroups::new(None))
+}
+
+/// As `top`, for sockets whose owner passes `--cgroup`.
+pub fn top_of_owners(
+    table: &SocketTable,
+    by: By,
+    states: &[u8],
+    n: usize,
+    owners: &mut OwnerCgroups,
+) -> TopKeys {
     let mut counts: HashMap<(u8, Key), u64> = HashMap::new();
     table.for_each(|tuple, e| {
         if states.contains(&e.state) {
-            *counts.entry((e.state, Key::of(by, tuple, e))).or_default() += 1;
+            let (key, passes) = Key::of(by, tuple, e, owners);
+            if passes {
+                *counts.entry((e.state, key)).or_default() += 1;
+            }
         }
     });
     states
@@ -104,16 +161,18 @@ struct CensusView {
     states: Vec<u8>,
     top: usize,
     screen: Screen,
+    owners: OwnerCgroups,
 }
 
 impl CensusView {
     fn print(&mut self, clock: &Clock, out: &mut Vec<u8>) {
         let now = Clock::now_ktime_ns();
         let table = &self.tracked.table;
-        let counts = Counts::of(table);
-        let keys = self
-            .by
-            .map(|by| (by, top(table, by, &self.states, self.top)));
+        let counts = Counts::of_owners(table, &mut self.owners);
+        let keys = self.by.map(|by| {
+            let top = top_of_owners(table, by, &self.states, self.top, &mut self.owners);
+            (by, top)
+        });
         let netns = match table.scope() {
             Scope::All => None,
             Scope::Netns(n) => Some(n),
@@ -129,6 +188,10 @@ impl CensusView {
 }
 
 impl View for CensusView {
+    fn learn_cgroups(&mut self, table: &[(u64, String)]) {
+        self.owners.learn(table);
+    }
+
     fn record(&mut self, data: &[u8], _clock: &Clock, _out: &mut Vec<u8>) {
         self.tracked.record(data);
     }
@@ -139,7 +202,7 @@ impl View for CensusView {
 
     fn refresh(&mut self, _probe: &Probe, clock: &Clock, out: &mut Vec<u8>) -> Result<()> {
         live::resync_timewait(&mut self.tracked);
-        if self.by == Some(By::Comm) {
+        if self.by.is_some_and(By::needs_owner) || self.owners.filters() {
             self.tracked.find_missing_owners(&self.states);
         }
         self.print(clock, out);
@@ -171,6 +234,8 @@ pub struct CensusOptions {
     pub states: Vec<u8>,
     /// Keys per state (at least 1).
     pub top: usize,
+    /// `--cgroup`: only owners in this subtree.
+    pub cgroup: Option<CgroupFilter>,
 }
 
 pub async fn run(options: CensusOptions) -> Result<()> {
@@ -182,6 +247,7 @@ pub async fn run(options: CensusOptions) -> Result<()> {
         by,
         states,
         top,
+        cgroup,
     } = options;
     let (probe, tracked) = live::start(&probe, scope).await?;
     let mut view = CensusView {
@@ -194,6 +260,7 @@ pub async fn run(options: CensusOptions) -> Result<()> {
         states,
         top,
         screen: Screen::new(output.json),
+        owners: OwnerCgroups::new(cgroup),
     };
     let banner = (!refresh.once)
         .then(|| "tcptrace: tracing socket counts per state (Ctrl-C to stop)".to_string());
@@ -241,6 +308,7 @@ mod tests {
         let owner = Owner {
             pid: 1,
             comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
+            cgroup: 0,
         };
         table.seed(&sockets, &HashMap::from([(40004, owner)]), 0, 1);
         let c = Counts::of(&table);

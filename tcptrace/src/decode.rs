@@ -9,10 +9,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use bytes::Buf;
 
 use tcptrace_common::{
-    closer, end_reason, record_kind, ConnectionEvent, RecordHeader, TransitionEvent, AF_INET6,
-    COMM_LEN, CONN_CLOSING_KNOWN, CONN_ESTABLISHED_KNOWN, CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN,
-    CONN_START_SEEN, CONN_TIME_WAIT_KNOWN, EVENT_AGE_KNOWN, EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN,
-    EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF, EVENT_TIMEWAIT_SOCKET, RECORD_VERSION,
+    closer, end_reason, record_kind, CgroupEvent, ConnectionEvent, RecordHeader, TransitionEvent,
+    AF_INET6, CGROUP_PATH_LEN, COMM_LEN, CONN_CLOSING_KNOWN, CONN_ESTABLISHED_KNOWN,
+    CONN_HANDSHAKE_KNOWN, CONN_OWNER_KNOWN, CONN_START_SEEN, CONN_TIME_WAIT_KNOWN, EVENT_AGE_KNOWN,
+    EVENT_IN_OLD_KNOWN, EVENT_OWNER_KNOWN, EVENT_TIMEWAIT_CHECKED, EVENT_TIMEWAIT_HANDOFF,
+    EVENT_TIMEWAIT_SOCKET, RECORD_VERSION,
 };
 
 /// One record of the ring buffer.
@@ -62,9 +63,13 @@ impl Record {
             record_kind::CONNECTION => ConnectionEvent::SIZE,
             _ => return Err(BadRecord::UnknownKind(kind)),
         };
-        if version != RECORD_VERSION {
-            return Err(BadRecord::Version { kind, version });
-        }
+        // Version 1 (captures from before the owner's cgroup) is version 2
+        // without its last field.
+        let expected = match version {
+            RECORD_VERSION => expected,
+            1 => expected - CGROUP_FIELD,
+            _ => return Err(BadRecord::Version { kind, version }),
+        };
         if data.len() != expected || header_len as usize != expected {
             return Err(BadRecord::Length {
                 kind,
@@ -85,6 +90,50 @@ impl Record {
             Record::Connection(_) => record_kind::CONNECTION,
         }
     }
+}
+
+/// Size of the owner's cgroup, the last field of every record since
+/// version 2.
+const CGROUP_FIELD: usize = 8;
+
+/// The owner's cgroup id of a record `Record::decode` accepts (0 when it has
+/// none): its last 8 bytes since version 2. For the capture writer, which
+/// names the cgroups of the records it writes without decoding them.
+pub fn cgroup_of_raw(data: &[u8]) -> u64 {
+    let owned = matches!(
+        data.first(),
+        Some(&(record_kind::TRANSITION | record_kind::CONNECTION))
+    );
+    match (owned, data.get(1), data.len().checked_sub(CGROUP_FIELD)) {
+        (true, Some(&RECORD_VERSION), Some(at)) => {
+            u64::from_ne_bytes(data[at..].try_into().unwrap_or_default())
+        }
+        _ => 0,
+    }
+}
+
+/// A `CgroupEvent` (a new cgroup's id and path), if `data` is one whose
+/// path fitted. Views never see these: the session and `-r` hand them to
+/// `View::learn_cgroups`.
+pub fn cgroup_named(data: &[u8]) -> Option<(u64, &str)> {
+    if data.first() != Some(&record_kind::CGROUP) || data.len() != CgroupEvent::SIZE {
+        return None;
+    }
+    let id = u64::from_ne_bytes(data[8..16].try_into().ok()?);
+    let path_len = u32::from_ne_bytes(data[16..20].try_into().ok()?) as usize;
+    let path = &data[24..];
+    let end = path.iter().position(|&b| b == 0)?;
+    // A path cut short is no name (a walk names it, if it still exists).
+    if path_len > CGROUP_PATH_LEN || end + 1 != path_len {
+        return None;
+    }
+    std::str::from_utf8(&path[..end]).ok().map(|p| (id, p))
+}
+
+/// Whether `data` is a record of a cgroup's name (`cgroup_named`), cut short or not.
+#[inline]
+pub fn is_cgroup_record(data: &[u8]) -> bool {
+    data.first() == Some(&record_kind::CGROUP)
 }
 
 /// Who and where, shared by every per-socket record.
@@ -119,6 +168,8 @@ pub struct Transition {
     /// Inode of the socket's network namespace.
     pub netns: u32,
     comm: [u8; COMM_LEN],
+    /// The owner's cgroup v2 id; 0 when the owner or its cgroup is unknown.
+    pub cgroup: u64,
     pub local: IpAddr,
     pub lport: u16,
     pub remote: IpAddr,
@@ -175,6 +226,11 @@ impl Transition {
         data.copy_to_slice(&mut laddr);
         let mut raddr = [0u8; 16];
         data.copy_to_slice(&mut raddr);
+        let cgroup = if data.remaining() >= CGROUP_FIELD && flags & EVENT_OWNER_KNOWN != 0 {
+            data.get_u64_ne()
+        } else {
+            0
+        };
 
         let addr = |raw: [u8; 16]| address(family, raw);
         let known = |bit: u8, value: u64| (flags & bit != 0).then_some(value);
@@ -196,6 +252,7 @@ impl Transition {
             pid: (flags & EVENT_OWNER_KNOWN != 0).then_some(pid),
             netns,
             comm,
+            cgroup,
             local: addr(laddr),
             lport,
             remote: addr(raddr),
@@ -247,10 +304,13 @@ impl Connection {
 
     /// A `ConnectionEvent` whose header `Record::decode` checked.
     fn from_checked(data: &[u8]) -> Self {
-        assert!(data.len() >= ConnectionEvent::SIZE);
+        // A version 1 record lacks the last field (the cgroup): zero it.
+        let mut full = [0u8; ConnectionEvent::SIZE];
+        let n = data.len().min(ConnectionEvent::SIZE);
+        full[..n].copy_from_slice(&data[..n]);
         // SAFETY: ConnectionEvent is plain integers and byte arrays: any
         // bytes are a valid value; read_unaligned copes with alignment.
-        let event = unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<ConnectionEvent>()) };
+        let event = unsafe { std::ptr::read_unaligned(full.as_ptr().cast::<ConnectionEvent>()) };
         Connection { event }
     }
 
@@ -267,6 +327,11 @@ impl Connection {
             return &[];
         }
         comm_bytes(&self.event.comm)
+    }
+
+    /// The owner's cgroup v2 id; 0 when unknown.
+    pub fn cgroup(&self) -> u64 {
+        self.pid().map_or(0, |_| self.event.cgroup)
     }
 
     pub fn endpoints(&self) -> Endpoints {
@@ -366,6 +431,7 @@ pub(crate) mod tests {
             comm,
             laddr,
             raddr,
+            cgroup: 4242,
         }
     }
 
@@ -464,6 +530,7 @@ pub(crate) mod tests {
             comm,
             laddr,
             raddr,
+            cgroup: 77,
         }
     }
 
@@ -565,6 +632,58 @@ pub(crate) mod tests {
                 version: RECORD_VERSION + 1
             })
         );
+    }
+
+    /// Captures written before the owner's cgroup (version 1) still read:
+    /// the same records without their last 8 bytes.
+    #[test]
+    fn version_1_records_decode_without_a_cgroup() {
+        let mut ev = raw_event(AF_INET, ESTABLISHED, FIN_WAIT1, EVENT_OWNER_KNOWN);
+        ev.header.version = 1;
+        ev.header.len = (TransitionEvent::SIZE - 8) as u16;
+        let v1 = &bytes_of(&ev)[..TransitionEvent::SIZE - 8];
+        let t = Transition::decode(v1).unwrap();
+        assert_eq!((t.pid, t.cgroup, t.lport), (Some(4242), 0, 45678));
+        assert_eq!(cgroup_of_raw(v1), 0);
+        let current = raw_event(AF_INET, ESTABLISHED, FIN_WAIT1, EVENT_OWNER_KNOWN);
+        assert_eq!(Transition::decode(bytes_of(&current)).unwrap().cgroup, 4242);
+        assert_eq!(cgroup_of_raw(bytes_of(&current)), 4242);
+
+        let mut conn = raw_connection();
+        conn.header.version = 1;
+        conn.header.len = (ConnectionEvent::SIZE - 8) as u16;
+        let bytes = connection_bytes(&conn);
+        let c = Connection::decode(&bytes[..ConnectionEvent::SIZE - 8]).unwrap();
+        assert_eq!((c.pid(), c.cgroup(), c.event.lport), (Some(1234), 0, 443));
+        assert_eq!(
+            Connection::decode(&connection_bytes(&raw_connection()))
+                .unwrap()
+                .cgroup(),
+            77
+        );
+    }
+
+    #[test]
+    fn cgroup_records_name_a_cgroup_unless_cut_short() {
+        let mut ev = CgroupEvent {
+            header: CgroupEvent::HEADER,
+            id: 991,
+            path_len: 6,
+            _pad: 0,
+            path: [0; CGROUP_PATH_LEN],
+        };
+        ev.path[..5].copy_from_slice(b"/a/bc");
+        let bytes = |ev: &CgroupEvent| unsafe {
+            std::slice::from_raw_parts((ev as *const CgroupEvent).cast::<u8>(), CgroupEvent::SIZE)
+                .to_vec()
+        };
+        assert!(is_cgroup_record(&bytes(&ev)));
+        assert_eq!(cgroup_named(&bytes(&ev)), Some((991, "/a/bc")));
+        assert_eq!(cgroup_of_raw(&bytes(&ev)), 0, "no owner's cgroup in it");
+        // The kernel's path was longer than the record's room.
+        ev.path_len = CGROUP_PATH_LEN as u32 + 10;
+        assert_eq!(cgroup_named(&bytes(&ev)), None);
+        assert!(!is_cgroup_record(bytes_of(&raw_event(AF_INET, 1, 4, 0))));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tcptrace_common::{
 
 pub use crate::snapshot::{Histogram, KeyValue, METRICS};
 use crate::{
+    cgroups::Names,
     clock::Clock,
     decode::{comm_bytes, Record, Timewait},
     options::Output,
@@ -35,6 +36,11 @@ pub enum By {
     Raddr,
     Comm,
     Pid,
+    /// The owner's cgroup path.
+    Cgroup,
+    /// The owner's container (or service, or cgroup path): the kernel keeps
+    /// one histogram per cgroup, merged here per container.
+    Container,
 }
 
 impl By {
@@ -45,12 +51,13 @@ impl By {
             By::Raddr => hist_by::RADDR,
             By::Comm => hist_by::COMM,
             By::Pid => hist_by::PID,
+            By::Cgroup | By::Container => hist_by::CGROUP,
         }
     }
 }
 
 impl KeyValue {
-    pub(crate) fn from_probe(key: &HistKey, by: Option<By>) -> Self {
+    pub(crate) fn from_probe(key: &HistKey, by: Option<By>, names: &mut Names) -> Self {
         if key.other != 0 {
             return KeyValue::Other;
         }
@@ -60,6 +67,17 @@ impl KeyValue {
             Some(By::Lport | By::Rport) => KeyValue::Port(u16::from_ne_bytes([v[0], v[1]])),
             Some(By::Pid) => KeyValue::Pid(u32::from_ne_bytes([v[0], v[1], v[2], v[3]])),
             Some(By::Comm) => KeyValue::Comm(String::from_utf8_lossy(comm_bytes(v)).into_owned()),
+            Some(by @ (By::Cgroup | By::Container)) => {
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&v[..8]);
+                let id = u64::from_ne_bytes(id);
+                KeyValue::Comm(match (names.resolve(id), by) {
+                    (Some(c), By::Cgroup) => c.path.to_string(),
+                    (Some(c), _) => c.container.to_string(),
+                    (None, _) if id == 0 => "-".into(),
+                    (None, _) => format!("cgroup:{id}"),
+                })
+            }
             Some(By::Raddr) => KeyValue::Addr(if u16::from(key.family) == AF_INET6 {
                 IpAddr::V6(Ipv6Addr::from(*v))
             } else {
@@ -74,11 +92,12 @@ pub fn arrange(
     raw: &[(HistKey, HistValue)],
     by: Option<By>,
     top: usize,
+    names: &mut Names,
 ) -> Vec<(u8, KeyValue, Histogram)> {
     let mut per_key: HashMap<(u8, KeyValue), Histogram> = HashMap::new();
     for (key, value) in raw {
         per_key
-            .entry((key.metric, KeyValue::from_probe(key, by)))
+            .entry((key.metric, KeyValue::from_probe(key, by, names)))
             .or_insert_with(Histogram::empty)
             .add(value);
     }
@@ -143,7 +162,8 @@ impl RecordHistograms {
                     }
                     IpAddr::V6(a) => (AF_INET6, a.octets()),
                 };
-                let key = self.key(metric, t.lport, t.rport, raddr, t.pid, t.comm());
+                let owner = (t.pid, t.comm(), t.cgroup);
+                let key = self.key(metric, t.lport, t.rport, raddr, owner);
                 self.add_duration(key, ns);
             }
             Record::Connection(c) => {
@@ -156,8 +176,7 @@ impl RecordHistograms {
                     e.lport,
                     e.rport,
                     (e.family, e.raddr),
-                    c.pid(),
-                    c.comm(),
+                    (c.pid(), c.comm(), c.cgroup()),
                 );
                 self.add_duration(key, e.lifetime_ns);
             }
@@ -170,8 +189,7 @@ impl RecordHistograms {
         lport: u16,
         rport: u16,
         (family, raddr): (u16, [u8; 16]),
-        pid: Option<u32>,
-        comm: &[u8],
+        (pid, comm, cgroup): (Option<u32>, &[u8], u64),
     ) -> HistKey {
         let mut key = HistKey {
             metric,
@@ -191,6 +209,9 @@ impl RecordHistograms {
             }
             Some(By::Comm) => key.value[..comm.len()].copy_from_slice(comm),
             Some(By::Pid) => key.value[..4].copy_from_slice(&pid.unwrap_or(0).to_ne_bytes()),
+            Some(By::Cgroup | By::Container) => {
+                key.value[..8].copy_from_slice(&cgroup.to_ne_bytes())
+            }
         }
         key
     }
@@ -230,16 +251,17 @@ struct HistView {
     overflow: u64,
     /// Reading a capture: the histograms are rebuilt from its records.
     from_records: Option<RecordHistograms>,
+    cgroups: Names,
 }
 
 impl HistView {
-    fn print(&self, out: &mut Vec<u8>, clock: &Clock) {
+    fn print(&mut self, out: &mut Vec<u8>, clock: &Clock) {
         if !self.json {
             let mut time = Vec::new();
             clock.write_local_time(&mut time, Clock::now_ktime_ns());
             let _ = writeln!(out, "{}", String::from_utf8_lossy(&time));
         }
-        let arranged = arrange(&self.last, self.by, self.top);
+        let arranged = arrange(&self.last, self.by, self.top, &mut self.cgroups);
         let wanted = |m: u8| self.metrics.is_empty() || self.metrics.contains(&m);
         let mut any = false;
         for (m, key, h) in arranged.iter().filter(|(m, _, _)| wanted(*m)) {
@@ -257,6 +279,10 @@ impl HistView {
 }
 
 impl View for HistView {
+    fn learn_cgroups(&mut self, table: &[(u64, String)]) {
+        self.cgroups.learn(table);
+    }
+
     fn record(&mut self, data: &[u8], _clock: &Clock, _out: &mut Vec<u8>) {
         // Live, the probe writes nothing to the ring in this mode.
         if let (Some(histograms), Ok(record)) = (&mut self.from_records, Record::decode(data)) {
@@ -319,8 +345,10 @@ pub async fn run(options: HistOptions) -> Result<()> {
         last: Vec::new(),
         overflow: 0,
         from_records: None,
+        cgroups: Names::from_table([]),
     };
     let source = options.source.open()?;
+    view.cgroups = source.cgroup_names();
     if let Opened::Capture(_) = source {
         // Read back: the histograms are rebuilt from the records, and
         // printed once, at the end.
@@ -403,7 +431,7 @@ mod tests {
             (key(443), value(9)),
             (key(22), value(1)),
         ];
-        let arranged = arrange(&raw, Some(By::Lport), 2);
+        let arranged = arrange(&raw, Some(By::Lport), 2, &mut Names::from_table([]));
         let keys: Vec<_> = arranged
             .iter()
             .map(|(_, k, h)| (k.clone(), h.count))

@@ -13,6 +13,7 @@
 mod btf;
 pub mod capture;
 mod census;
+pub mod cgroups;
 pub mod clock;
 mod command;
 pub mod decode;

@@ -7,10 +7,11 @@
 use anyhow::Result;
 
 use crate::{
+    cgroups::Names,
     clock::Clock,
     decode::{end_name, Connection, Record},
     options::{Columns, Output},
-    printer::{self, ConnectionRecord, Format},
+    printer::{self, ConnectionRecord, Format, OwnerCgroup},
     session::{SessionOptions, View},
     source::Source,
     summary::{ConnectionTally, RunContext},
@@ -18,12 +19,14 @@ use crate::{
 
 struct LifeView {
     format: Format,
+    cgroups: Names,
     tally: ConnectionTally,
 }
 
 impl Connection {
     /// What the printer is fed.
-    fn record(&self) -> ConnectionRecord<'_> {
+    fn record<'a>(&'a self, cgroups: &'a mut Names) -> ConnectionRecord<'a> {
+        let id = self.cgroup();
         ConnectionRecord {
             ktime_ns: self.event.ktime_ns,
             pid: self.pid(),
@@ -39,11 +42,19 @@ impl Connection {
             lifetime_ns: self.lifetime_ns(),
             seen_for_ns: self.event.lifetime_ns,
             end: end_name(self.event.end),
+            cgroup: OwnerCgroup {
+                id,
+                name: cgroups.resolve(id),
+            },
         }
     }
 }
 
 impl View for LifeView {
+    fn learn_cgroups(&mut self, table: &[(u64, String)]) {
+        self.cgroups.learn(table);
+    }
+
     fn record(&mut self, data: &[u8], clock: &Clock, out: &mut Vec<u8>) {
         let Ok(Record::Connection(c)) = Record::decode(data) else {
             self.tally.bad_records += 1;
@@ -54,7 +65,8 @@ impl View for LifeView {
         if !c.start_seen() {
             self.tally.start_unseen += 1;
         }
-        self.format.write_connection(out, clock, &c.record());
+        self.format
+            .write_connection(out, clock, &c.record(&mut self.cgroups));
     }
 
     fn finish(&mut self, ctx: &RunContext, clock: &Clock, out: &mut Vec<u8>) -> Result<()> {
@@ -85,6 +97,7 @@ pub async fn run(options: LifeOptions) -> Result<()> {
     let source = source.open()?;
     let mut view = LifeView {
         format: Format::new(output.json, columns.wide),
+        cgroups: source.cgroup_names(),
         tally: ConnectionTally::default(),
     };
     if let Format::Human(human) = &view.format {

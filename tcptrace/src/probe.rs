@@ -4,7 +4,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Array, HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap},
-    programs::{BtfTracePoint, FEntry, FExit},
+    programs::{BtfTracePoint, FEntry, FExit, TracePoint},
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 use tcptrace_common::{
@@ -113,6 +113,14 @@ impl Hook {
         format!("{}/{}", self.kind, self.target)
     }
 }
+
+/// New cgroups' names (a classic tracepoint: its record carries the path
+/// the kernel built).
+const CGROUP_MKDIR: Hook = Hook {
+    program: "cgroup_mkdir",
+    kind: "tracepoint",
+    target: "cgroup/cgroup_mkdir",
+};
 
 /// The timewait socket's birth and end hooked in the timewait code itself
 /// (fentry: runs only for timewait sockets), used instead of the timer
@@ -238,6 +246,12 @@ impl Probe {
         socket_offsets(&btf, &mut config.offsets)
             .context("this kernel's struct sock is not what tcptrace knows")?;
         let kernel_btf = AyaBtf::from_sys_fs().context("reading kernel BTF")?;
+        // Without the tracepoint's format, new cgroups are named by walks only.
+        if let Ok((root, id, path)) = cgroup_mkdir_fields() {
+            config.offsets.mkdir_root = root;
+            config.offsets.mkdir_id = id;
+            config.offsets.mkdir_path = path;
+        }
         let timewait = if !options.timewait_hook {
             TimewaitDetection::Disabled
         } else {
@@ -283,6 +297,18 @@ impl Probe {
             .map_err(|e| explain_load_error(e.into()))
             .context("loading the probe")?;
         let mut attached = Vec::new();
+        // First: a cgroup's name comes before the events of its sockets.
+        if config.offsets.mkdir_path != 0 {
+            match attach(&mut ebpf, &CGROUP_MKDIR, btf) {
+                Ok(fd) => attached.push((CGROUP_MKDIR, fd)),
+                Err(err) => note!(
+                    "tcptrace: warning: new cgroups are named by walking the hierarchy only \
+                     ({}: {})",
+                    CGROUP_MKDIR.name(),
+                    refusal(&err)
+                ),
+            }
+        }
         let mut timewait = TimewaitDetection::Disabled;
         if timewait_hooks {
             match attach_fentry_lifecycle(&mut ebpf, btf) {
@@ -550,6 +576,18 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, btf: &AyaBtf) -> Result<i32> {
         }};
     }
     match hook.kind {
+        "tracepoint" => {
+            let program: &mut TracePoint = program(ebpf, name)?;
+            program
+                .load()
+                .map_err(|e| explain_load_error(e.into()))
+                .with_context(loading)?;
+            let (category, event) = target.split_once('/').unwrap_or(("", target));
+            program
+                .attach(category, event)
+                .with_context(|| format!("attaching the {target} hook"))?;
+            Ok(program.fd()?.as_fd().as_raw_fd())
+        }
         "fentry" => load_and_attach!(FEntry),
         "fexit" => load_and_attach!(FExit),
         _ => load_and_attach!(BtfTracePoint),
@@ -641,6 +679,31 @@ fn socket_offsets(btf: &Btf, offsets: &mut KernelOffsets) -> Result<()> {
     offsets.sk_sport = btf.member_offset("inet_sock", "inet_sport")?;
     offsets.sk_saddr = btf.member_offset("inet_sock", "inet_saddr")?;
     Ok(())
+}
+
+/// Where the cgroup:cgroup_mkdir tracepoint's record holds the hierarchy's
+/// id, the cgroup's id and its path, from the tracepoint's format file.
+fn cgroup_mkdir_fields() -> Result<(u32, u32, u32)> {
+    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|dir| {
+            std::fs::read_to_string(format!("{dir}/events/cgroup/cgroup_mkdir/format")).ok()
+        })
+        .context("no cgroup:cgroup_mkdir tracepoint format")?;
+    let offset = |field: &str| -> Result<u32> {
+        format
+            .lines()
+            .find(|l| l.contains(field))
+            .and_then(|l| l.split("offset:").nth(1))
+            .and_then(|rest| rest.split(';').next())
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("cgroup_mkdir's format has no {field:?}"))
+    };
+    Ok((
+        offset("int root;")?,
+        offset("u64 id;")?,
+        offset("char[] path;")?,
+    ))
 }
 
 /// The address of tw_timer_handler and the struct offsets the timewait

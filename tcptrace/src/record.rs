@@ -78,9 +78,15 @@ impl View for RecordView {
         // The kind byte leads every record (`RecordHeader`).
         match data.first() {
             Some(&tcptrace_common::record_kind::CONNECTION) => self.connections += 1,
+            Some(&tcptrace_common::record_kind::CGROUP) => {}
             _ => self.transitions += 1,
         }
         self.writer.record(data);
+    }
+
+    /// Cgroups' names go into the capture as the probe wrote them.
+    fn takes_cgroup_records(&self) -> bool {
+        true
     }
 
     fn refresh_interval(&self) -> Option<Duration> {

@@ -11,9 +11,10 @@ use tcptrace_common::ProbeConfig;
 
 use crate::{
     capture::{
-        reader::{read_records, Reader, ReplayTally},
+        reader::{read_capture, Reader, ReplayTally, Side},
         Metadata,
     },
+    cgroups::{CgroupFilter, Names},
     clock::Clock,
     decode::Record,
     error::note,
@@ -41,6 +42,8 @@ pub struct ReplayOptions {
     pub until: Option<TimeBound>,
     /// The filters the live command would have given the probe.
     pub filter: ProbeConfig,
+    /// `--cgroup`, matched against the paths the capture names.
+    pub cgroup: Option<CgroupFilter>,
 }
 
 /// Opens every file and puts them in capture order (start, then index).
@@ -123,22 +126,47 @@ fn run(options: &ReplayOptions, mut readers: Vec<Reader>, view: &mut impl View) 
         metadata,
         ..ReplayTally::default()
     };
+    // The records and the cgroups' names both go to the view, in the
+    // capture's order (one closure at a time).
+    let view = std::cell::RefCell::new(view);
+    let names = std::cell::RefCell::new(Names::from_table([]));
     for reader in &mut readers {
-        read_records(reader, &mut tally, |data, record| {
-            let ktime = match record {
-                Record::Transition(t) => t.ktime_ns,
-                Record::Connection(c) => c.event.ktime_ns,
-            };
-            if (since..=until).contains(&ktime) && filter::keeps(&options.filter, record) {
-                view.record(data, &clock, &mut sink.buf);
-            }
-            if sink.buf.len() >= 1 << 20 {
-                sink.flush()?;
-            }
-            Ok(())
-        })?;
+        read_capture(
+            reader,
+            &mut tally,
+            |data, record| {
+                let (ktime, cgroup) = match record {
+                    Record::Transition(t) => (t.ktime_ns, t.cgroup),
+                    Record::Connection(c) => (c.event.ktime_ns, c.cgroup()),
+                };
+                let in_cgroup = || match &options.cgroup {
+                    None => true,
+                    Some(f) => names
+                        .borrow()
+                        .get(cgroup)
+                        .is_some_and(|c| f.contains(&c.path)),
+                };
+                if (since..=until).contains(&ktime)
+                    && filter::keeps(&options.filter, record)
+                    && in_cgroup()
+                {
+                    view.borrow_mut().record(data, &clock, &mut sink.buf);
+                }
+                if sink.buf.len() >= 1 << 20 {
+                    sink.flush()?;
+                }
+                Ok(())
+            },
+            |side| {
+                if let Side::Cgroups(table) = side {
+                    names.borrow_mut().learn(table);
+                    view.borrow_mut().learn_cgroups(table);
+                }
+            },
+        )?;
         sink.flush()?;
     }
+    let view = view.into_inner();
     if let Some(damage) = &tally.damage {
         note!("tcptrace: warning: {damage}; every record before it was read");
     } else if tally.summary.is_none() {

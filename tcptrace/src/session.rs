@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use tcptrace_common::CONFIG_CGROUP_FILTER;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -22,6 +23,7 @@ use tokio::{
 
 use crate::{
     clock::Clock,
+    decode,
     error::note,
     printer::{self, Sink},
     probe::{LossCounters, Probe, ProbeLog, ProbeOptions, TimewaitDetection},
@@ -50,6 +52,16 @@ const CATCH_UP_AFTER_WAKE: Duration = Duration::from_millis(1);
 pub trait View {
     /// Handles one ring-buffer record, appending any output to `out`.
     fn record(&mut self, data: &[u8], clock: &Clock, out: &mut Vec<u8>);
+
+    /// Names of cgroup ids a capture carries, before the records that need
+    /// them (`-r`; live views name ids from the host's hierarchy).
+    fn learn_cgroups(&mut self, _table: &[(u64, String)]) {}
+
+    /// The probe's records of new cgroups go to `record` as they are
+    /// (`record` writes them to its capture) instead of `learn_cgroups`.
+    fn takes_cgroup_records(&self) -> bool {
+        false
+    }
 
     /// How often `refresh` runs; `None`: never.
     fn refresh_interval(&self) -> Option<Duration> {
@@ -114,7 +126,9 @@ pub fn start_probe(options: &ProbeOptions) -> Result<Probe> {
         ),
         TimewaitDetection::Exact | TimewaitDetection::Disabled => {}
     }
-    if let Err(err) = probe.seed_listeners(&sockets::existing_listeners()) {
+    let cgroup = (options.config.flags & CONFIG_CGROUP_FILTER != 0)
+        .then_some((options.config.cgroup, options.config.cgroup_level));
+    if let Err(err) = probe.seed_listeners(&sockets::existing_listeners(cgroup)) {
         note!("tcptrace: warning: owners of existing listeners unknown: {err:#}");
     }
     Ok(probe)
@@ -310,7 +324,15 @@ fn drain(
     view: &mut impl View,
     sink: &mut Sink,
 ) -> Result<usize> {
-    let drained = ring.drain(BATCH, |record| view.record(record, clock, &mut sink.buf));
+    let drained = ring.drain(BATCH, |record| {
+        if decode::is_cgroup_record(record) && !view.takes_cgroup_records() {
+            if let Some((id, path)) = decode::cgroup_named(record) {
+                view.learn_cgroups(&[(id, path.to_string())]);
+            }
+        } else {
+            view.record(record, clock, &mut sink.buf);
+        }
+    });
     sink.flush()?;
     Ok(drained)
 }

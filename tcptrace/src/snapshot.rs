@@ -10,7 +10,10 @@ use std::{
 
 use tcptrace_common::{metric, tcp_state::*, HistValue, HIST_BUCKETS};
 
-use crate::sockets::{Owner, TimewaitCounts, Tuple};
+use crate::{
+    cgroups::Cgroup,
+    sockets::{Owner, TimewaitCounts, Tuple},
+};
 
 // ---- stuck ----
 
@@ -28,6 +31,8 @@ pub struct StuckRow {
     pub age_ns: u64,
     /// The entry time is unknown: `age_ns` is a lower bound.
     pub age_at_least: bool,
+    /// The owner's cgroup, named.
+    pub cgroup: Option<Cgroup>,
 }
 
 /// Per owner: CLOSE_WAIT, FIN_WAIT2 (held open), LAST_ACK, and orphaned

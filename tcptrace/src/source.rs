@@ -5,6 +5,7 @@
 use anyhow::Result;
 
 use crate::{
+    cgroups::{Hierarchy, Names},
     probe::{Probe, ProbeOptions},
     replay::{Replay, ReplayOptions},
     session::{self, SessionOptions, View},
@@ -38,6 +39,16 @@ impl Source {
 }
 
 impl Opened {
+    /// Names for the owners' cgroup ids: this host's hierarchy, live; the
+    /// capture's own table when reading one (the ids are the recording
+    /// host's).
+    pub fn cgroup_names(&self) -> Names {
+        match self {
+            Opened::Live(_) => Names::new(Hierarchy::find()),
+            Opened::Capture(_) => Names::from_table([]),
+        }
+    }
+
     /// Feeds `view` until the live session ends (`options`) or the
     /// capture's records are all read.
     pub async fn run(self, view: &mut impl View, options: SessionOptions) -> Result<()> {

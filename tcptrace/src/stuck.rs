@@ -9,6 +9,7 @@ use tcptrace_common::tcp_state::{CLOSE_WAIT, FIN_WAIT2, LAST_ACK};
 
 pub use crate::snapshot::{ProcessCounts, StuckRow as Row, STUCK_STATES};
 use crate::{
+    cgroups::{CgroupFilter, OwnerCgroups},
     clock::Clock,
     live::{self, Screen, Tracked},
     options::{Output, Refresh},
@@ -20,8 +21,14 @@ use crate::{
     summary::RunContext,
 };
 
-/// The stuck sockets of a table at `now_ns`, by state then oldest first.
-pub fn rows(tracked: &Tracked, now_ns: u64, min_age: Duration) -> Vec<Row> {
+/// The stuck sockets of a table at `now_ns`, by state then oldest first,
+/// those of `--cgroup`'s subtree only.
+pub fn rows(
+    tracked: &Tracked,
+    now_ns: u64,
+    min_age: Duration,
+    owners: &mut OwnerCgroups,
+) -> Vec<Row> {
     let min_age_ns = min_age.as_nanos() as u64;
     let mut rows: Vec<Row> = tracked
         .table
@@ -32,13 +39,21 @@ pub fn rows(tracked: &Tracked, now_ns: u64, min_age: Duration) -> Vec<Row> {
                 Some(since) => (now_ns.saturating_sub(since), false),
                 None => (now_ns.saturating_sub(tracked.table.walk_start_ns()), true),
             };
-            (at_least || age_ns >= min_age_ns).then_some(Row {
+            if !at_least && age_ns < min_age_ns {
+                return None;
+            }
+            let cgroup = owners.of(e.owner.as_ref());
+            if !owners.passes(cgroup.as_ref()) {
+                return None;
+            }
+            Some(Row {
                 tuple: *tuple,
                 state: e.state,
                 owner: e.owner,
                 orphaned: e.timewait,
                 age_ns,
                 age_at_least: at_least,
+                cgroup,
             })
         })
         .collect();
@@ -77,12 +92,13 @@ struct StuckView {
     min_age: Duration,
     limit: usize,
     screen: Screen,
+    owners: OwnerCgroups,
 }
 
 impl StuckView {
     fn print(&mut self, clock: &Clock, out: &mut Vec<u8>) {
         let now = Clock::now_ktime_ns();
-        let rows = rows(&self.tracked, now, self.min_age);
+        let rows = rows(&self.tracked, now, self.min_age, &mut self.owners);
         if self.json {
             printer::json::write_stuck(out, clock, now, self.min_age, &rows, &per_process(&rows));
         } else {
@@ -101,6 +117,10 @@ impl StuckView {
 }
 
 impl View for StuckView {
+    fn learn_cgroups(&mut self, table: &[(u64, String)]) {
+        self.owners.learn(table);
+    }
+
     fn record(&mut self, data: &[u8], _clock: &Clock, _out: &mut Vec<u8>) {
         self.tracked.record(data);
     }
@@ -137,6 +157,8 @@ pub struct StuckOptions {
     pub min_age: Duration,
     /// Rows per state in the human table (at least 1).
     pub limit: usize,
+    /// `--cgroup`: only owners in this subtree.
+    pub cgroup: Option<CgroupFilter>,
 }
 
 pub async fn run(options: StuckOptions) -> Result<()> {
@@ -147,6 +169,7 @@ pub async fn run(options: StuckOptions) -> Result<()> {
         scope,
         min_age,
         limit,
+        cgroup,
     } = options;
     let (probe, tracked) = live::start(&probe, scope).await?;
     let mut view = StuckView {
@@ -158,6 +181,7 @@ pub async fn run(options: StuckOptions) -> Result<()> {
         min_age,
         limit,
         screen: Screen::new(output.json),
+        owners: OwnerCgroups::new(cgroup),
     };
     let banner = (!refresh.once).then(|| {
         "tcptrace: tracing stuck sockets (CLOSE_WAIT, FIN_WAIT2, LAST_ACK; Ctrl-C to stop)"
@@ -208,11 +232,17 @@ mod tests {
         let owner = Owner {
             pid: 42,
             comm: *b"server\0\0\0\0\0\0\0\0\0\0",
+            cgroup: 0,
         };
         tracked
             .table
             .seed(&walked, &HashMap::from([(5, owner)]), 100, 200);
-        let rows = rows(&tracked, 1_100, Duration::from_secs(5));
+        let rows = rows(
+            &tracked,
+            1_100,
+            Duration::from_secs(5),
+            &mut OwnerCgroups::new(None),
+        );
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].state, CLOSE_WAIT);
         assert_eq!((rows[0].age_ns, rows[0].age_at_least), (1_000, true));

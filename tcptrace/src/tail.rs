@@ -2,10 +2,11 @@
 use anyhow::Result;
 
 use crate::{
+    cgroups::Names,
     clock::Clock,
     decode::Record,
     options::{Columns, Output},
-    printer::{self, Format},
+    printer::{self, Format, OwnerCgroup},
     session::{SessionOptions, View},
     source::Source,
     summary::{RunContext, RunStats},
@@ -13,17 +14,26 @@ use crate::{
 
 struct TailView {
     format: Format,
+    cgroups: Names,
     json: bool,
     stats: RunStats,
 }
 
 impl View for TailView {
+    fn learn_cgroups(&mut self, table: &[(u64, String)]) {
+        self.cgroups.learn(table);
+    }
+
     #[inline]
     fn record(&mut self, data: &[u8], clock: &Clock, out: &mut Vec<u8>) {
         match Record::decode(data) {
             Ok(Record::Transition(t)) => {
                 self.stats.record(&t);
-                self.format.write_transition(out, clock, &t);
+                let cgroup = OwnerCgroup {
+                    id: t.cgroup,
+                    name: self.cgroups.resolve(t.cgroup),
+                };
+                self.format.write_transition(out, clock, &t, cgroup);
             }
             _ => self.stats.bad_records += 1,
         }
@@ -65,6 +75,7 @@ pub async fn run(options: TailOptions) -> Result<()> {
     printer::write_stdout(&header)?;
     let mut view = TailView {
         format,
+        cgroups: source.cgroup_names(),
         json: output.json,
         stats: RunStats::new(),
     };

@@ -209,6 +209,7 @@ const INTEGRATION_MODULES: &[&str] = &[
     "capture",
     "capture_disk",
     "capture_input",
+    "cgroups",
     "cli",
     "close_paths",
     "lifetimes",

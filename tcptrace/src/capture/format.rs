@@ -18,7 +18,10 @@ use tcptrace_common::RecordHeader;
 
 pub const MAGIC: &[u8; 8] = b"TCPTRACE";
 /// Bumped when a reader of the previous version could not read the file.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the `Cgroups` block; version 1 files are still read.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this tcptrace reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 pub const FILE_HEADER_SIZE: usize = 16;
 pub const BLOCK_HEADER_SIZE: usize = 24;
 /// No block is larger (a corrupted length is refused before it is read).
@@ -30,6 +33,9 @@ pub enum BlockKind {
     Records = 2,
     Losses = 3,
     Summary = 4,
+    /// JSON `{"cgroups":[[id,"path"],...]}`: the names of the owners'
+    /// cgroups in the records blocks that follow (each file names its own).
+    Cgroups = 5,
 }
 
 impl BlockKind {
@@ -39,6 +45,7 @@ impl BlockKind {
             2 => BlockKind::Records,
             3 => BlockKind::Losses,
             4 => BlockKind::Summary,
+            5 => BlockKind::Cgroups,
             _ => return None,
         })
     }

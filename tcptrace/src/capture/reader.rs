@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::{
     format::{
         split_records, BlockHeader, BlockKind, BLOCK_HEADER_SIZE, FILE_HEADER_SIZE, FORMAT_VERSION,
-        MAGIC, MAX_BLOCK,
+        MAGIC, MAX_BLOCK, OLDEST_FORMAT_VERSION,
     },
     Metadata,
 };
@@ -42,6 +42,17 @@ pub enum Block<'a> {
         counters: Value,
     },
     Summary(Value),
+    /// Cgroup ids and their paths.
+    Cgroups(Vec<(u64, String)>),
+}
+
+/// What a capture carries besides its records, as `read_capture` hands it on.
+pub enum Side<'a> {
+    /// A `Losses` block: when it was written (CLOCK_MONOTONIC) and its
+    /// counters, cumulative over the capture.
+    Losses(u64, &'a Value),
+    /// Names of cgroup ids, before the records that carry them.
+    Cgroups(&'a [(u64, String)]),
 }
 
 /// Block headers and small blocks come through this buffer; a payload at
@@ -116,11 +127,11 @@ impl Reader {
             ));
         }
         let version = u32::from_le_bytes(header[8..12].try_into().unwrap());
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(fail(
                 format!(
                     "byte 8: capture format version {version}; this tcptrace ({}) reads \
-                     version {FORMAT_VERSION}",
+                     versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}",
                     env!("CARGO_PKG_VERSION")
                 ),
                 false,
@@ -180,6 +191,12 @@ impl Reader {
                 counters: json(payload)?,
             },
             BlockKind::Summary => Block::Summary(json(payload)?),
+            BlockKind::Cgroups => Block::Cgroups(
+                json(payload)?["cgroups"]
+                    .as_array()
+                    .map(|rows| rows.iter().filter_map(cgroup_row).collect())
+                    .unwrap_or_default(),
+            ),
             BlockKind::Metadata => {
                 return Err(CaptureError {
                     path,
@@ -288,17 +305,21 @@ pub fn read_records(
     tally: &mut ReplayTally,
     each: impl FnMut(&[u8], &Record) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    read_capture(reader, tally, each, |_, _| {})
+    read_capture(reader, tally, each, |_| {})
 }
 
-/// As `read_records`, and hands every `Losses` block to `losses` too: when
-/// it was written (CLOCK_MONOTONIC) and its counters, cumulative over the
-/// capture (`report` plots them over time).
+/// `[id, "path"]` of a `Cgroups` block.
+fn cgroup_row(row: &Value) -> Option<(u64, String)> {
+    Some((row.get(0)?.as_u64()?, row.get(1)?.as_str()?.to_string()))
+}
+
+/// As `read_records`, and hands what else the capture says to `side`: every
+/// `Losses` block (`report` plots them over time) and the cgroups' names.
 pub fn read_capture(
     reader: &mut Reader,
     tally: &mut ReplayTally,
     mut each: impl FnMut(&[u8], &Record) -> anyhow::Result<()>,
-    mut losses: impl FnMut(u64, &Value),
+    mut side: impl FnMut(Side),
 ) -> anyhow::Result<()> {
     let path = reader.path().to_owned();
     loop {
@@ -309,7 +330,7 @@ pub fn read_capture(
         };
         let written_at = match &block {
             Block::Records { ktime_ns, .. } | Block::Losses { ktime_ns, .. } => *ktime_ns,
-            Block::Summary(_) => 0,
+            Block::Summary(_) | Block::Cgroups(_) => 0,
         };
         tally.last_ktime_ns = tally.last_ktime_ns.max(written_at);
         match block {
@@ -331,6 +352,12 @@ pub fn read_capture(
                             return damaged(err, tally);
                         }
                     };
+                    if crate::decode::is_cgroup_record(data) {
+                        if let Some((id, path)) = crate::decode::cgroup_named(data) {
+                            side(Side::Cgroups(&[(id, path.to_string())]));
+                        }
+                        continue;
+                    }
                     match Record::decode(data) {
                         Ok(record) => {
                             tally.records += 1;
@@ -340,8 +367,9 @@ pub fn read_capture(
                     }
                 }
             }
+            Block::Cgroups(table) => side(Side::Cgroups(&table)),
             Block::Losses { counters, ktime_ns } => {
-                losses(ktime_ns, &counters);
+                side(Side::Losses(ktime_ns, &counters));
                 tally.losses = super::losses_from_json(&counters);
                 tally.records_unwritten = counters["records_unwritten"].as_u64().unwrap_or(0);
             }
@@ -564,7 +592,7 @@ mod tests {
         assert_eq!(
             read_all(bytes).err().unwrap(),
             format!(
-                "{NAME}: byte {records_at}: the capture ends inside a Records block (100 of 224 \
+                "{NAME}: byte {records_at}: the capture ends inside a Records block (100 of 240 \
                  bytes; cut short?)"
             )
         );
@@ -666,11 +694,11 @@ mod tests {
             format!("{NAME}: byte 0: not a tcptrace capture (no TCPTRACE magic)")
         );
         let (mut bytes, _) = capture();
-        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
         assert_eq!(
             open_err(bytes),
             format!(
-                "{NAME}: byte 8: capture format version 2; this tcptrace ({}) reads version 1",
+                "{NAME}: byte 8: capture format version 3; this tcptrace ({}) reads versions 1 to 2",
                 env!("CARGO_PKG_VERSION")
             )
         );

@@ -5,6 +5,7 @@
 //! the probe writes meanwhile). Buffers go back to the reader for reuse:
 //! no allocation per batch once the queue has filled once.
 use std::{
+    collections::HashSet,
     fs::{File, OpenOptions},
     io::Write,
     path::PathBuf,
@@ -21,10 +22,14 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use super::{
-    format::{self, BlockHeader, BlockKind, BLOCK_HEADER_SIZE},
+    format::{self, split_records, BlockHeader, BlockKind, BLOCK_HEADER_SIZE},
     Metadata,
 };
-use crate::clock::Clock;
+use crate::{
+    cgroups::{Hierarchy, Names},
+    clock::Clock,
+    decode::cgroup_of_raw,
+};
 
 /// A batch is handed to the writer once this full (or every second).
 pub const BATCH_BYTES: usize = 1 << 20;
@@ -103,6 +108,8 @@ impl CaptureWriter {
                     metadata,
                     file,
                     counts: thread_counts,
+                    cgroups: Names::new(Hierarchy::find()),
+                    named: HashSet::new(),
                 };
                 for job in queue {
                     match job {
@@ -212,6 +219,11 @@ struct Disk {
     metadata: Metadata,
     file: Output,
     counts: Arc<WriterCounts>,
+    /// The owners' cgroups, named here (off the reader's thread) from the
+    /// host's hierarchy.
+    cgroups: Names,
+    /// The ids the current file has named already.
+    named: HashSet<u64>,
 }
 
 impl Disk {
@@ -223,6 +235,9 @@ impl Disk {
         }
         if self.due(buf.len() as u64) {
             self.rotate();
+        }
+        if records > 0 {
+            self.name_cgroups(&buf[BLOCK_HEADER_SIZE..]);
         }
         match self.file.append(buf) {
             Ok(()) => {
@@ -240,6 +255,38 @@ impl Disk {
                 let mut first = self.counts.error.lock().unwrap_or_else(|e| e.into_inner());
                 first.get_or_insert_with(|| format!("writing {}: {err}", self.file.path.display()));
             }
+        }
+    }
+
+    /// Writes a `Cgroups` block naming the owners' cgroups of these records
+    /// that this file has not named yet, so that a reader knows each name
+    /// before the records that need it.
+    fn name_cgroups(&mut self, records: &[u8]) {
+        let mut table = Vec::new();
+        for data in split_records(records).flatten() {
+            let id = cgroup_of_raw(data);
+            if id != 0 && self.named.insert(id) {
+                if let Some(cgroup) = self.cgroups.resolve(id) {
+                    table.push(serde_json::json!([id, &*cgroup.path]));
+                }
+            }
+        }
+        if table.is_empty() {
+            return;
+        }
+        let payload =
+            serde_json::to_vec(&serde_json::json!({ "cgroups": table })).unwrap_or_default();
+        let mut block = Vec::new();
+        format::write_block(
+            &mut block,
+            BlockKind::Cgroups,
+            0,
+            Clock::now_ktime_ns(),
+            &payload,
+        );
+        if let Err(err) = self.file.append(&block) {
+            let mut first = self.counts.error.lock().unwrap_or_else(|e| e.into_inner());
+            first.get_or_insert_with(|| format!("writing {}: {err}", self.file.path.display()));
         }
     }
 
@@ -263,6 +310,8 @@ impl Disk {
         match Output::open(&self.rotation, index, &self.metadata) {
             Ok(file) => {
                 self.file = file;
+                // Each file names its own cgroups: it reads on its own.
+                self.named.clear();
                 self.counts.files.fetch_add(1, Ordering::Relaxed);
                 if let Some(keep) = self.rotation.keep {
                     if index >= keep as u64 {
@@ -386,7 +435,9 @@ mod tests {
         };
         let mut writer =
             CaptureWriter::create(rotation.clone(), Metadata::default(), 64 << 20).unwrap();
-        let event = raw_event(AF_INET, ESTABLISHED, CLOSE_WAIT, 0);
+        let mut event = raw_event(AF_INET, ESTABLISHED, CLOSE_WAIT, 0);
+        // No owner's cgroup: no Cgroups blocks beside the records.
+        event.cgroup = 0;
         // 5.5 MiB of records: 6 batches, three files of two, two kept.
         let records = (11 << 19) / bytes_of(&event).len() as u64;
         for _ in 0..records {
@@ -409,7 +460,8 @@ mod tests {
         );
         let (first, _) = count_records(&rotation.file_name(1));
         let (second, tally) = count_records(&rotation.file_name(2));
-        assert_eq!(first, 2 * (BATCH_BYTES / bytes_of(&event).len() + 1) as u64);
+        let per_batch = (BATCH_BYTES - BLOCK_HEADER_SIZE).div_ceil(bytes_of(&event).len());
+        assert_eq!(first, 2 * per_batch as u64);
         assert_eq!(
             Reader::open(&rotation.file_name(2))
                 .unwrap()

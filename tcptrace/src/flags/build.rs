@@ -2,10 +2,10 @@
 //! filters and probe flags into the probe's configuration.
 use anyhow::Result;
 use tcptrace_common::{
-    hist_by, ProbeConfig, CONFIG_EMIT_CONNECTIONS, CONFIG_EMIT_TRANSITIONS, CONFIG_HANDOFF_ONLY,
-    CONFIG_HIDE_HANDOFFS, CONFIG_HISTOGRAMS, CONFIG_IPV4, CONFIG_IPV6, CONFIG_LPORT_FILTER,
-    CONFIG_NETNS_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER, CONFIG_RPORT_FILTER,
-    CONFIG_TIMEWAIT_EVENTS,
+    hist_by, ProbeConfig, CONFIG_CGROUP_FILTER, CONFIG_EMIT_CONNECTIONS, CONFIG_EMIT_TRANSITIONS,
+    CONFIG_HANDOFF_ONLY, CONFIG_HIDE_HANDOFFS, CONFIG_HISTOGRAMS, CONFIG_IPV4, CONFIG_IPV6,
+    CONFIG_LPORT_FILTER, CONFIG_NETNS_FILTER, CONFIG_PID_FILTER, CONFIG_PORT_EITHER,
+    CONFIG_RPORT_FILTER, CONFIG_TIMEWAIT_EVENTS,
 };
 
 use super::defs::{
@@ -15,6 +15,7 @@ use super::defs::{
 };
 use crate::{
     census::CensusOptions,
+    cgroups::CgroupFilter,
     command::Command,
     doctor::DoctorOptions,
     error::UsageError,
@@ -136,6 +137,7 @@ impl RecordFlags {
             "port": ports(&f.port),
             "pid": f.pid,
             "netns": f.netns,
+            "cgroup": f.cgroup.path,
         });
         Ok(RecordOptions {
             output: self.common.output.options(),
@@ -179,6 +181,7 @@ impl StuckFlags {
             scope: scope(self.table.all_netns)?,
             min_age: self.min_age,
             limit: self.limit.max(1),
+            cgroup: self.cgroup.live()?,
         })
     }
 }
@@ -193,6 +196,7 @@ impl CensusFlags {
             by: self.by,
             states: self.states.0,
             top: self.top.max(1),
+            cgroup: self.cgroup.live()?,
         })
     }
 }
@@ -285,6 +289,13 @@ impl Common {
             since: read.since,
             until: read.until,
             filter,
+            // By path: the ids are the recording host's, named in the capture.
+            cgroup: self
+                .filters
+                .cgroup
+                .path
+                .as_deref()
+                .map(CgroupFilter::by_path),
         }))
     }
 
@@ -292,6 +303,11 @@ impl Common {
         self.filters.check_pid()?;
         let mut config = purpose.config();
         self.filters.apply(&mut config);
+        if let Some(filter) = self.filters.cgroup.live()? {
+            config.flags |= CONFIG_CGROUP_FILTER;
+            config.cgroup = filter.id.unwrap_or(0);
+            config.cgroup_level = filter.level;
+        }
         Ok(self.probe.options(config))
     }
 }

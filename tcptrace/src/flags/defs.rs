@@ -160,6 +160,34 @@ pub struct Filters {
     /// (By default every namespace is traced, as the kernel hook sees them all.)
     #[arg(long, value_name = "PATH", value_parser = parse_netns)]
     pub netns: Option<u32>,
+
+    #[command(flatten)]
+    pub cgroup: CgroupFlag,
+}
+
+/// `--cgroup`, for every command.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CgroupFlag {
+    /// Only sockets whose owner is in cgroup PATH or below it: a path in
+    /// the cgroup v2 hierarchy as /proc/PID/cgroup shows it
+    /// (/system.slice/nginx.service), or its directory under the cgroup2
+    /// mount. Decided in the kernel where the probe filters; sockets whose
+    /// owner tcptrace never saw do not match.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub path: Option<String>,
+}
+
+impl CgroupFlag {
+    /// The filter, checked against this host's hierarchy.
+    pub fn live(&self) -> anyhow::Result<Option<crate::cgroups::CgroupFilter>> {
+        self.path
+            .as_deref()
+            .map(|typed| {
+                crate::cgroups::CgroupFilter::live(typed)
+                    .map_err(|e| crate::error::UsageError(format!("{e:#}")).into())
+            })
+            .transpose()
+    }
 }
 
 /// How the probe is loaded, for every command that loads it.
@@ -402,6 +430,9 @@ pub struct StuckFlags {
     pub limit: usize,
 
     #[command(flatten)]
+    pub cgroup: CgroupFlag,
+
+    #[command(flatten)]
     pub table: TableFlags,
 }
 
@@ -447,6 +478,9 @@ pub struct CensusFlags {
     /// How many keys --by shows per state.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub top: usize,
+
+    #[command(flatten)]
+    pub cgroup: CgroupFlag,
 
     #[command(flatten)]
     pub table: TableFlags,

@@ -3,7 +3,7 @@ use std::{io::Write, net::IpAddr, time::Duration};
 
 use tcptrace_common::tcp_state::{CLOSE_WAIT, FIN_WAIT2};
 
-use super::{json::write_addr, ConnectionRecord, Endpoints};
+use super::{json::write_addr, ConnectionRecord, Endpoints, OwnerCgroup};
 use crate::{
     clock::Clock,
     decode::{end_name, Timewait, Transition},
@@ -26,12 +26,15 @@ const TRANSITION_WIDTH: usize = 32;
 /// the rest of the run when an address does not fit.
 pub struct HumanFormat {
     addr_width: usize,
+    /// `--wide`: the owner's container (or cgroup) as the last column.
+    container_column: bool,
 }
 
 impl HumanFormat {
     pub fn new(wide: bool) -> Self {
         HumanFormat {
             addr_width: if wide { WIDE_ADDR } else { NARROW_ADDR },
+            container_column: wide,
         }
     }
 
@@ -42,14 +45,37 @@ impl HumanFormat {
     /// The tail's header.
     pub fn write_header(&self, out: &mut Vec<u8>) {
         let w = self.addr_width;
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{:<15} {:>7} {:<15} {:<w$} {:<w$} {:<TRANSITION_WIDTH$} {:>9} {:>9}",
             "TIME", "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "TRANSITION", "IN-OLD", "AGE"
         );
+        self.end_header(out);
     }
 
-    pub fn write_transition(&mut self, out: &mut Vec<u8>, clock: &Clock, t: &Transition) {
+    fn end_header(&self, out: &mut Vec<u8>) {
+        if self.container_column {
+            out.extend_from_slice(b" CONTAINER");
+        }
+        out.push(b'\n');
+    }
+
+    /// The last column in `--wide`, then the line's end.
+    fn end_line(&self, out: &mut Vec<u8>, cgroup: OwnerCgroup) {
+        if self.container_column {
+            out.push(b' ');
+            write_container(out, cgroup);
+        }
+        out.push(b'\n');
+    }
+
+    pub fn write_transition(
+        &mut self,
+        out: &mut Vec<u8>,
+        clock: &Clock,
+        t: &Transition,
+        cgroup: OwnerCgroup,
+    ) {
         self.write_prefix(out, clock, t.ktime_ns, t.pid, t.comm(), t.endpoints());
         let start = out.len();
         out.extend_from_slice(state::name(t.old).as_bytes());
@@ -70,15 +96,20 @@ impl HumanFormat {
         write_duration_column(out, t.in_old_ns);
         out.push(b' ');
         write_duration_column(out, t.age_ns);
-        out.push(b'\n');
+        self.end_line(out, cgroup);
     }
 
     /// `life`'s header.
     pub fn write_connection_header(&self, out: &mut Vec<u8>) {
         let w = self.addr_width;
-        let _ = writeln!(
+        let end = if self.container_column {
+            "END        "
+        } else {
+            "END"
+        };
+        let _ = write!(
             out,
-            "{:<15} {:>7} {:<15} {:<w$} {:<w$} {:<6} {:>9} {:>9} {:>9} {:>9} {:>9} END",
+            "{:<15} {:>7} {:<15} {:<w$} {:<w$} {:<6} {:>9} {:>9} {:>9} {:>9} {:>9} {end}",
             "TIME",
             "PID",
             "COMM",
@@ -91,6 +122,7 @@ impl HumanFormat {
             "TIMEWAIT",
             "LIFETIME"
         );
+        self.end_header(out);
     }
 
     /// One `life` row.
@@ -117,11 +149,15 @@ impl HumanFormat {
                 pad_left(out, &cell[..len], 9);
             }
         }
-        if let Some(end) = c.end {
+        if self.container_column {
+            // END is padded to its widest, `fin_timeout`, for the column after it.
+            out.push(b' ');
+            pad_right(out, c.end.unwrap_or("-").as_bytes(), 11);
+        } else if let Some(end) = c.end {
             out.push(b' ');
             out.extend_from_slice(end.as_bytes());
         }
-        out.push(b'\n');
+        self.end_line(out, c.cgroup);
     }
 
     /// TIME, PID, COMM and both endpoints, each followed by a space.
@@ -160,6 +196,30 @@ impl HumanFormat {
             pad_to(out, start, self.addr_width);
             out.push(b' ');
         }
+    }
+}
+
+/// The owner's container as the human views show it: a container id cut
+/// to 12 digits as `docker ps` does, a service's unit, else the cgroup's
+/// path; `cgroup:<id>` for a cgroup never named, `-` when unknown.
+pub fn write_container(out: &mut Vec<u8>, cgroup: OwnerCgroup) {
+    match cgroup.name {
+        Some(name) => out.extend_from_slice(short_container(&name.container).as_bytes()),
+        None if cgroup.id != 0 => {
+            out.extend_from_slice(b"cgroup:");
+            out.extend_from_slice(itoa::Buffer::new().format(cgroup.id).as_bytes());
+        }
+        None => out.push(b'-'),
+    }
+}
+
+/// `docker:<64 hex>` as `docker:<12 hex>`; other labels unchanged.
+pub fn short_container(label: &str) -> &str {
+    match label.split_once(':') {
+        Some((kind, id)) if id.len() == 64 && !label.starts_with('/') => {
+            &label[..kind.len() + 1 + 12]
+        }
+        _ => label,
     }
 }
 
@@ -616,7 +676,10 @@ pub fn lost_line(before: &LossCounters, now: &LossCounters) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::printer::fixtures::{clock, transition, ALL_KNOWN};
+    use crate::{
+        cgroups::Cgroup,
+        printer::fixtures::{clock, transition, ALL_KNOWN},
+    };
     use tcptrace_common::{tcp_state::*, *};
 
     #[test]
@@ -629,7 +692,7 @@ mod tests {
         );
         let mut human = HumanFormat::new(false);
         let mut out = Vec::new();
-        human.write_transition(&mut out, &clock(), &t);
+        human.write_transition(&mut out, &clock(), &t, Default::default());
         let line = String::from_utf8(out).unwrap();
         assert_eq!(
             line,
@@ -643,7 +706,7 @@ mod tests {
         let t = transition(AF_INET6, CLOSE_WAIT, LAST_ACK, 0);
         let mut human = HumanFormat::new(false);
         let mut out = Vec::new();
-        human.write_transition(&mut out, &clock(), &t);
+        human.write_transition(&mut out, &clock(), &t, Default::default());
         let line = String::from_utf8(out).unwrap();
         assert!(
             line.contains("      - -               [::1]:45678"),
@@ -657,6 +720,54 @@ mod tests {
         wide.write_header(&mut header);
         assert!(header.len() > 2 * WIDE_ADDR);
         let _ = &mut wide;
+    }
+
+    #[test]
+    fn wide_lines_end_with_the_owners_container() {
+        let t = transition(AF_INET, CLOSE_WAIT, LAST_ACK, ALL_KNOWN);
+        let mut wide = HumanFormat::new(true);
+        let mut header = Vec::new();
+        wide.write_header(&mut header);
+        assert!(
+            header.ends_with(b" AGE CONTAINER\n"),
+            "{}",
+            String::from_utf8_lossy(&header)
+        );
+        let docker = Cgroup::new(
+            "/system.slice/docker-3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899.scope",
+        );
+        let service = Cgroup::new("/system.slice/nginx.service");
+        for (cgroup, shown) in [
+            (
+                OwnerCgroup {
+                    id: 9,
+                    name: Some(&docker),
+                },
+                " docker:3f4e5d6c7b8a\n",
+            ),
+            (
+                OwnerCgroup {
+                    id: 9,
+                    name: Some(&service),
+                },
+                " nginx.service\n",
+            ),
+            (OwnerCgroup { id: 9, name: None }, " cgroup:9\n"),
+            (OwnerCgroup::default(), " -\n"),
+        ] {
+            let mut out = Vec::new();
+            wide.write_transition(&mut out, &clock(), &t, cgroup);
+            let line = String::from_utf8(out).unwrap();
+            assert!(line.ends_with(shown), "{line:?} ends with {shown:?}");
+        }
+        // Narrow lines have no such column.
+        let mut out = Vec::new();
+        HumanFormat::new(false).write_transition(&mut out, &clock(), &t, OwnerCgroup::default());
+        let narrow = String::from_utf8(out).unwrap();
+        assert!(
+            narrow.ends_with("2.000s\n"),
+            "{narrow:?}: AGE is the last column"
+        );
     }
 
     #[test]

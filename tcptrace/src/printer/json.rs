@@ -8,7 +8,7 @@ use std::{collections::HashMap, io::Write, net::IpAddr, time::Duration};
 use serde_json::{json, Map, Value};
 use tcptrace_common::tcp_state::{CLOSE_WAIT, FIN_WAIT2, LAST_ACK, SYN_RECV, TIME_WAIT};
 
-use super::{human::endpoint_text, ConnectionRecord, Endpoints};
+use super::{human::endpoint_text, ConnectionRecord, Endpoints, OwnerCgroup};
 use crate::{
     clock::Clock,
     decode::{comm_bytes, end_name, Timewait, Transition},
@@ -21,14 +21,26 @@ use crate::{
     summary::{ConnectionTally, RunContext, RunStats},
 };
 
-/// `"pid":..,"comm":..,"owner_known":..`: who owns the socket.
-pub fn write_owner(out: &mut Vec<u8>, pid: Option<u32>, comm: &[u8]) {
+/// `"pid":..,"comm":..,"owner_known":..,"cgroup_id":..,"cgroup":..,
+/// "container":..`: who owns the socket.
+pub fn write_owner(out: &mut Vec<u8>, pid: Option<u32>, comm: &[u8], cgroup: OwnerCgroup) {
     out.extend_from_slice(b"\"pid\":");
     out.extend_from_slice(itoa::Buffer::new().format(pid.unwrap_or(0)).as_bytes());
     out.extend_from_slice(b",\"comm\":");
     write_string(out, comm);
     out.extend_from_slice(b",\"owner_known\":");
     out.extend_from_slice(if pid.is_some() { b"true" } else { b"false" });
+    out.extend_from_slice(b",\"cgroup_id\":");
+    out.extend_from_slice(itoa::Buffer::new().format(cgroup.id).as_bytes());
+    match cgroup.name {
+        Some(name) => {
+            out.extend_from_slice(b",\"cgroup\":");
+            write_string(out, name.path.as_bytes());
+            out.extend_from_slice(b",\"container\":");
+            write_string(out, name.container.as_bytes());
+        }
+        None => out.extend_from_slice(b",\"cgroup\":null,\"container\":null"),
+    }
 }
 
 /// The one endpoint writer: `"family":..,"laddr":..,"lport":..,
@@ -60,6 +72,7 @@ fn write_event_prefix(
     ktime_ns: u64,
     pid: Option<u32>,
     comm: &[u8],
+    cgroup: OwnerCgroup,
 ) {
     out.extend_from_slice(b"{\"type\":\"");
     out.extend_from_slice(kind);
@@ -68,13 +81,21 @@ fn write_event_prefix(
     out.extend_from_slice(b"\",\"ktime_ns\":");
     out.extend_from_slice(itoa::Buffer::new().format(ktime_ns).as_bytes());
     out.push(b',');
-    write_owner(out, pid, comm);
+    write_owner(out, pid, comm, cgroup);
     out.push(b',');
 }
 
 /// `{"type":"transition",...}`
-pub fn write_transition(out: &mut Vec<u8>, clock: &Clock, t: &Transition) {
-    write_event_prefix(out, b"transition", clock, t.ktime_ns, t.pid, t.comm());
+pub fn write_transition(out: &mut Vec<u8>, clock: &Clock, t: &Transition, cgroup: OwnerCgroup) {
+    write_event_prefix(
+        out,
+        b"transition",
+        clock,
+        t.ktime_ns,
+        t.pid,
+        t.comm(),
+        cgroup,
+    );
     write_endpoints(out, t.endpoints(), t.netns);
     out.extend_from_slice(b",\"old\":\"");
     out.extend_from_slice(state::name(t.old).as_bytes());
@@ -101,7 +122,15 @@ pub fn write_transition(out: &mut Vec<u8>, clock: &Clock, t: &Transition) {
 
 /// `{"type":"connection",...}`
 pub fn write_connection(out: &mut Vec<u8>, clock: &Clock, c: &ConnectionRecord) {
-    write_event_prefix(out, b"connection", clock, c.ktime_ns, c.pid, c.comm);
+    write_event_prefix(
+        out,
+        b"connection",
+        clock,
+        c.ktime_ns,
+        c.pid,
+        c.comm,
+        c.cgroup,
+    );
     write_endpoints(out, c.ends, c.netns);
     out.extend_from_slice(b",\"closer\":");
     write_opt_str(out, c.closer);
@@ -315,10 +344,15 @@ pub fn write_stuck(
         out.extend_from_slice(b"{\"type\":\"stuck\",\"state\":\"");
         out.extend_from_slice(state::name(row.state).as_bytes());
         out.extend_from_slice(b"\",");
+        let cgroup = OwnerCgroup {
+            id: row.owner.map_or(0, |o| o.cgroup),
+            name: row.cgroup.as_ref(),
+        };
         write_owner(
             out,
             row.owner.map(|o| o.pid),
             row.owner.as_ref().map_or(&[][..], |o| comm_bytes(&o.comm)),
+            cgroup,
         );
         out.extend_from_slice(b",\"orphaned\":");
         out.extend_from_slice(if row.orphaned { b"true," } else { b"false," });
@@ -604,7 +638,7 @@ mod tests {
             ALL_KNOWN | EVENT_TIMEWAIT_CHECKED | EVENT_TIMEWAIT_HANDOFF,
         );
         let mut out = Vec::new();
-        write_transition(&mut out, &clock(), &t);
+        write_transition(&mut out, &clock(), &t, Default::default());
         let line = String::from_utf8(out).unwrap();
         assert!(line.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -630,7 +664,7 @@ mod tests {
     fn json_unknowns_are_null() {
         let t = transition(AF_INET6, FIN_WAIT2, CLOSE, 0);
         let mut out = Vec::new();
-        write_transition(&mut out, &clock(), &t);
+        write_transition(&mut out, &clock(), &t, Default::default());
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["family"], "ipv6");
         assert_eq!(v["laddr"], "::1");

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{clock::Clock, decode::Transition};
+use crate::{cgroups::Cgroup, clock::Clock, decode::Transition};
 
 pub mod human;
 pub mod json;
@@ -56,6 +56,14 @@ pub use human::HumanFormat;
 
 pub use crate::decode::Endpoints;
 
+/// The owner's cgroup as the printer shows it: its id (0: unknown) and,
+/// once the hierarchy named it, its path and container.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OwnerCgroup<'a> {
+    pub id: u64,
+    pub name: Option<&'a Cgroup>,
+}
+
 /// What a `connection` record (`life`) says, as the printer is fed it.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionRecord<'a> {
@@ -76,6 +84,7 @@ pub struct ConnectionRecord<'a> {
     /// not seen).
     pub seen_for_ns: u64,
     pub end: Option<&'static str>,
+    pub cgroup: OwnerCgroup<'a>,
 }
 
 /// How per-event records are printed.
@@ -94,10 +103,16 @@ impl Format {
     }
 
     #[inline]
-    pub fn write_transition(&mut self, out: &mut Vec<u8>, clock: &Clock, t: &Transition) {
+    pub fn write_transition(
+        &mut self,
+        out: &mut Vec<u8>,
+        clock: &Clock,
+        t: &Transition,
+        cgroup: OwnerCgroup,
+    ) {
         match self {
-            Format::Human(human) => human.write_transition(out, clock, t),
-            Format::Json => json::write_transition(out, clock, t),
+            Format::Human(human) => human.write_transition(out, clock, t, cgroup),
+            Format::Json => json::write_transition(out, clock, t, cgroup),
         }
     }
 

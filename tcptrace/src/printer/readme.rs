@@ -14,8 +14,9 @@ use std::{net::IpAddr, time::Duration};
 use serde_json::Value;
 use tcptrace_common::{tcp_state::*, *};
 
-use super::{json, ConnectionRecord, Endpoints};
+use super::{json, ConnectionRecord, Endpoints, OwnerCgroup};
 use crate::{
+    cgroups::Cgroup,
     clock::Clock,
     decode::{tests::raw_event, Transition},
     probe::LossCounters,
@@ -253,8 +254,14 @@ fn printed(kind: &str) -> Vec<u8> {
             ev.in_old_ns = 49_281_693;
             ev.age_ns = 55_370_000;
             ev.skaddr = 0xffff_8881_234c_8000;
+            ev.cgroup = 5210;
             let t = Transition::decode(crate::decode::tests::bytes_of(&ev)).unwrap();
-            json::write_transition(&mut out, &clock, &t);
+            let name = Cgroup::new("/system.slice/docker-3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899.scope");
+            let cgroup = OwnerCgroup {
+                id: 5210,
+                name: Some(&name),
+            };
+            json::write_transition(&mut out, &clock, &t, cgroup);
         }
         "connection" => json::write_connection(
             &mut out,
@@ -274,6 +281,10 @@ fn printed(kind: &str) -> Vec<u8> {
                 lifetime_ns: Some(1042398463),
                 seen_for_ns: 1042398463,
                 end: Some("killed"),
+                cgroup: OwnerCgroup {
+                    id: 5210,
+                    name: Some(&Cgroup::new("/user.slice/user-1000.slice/session-3.scope")),
+                },
             },
         ),
         "histogram" => {
@@ -296,7 +307,11 @@ fn printed(kind: &str) -> Vec<u8> {
         "stuck_snapshot" | "stuck" | "stuck_process" => {
             let mut comm = [0u8; COMM_LEN];
             comm[..6].copy_from_slice(b"server");
-            let owner = Owner { pid: 7, comm };
+            let owner = Owner {
+                pid: 7,
+                comm,
+                cgroup: 812,
+            };
             let local: IpAddr = "127.0.0.1".parse().unwrap();
             let rows = [StuckRow {
                 tuple: Tuple {
@@ -311,6 +326,7 @@ fn printed(kind: &str) -> Vec<u8> {
                 orphaned: false,
                 age_ns: 6_000_000_000,
                 age_at_least: false,
+                cgroup: Some(Cgroup::new("/system.slice/nginx.service")),
             }];
             let processes = [(Some(owner), [1, 0, 0, 0])].into_iter().collect();
             json::write_stuck(

@@ -302,10 +302,15 @@ impl Aggregate {
 
     /// Per metric (in `snapshot::METRICS` order), its histogram.
     pub fn dwell(&self) -> Vec<(u8, Histogram)> {
-        hist::arrange(&self.histograms.raw(), None, 1)
-            .into_iter()
-            .map(|(m, _, h)| (m, h))
-            .collect()
+        hist::arrange(
+            &self.histograms.raw(),
+            None,
+            1,
+            &mut crate::cgroups::Names::from_table([]),
+        )
+        .into_iter()
+        .map(|(m, _, h)| (m, h))
+        .collect()
     }
 }
 

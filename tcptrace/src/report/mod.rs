@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 pub use aggregate::Aggregate;
 
 use crate::{
-    capture::reader::{read_capture, ReplayTally},
+    capture::reader::{read_capture, ReplayTally, Side},
     clock::Clock,
     decode::Record,
     error::note,
@@ -73,7 +73,11 @@ pub async fn run(options: ReportOptions) -> Result<()> {
                 aggregate.borrow_mut().add(record);
                 Ok(())
             },
-            |ktime, counters| aggregate.borrow_mut().add_losses(ktime, counters),
+            |side| {
+                if let Side::Losses(ktime, counters) = side {
+                    aggregate.borrow_mut().add_losses(ktime, counters);
+                }
+            },
         )?;
     }
     if let Some(damage) = &tally.damage {

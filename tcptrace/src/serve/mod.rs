@@ -20,6 +20,7 @@ use tcptrace_common::tcp_state::{CLOSE_WAIT, TIME_WAIT};
 
 use crate::{
     census::Counts,
+    cgroups::OwnerCgroups,
     clock::Clock,
     decode::Record,
     doctor::{self, Sysctls},
@@ -61,6 +62,8 @@ struct ServeView {
     min_age: Duration,
     records_evicted: u64,
     evictions_read: Option<Instant>,
+    /// Owners' cgroups, as `stuck` wants them (no `--cgroup` here).
+    owners: OwnerCgroups,
 }
 
 impl ServeView {
@@ -81,7 +84,7 @@ impl ServeView {
             transitions: self.stats.transitions().collect(),
             ends: tracked.counts,
             histograms: metrics::per_metric(&probe.histograms()?),
-            behind: behind(tracked, now, self.min_age, self.top_keys),
+            behind: behind(tracked, now, self.min_age, self.top_keys, &mut self.owners),
             ports: sysctls
                 .ip_local_port_range
                 .map(|range| doctor::port_use(tracked, range)),
@@ -107,7 +110,13 @@ impl ServeView {
 /// The processes and local ports behind TIME_WAIT (every timewait socket
 /// in that sub-state, by its last owner) and stuck CLOSE_WAIT (at least
 /// `min_age` in the state, or there since before tcptrace started).
-fn behind(tracked: &Tracked, now_ns: u64, min_age: Duration, n: usize) -> Vec<Behind> {
+fn behind(
+    tracked: &Tracked,
+    now_ns: u64,
+    min_age: Duration,
+    n: usize,
+    owners: &mut OwnerCgroups,
+) -> Vec<Behind> {
     let comm =
         |owner: Option<crate::sockets::Owner>| owner.map_or(UNKNOWN.into(), |o| o.comm_str());
     let mut time_wait = Tally::default();
@@ -117,7 +126,7 @@ fn behind(tracked: &Tracked, now_ns: u64, min_age: Duration, n: usize) -> Vec<Be
         }
     });
     let mut close_wait = Tally::default();
-    for row in stuck::rows(tracked, now_ns, min_age) {
+    for row in stuck::rows(tracked, now_ns, min_age, owners) {
         if row.state == CLOSE_WAIT {
             close_wait.add(comm(row.owner), row.tuple.lport);
         }
@@ -204,6 +213,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         min_age,
         records_evicted: 0,
         evictions_read: None,
+        owners: OwnerCgroups::new(None),
     };
     // The first snapshot before the first scrape can come.
     view.refresh(&probe, &Clock::new(), &mut Vec::new())?;

@@ -11,9 +11,10 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tcptrace_common::{tcp_state::*, ListenerOwner, COMM_LEN};
+use tcptrace_common::{tcp_state::*, ListenerOwner, COMM_LEN, EVENT_OWNER_IN_CGROUP};
 
 use super::{Owner, Scope, Tuple, Walked};
+use crate::cgroups::{self, Hierarchy};
 
 /// Parses `/proc/net/tcp` or `tcp6` as shown in namespace `netns`.
 pub fn parse_proc_net_tcp(text: &str, netns: u32) -> Vec<Walked> {
@@ -197,11 +198,13 @@ pub fn inode_owners(wanted: &HashSet<u64>) -> HashMap<u64, Owner> {
     if wanted.is_empty() {
         return owners;
     }
+    let hierarchy = Hierarchy::find();
     for (pid, dir) in processes() {
         let Ok(fds) = fs::read_dir(dir.join("fd")) else {
             continue;
         };
         let mut comm = None;
+        let mut cgroup = None;
         for fd in fds.flatten() {
             let Ok(target) = fs::read_link(fd.path()) else {
                 continue;
@@ -218,7 +221,8 @@ pub fn inode_owners(wanted: &HashSet<u64>) -> HashMap<u64, Owner> {
                 continue;
             }
             let comm = *comm.get_or_insert_with(|| comm_of(pid));
-            owners.insert(inode, Owner { pid, comm });
+            let cgroup = *cgroup.get_or_insert_with(|| cgroups::id_of_pid(hierarchy.as_ref(), pid));
+            owners.insert(inode, Owner { pid, comm, cgroup });
         }
     }
     owners
@@ -235,7 +239,23 @@ fn comm_of(pid: u32) -> [u8; COMM_LEN] {
 }
 
 /// Listening ports of this network namespace with the process owning each.
-pub fn existing_listeners() -> Vec<(u16, ListenerOwner)> {
+/// With `cgroup` (`--cgroup`'s id and level), each says whether its owner
+/// is in that subtree, as the probe decides for a listen() it sees.
+pub fn existing_listeners(cgroup: Option<(u64, u32)>) -> Vec<(u16, ListenerOwner)> {
+    let hierarchy = Hierarchy::find();
+    let in_cgroup = |pid: u32| {
+        let (Some((id, level)), Some(h)) = (cgroup, &hierarchy) else {
+            return 0;
+        };
+        let inside = cgroups::path_of_pid(pid)
+            .and_then(|path| cgroups::ancestor_id(h, &path, level))
+            .is_some_and(|ancestor| ancestor == id);
+        if inside {
+            EVENT_OWNER_IN_CGROUP
+        } else {
+            0
+        }
+    };
     let by_inode: HashMap<u64, u16> = read_tables(Path::new("/proc/self/net"), 0)
         .unwrap_or_default()
         .into_iter()
@@ -252,8 +272,10 @@ pub fn existing_listeners() -> Vec<(u16, ListenerOwner)> {
                 by_inode[&inode],
                 ListenerOwner {
                     pid: owner.pid,
-                    _pad: 0,
+                    flags: in_cgroup(owner.pid),
+                    _pad: [0; 3],
                     comm: owner.comm,
+                    cgroup: owner.cgroup,
                 },
             )
         })
@@ -321,7 +343,7 @@ mod tests {
     fn finds_our_own_listener() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let found = existing_listeners();
+        let found = existing_listeners(None);
         let (_, owner) = found
             .iter()
             .find(|(p, _)| *p == port)

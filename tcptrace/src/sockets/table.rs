@@ -50,6 +50,8 @@ impl Tuple {
 pub struct Owner {
     pub pid: u32,
     pub comm: [u8; COMM_LEN],
+    /// Its cgroup v2 id (0: unknown).
+    pub cgroup: u64,
 }
 
 impl Owner {
@@ -58,7 +60,11 @@ impl Owner {
         let mut comm = [0u8; COMM_LEN];
         let bytes = t.comm();
         comm[..bytes.len()].copy_from_slice(bytes);
-        Some(Owner { pid, comm })
+        Some(Owner {
+            pid,
+            comm,
+            cgroup: t.cgroup,
+        })
     }
 
     pub fn comm_str(&self) -> String {
@@ -561,6 +567,7 @@ mod tests {
         let owner = Owner {
             pid: 9,
             comm: [b'x'; COMM_LEN],
+            cgroup: 0,
         };
         t.seed(&walked, &HashMap::from([(77, owner)]), 3, 8);
         let (_, e) = t.connections().next().unwrap();

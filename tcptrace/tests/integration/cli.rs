@@ -260,10 +260,12 @@ fn summary_and_doctor_name_the_hooks_this_kernel_took() {
             Some(&"tp_btf/inet_sock_set_state"),
             "{hooks:?}"
         );
-        // One way to see births and ends, one to see the peer's FIN.
-        assert_eq!(hooks.len(), 4, "{hooks:?}");
+        // New cgroups' names, one way to see births and ends, one to see
+        // the peer's FIN.
+        assert_eq!(hooks.len(), 5, "{hooks:?}");
+        assert_eq!(hooks[0], "tracepoint/cgroup/cgroup_mkdir");
         if let Some((lifecycle, fin)) = expected_timewait_hooks() {
-            assert_eq!(hooks[..3], [lifecycle[0], lifecycle[1], fin], "{hooks:?}");
+            assert_eq!(hooks[1..4], [lifecycle[0], lifecycle[1], fin], "{hooks:?}");
         }
         assert_eq!(record["timewait_detection"], "exact", "{record}");
     };

@@ -357,8 +357,16 @@ pub struct Peer {
 
 impl Peer {
     fn spawn(netns: &Netns, args: &[String]) -> Peer {
-        let mut child = netns
-            .command(peer())
+        Peer::spawn_in(netns, None, args)
+    }
+
+    /// A peer started in `cgroup` (it joins before it execs).
+    fn spawn_in(netns: &Netns, cgroup: Option<&TestCgroup>, args: &[String]) -> Peer {
+        let mut command = netns.command(peer());
+        if let Some(cgroup) = cgroup {
+            cgroup.enter_at_exec(&mut command);
+        }
+        let mut child = command
             .args(args)
             .stdout(Stdio::piped())
             .spawn()
@@ -400,13 +408,46 @@ impl Peer {
         let mut all = args("peer-server", "server", "--listen", addr, mode, hold_ms);
         all.extend(extra.iter().map(|s| s.to_string()));
         let mut peer = Peer::spawn(netns, &all);
-        let line = peer.next_line();
-        let port = line
-            .strip_prefix("listening ")
+        let port = peer.listening_port();
+        (peer, port)
+    }
+
+    /// A server started in `cgroup`; returns it and its port.
+    pub fn server_in(
+        netns: &Netns,
+        cgroup: &TestCgroup,
+        addr: &str,
+        mode: &str,
+        hold_ms: u64,
+        extra: &[&str],
+    ) -> (Peer, u16) {
+        let mut all = args("peer-server", "server", "--listen", addr, mode, hold_ms);
+        all.extend(extra.iter().map(|s| s.to_string()));
+        let mut peer = Peer::spawn_in(netns, Some(cgroup), &all);
+        let port = peer.listening_port();
+        (peer, port)
+    }
+
+    /// A client started in `cgroup`.
+    pub fn client_in(
+        netns: &Netns,
+        cgroup: &TestCgroup,
+        addr: &str,
+        mode: &str,
+        hold_ms: u64,
+        extra: &[&str],
+    ) -> Peer {
+        let mut all = args("peer-client", "client", "--connect", addr, mode, hold_ms);
+        all.extend(extra.iter().map(|s| s.to_string()));
+        Peer::spawn_in(netns, Some(cgroup), &all)
+    }
+
+    fn listening_port(&mut self) -> u16 {
+        let line = self.next_line();
+        line.strip_prefix("listening ")
             .unwrap_or_else(|| panic!("unexpected {line:?}"))
             .parse()
-            .unwrap();
-        (peer, port)
+            .unwrap()
     }
 
     /// Waits for a peer that made several connections; returns the
@@ -591,4 +632,130 @@ pub fn churn(netns: &Netns, args: &[&str]) -> u64 {
     assert_eq!(field("failed "), 0, "every connection completed: {report}");
     assert!(connections > 1000, "the generator ran: {report}");
     connections
+}
+
+/// A cgroup of the test's own under the cgroup v2 hierarchy (found from
+/// /proc/self/mountinfo), removed with its descendants when dropped. Tests
+/// never touch cgroups they did not create.
+pub struct TestCgroup {
+    /// Its path in the hierarchy, as tcptrace reports it (`/a/b`).
+    pub path: String,
+    dir: PathBuf,
+}
+
+impl TestCgroup {
+    /// A new top-level cgroup, named for this test process.
+    pub fn new() -> TestCgroup {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        TestCgroup::create(&format!("/tcptrace-test-{}-{n}", std::process::id()))
+    }
+
+    fn create(path: &str) -> TestCgroup {
+        let dir = cgroup2_mount().join(path.trim_start_matches('/'));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        TestCgroup {
+            path: path.to_string(),
+            dir,
+        }
+    }
+
+    /// A child cgroup (removed with its parent, or on its own when dropped).
+    pub fn child(&self, name: &str) -> TestCgroup {
+        TestCgroup::create(&format!("{}/{name}", self.path))
+    }
+
+    /// Its directory under the cgroup2 mount.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The cgroup's id, as the kernel reports it: its directory's inode.
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.dir).unwrap().ino()
+    }
+
+    /// Makes `command`'s process join this cgroup before it execs (the
+    /// pid stays: `ip netns exec` execs the program too).
+    pub fn enter_at_exec(&self, command: &mut Command) {
+        use std::os::unix::{ffi::OsStrExt, process::CommandExt};
+        let procs =
+            std::ffi::CString::new(self.dir.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
+        // SAFETY: only async-signal-safe calls between fork and exec, no
+        // allocation: the pid is formatted on the stack.
+        unsafe {
+            command.pre_exec(move || {
+                let mut digits = [0u8; 20];
+                let mut pid = libc::getpid() as u32;
+                let mut at = digits.len();
+                loop {
+                    at -= 1;
+                    digits[at] = b'0' + (pid % 10) as u8;
+                    pid /= 10;
+                    if pid == 0 {
+                        break;
+                    }
+                }
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let len = digits.len() - at;
+                let wrote = libc::write(fd, digits[at..].as_ptr().cast(), len);
+                libc::close(fd);
+                if wrote != len as isize {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Removes it now (its processes must have exited).
+    pub fn remove(self) {
+        remove_tree(&self.dir);
+        assert!(!self.dir.exists(), "{} removed", self.dir.display());
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        remove_tree(&self.dir);
+    }
+}
+
+/// rmdir of a cgroup and its descendants, deepest first (a cgroup's
+/// directory holds only interface files besides its children).
+fn remove_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&entry.path());
+            }
+        }
+    }
+    // A process that has not quite exited yet holds the cgroup a moment.
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a hybrid host such as this project's).
+pub fn cgroup2_mount() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let fields: Vec<&str> = mount.split(' ').collect();
+            (fs.starts_with("cgroup2 ") && fields.get(3) == Some(&"/"))
+                .then(|| PathBuf::from(fields[4]))
+        })
+        .expect("a cgroup v2 hierarchy (cgroup2 in /proc/self/mountinfo)")
 }

@@ -17,6 +17,7 @@ mod harness;
 mod capture;
 mod capture_disk;
 mod capture_input;
+mod cgroups;
 mod cli;
 mod close_paths;
 mod lifetimes;
