@@ -9,7 +9,7 @@ use std::{hint::black_box, time::Instant};
 use tcptrace::{
     clock::Clock,
     decode::Transition,
-    printer::{json::write_transition as write_json_transition, HumanFormat},
+    printer::{json::write_transition as write_json_transition, HumanFormat, OwnerCgroup},
 };
 use tcptrace_common::{
     tcp_state::*, TransitionEvent, AF_INET, AF_INET6, COMM_LEN, EVENT_AGE_KNOWN,
@@ -99,6 +99,7 @@ fn records(family: u16) -> Vec<[u8; TransitionEvent::SIZE]> {
                 in_old_ns: 18_500 + i,
                 age_ns: 50_840_000 + i,
                 pid: 7710,
+                cgroup: 0,
                 netns: 4026531840,
                 family,
                 lport: 17400 + (i % 4) as u16,
@@ -157,22 +158,23 @@ fn main() {
         println!("decode_format: run with `cargo bench` to measure");
         return;
     }
+    const NO_CGROUP: OwnerCgroup = OwnerCgroup { id: 0, name: None };
     let clock = Clock::new();
     let v4 = records(AF_INET);
     let v6 = records(AF_INET6);
     println!("decode + format, best of {RUNS} runs of {EVENTS} events, batches of {BATCH}:");
     measure("decode + JSON line, IPv4", &v4, |t, out| {
-        write_json_transition(out, &clock, t)
+        write_json_transition(out, &clock, t, NO_CGROUP)
     });
     measure("decode + JSON line, IPv6", &v6, |t, out| {
-        write_json_transition(out, &clock, t)
+        write_json_transition(out, &clock, t, NO_CGROUP)
     });
     let mut human = HumanFormat::new(false);
     measure("decode + human row, IPv4", &v4, |t, out| {
-        human.write_transition(out, &clock, t)
+        human.write_transition(out, &clock, t, NO_CGROUP)
     });
     let mut human6 = HumanFormat::new(false);
     measure("decode + human row, IPv6", &v6, |t, out| {
-        human6.write_transition(out, &clock, t)
+        human6.write_transition(out, &clock, t, NO_CGROUP)
     });
 }

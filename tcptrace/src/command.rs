@@ -8,6 +8,7 @@ use crate::{
     life::{self, LifeOptions},
     record::{self, RecordOptions},
     report::{self, ReportOptions},
+    serve::{self, ServeOptions},
     source::Source,
     stuck::{self, StuckOptions},
     tail::{self, TailOptions},
@@ -24,6 +25,8 @@ pub enum Command {
     Record(RecordOptions),
     /// A capture as an HTML page: reads files only.
     Report(ReportOptions),
+    /// A Prometheus endpoint.
+    Serve(ServeOptions),
 }
 
 impl Command {
@@ -50,6 +53,7 @@ impl Command {
             Command::Doctor(options) => doctor::run(options).await,
             Command::Record(options) => record::run(options).await,
             Command::Report(options) => report::run(options).await,
+            Command::Serve(options) => serve::run(options).await,
         }
     }
 }

@@ -408,7 +408,7 @@ fn facts(
 }
 
 /// The hooks a probe attached, and the timewait detection they allow.
-fn hooks_of(probe: &Probe) -> (Vec<String>, String) {
+pub(crate) fn hooks_of(probe: &Probe) -> (Vec<String>, String) {
     (
         probe.hooks.iter().map(|hook| hook.name()).collect(),
         probe.timewait.describe(),

@@ -6,7 +6,7 @@
 //! what the three views share; `source` for where a view's records come
 //! from, `record` and `replay` for captures, and
 //! `report`, a capture as an HTML page, which reads `capture` files only
-//! and loads no probe) -> `session` (the event loop) -> `probe`
+//! and loads no probe; `serve`, a Prometheus endpoint) -> `session` (the event loop) -> `probe`
 //! (loading, with `preflight` and `btf`), `ring` and `decode` (records in),
 //! `printer` (every line out, JSON and human; `snapshot` holds what the
 //! views hand it, `summary` the tallies), `sockets` (procfs and the table).
@@ -33,6 +33,7 @@ mod record;
 mod replay;
 mod report;
 mod ring;
+mod serve;
 mod session;
 mod snapshot;
 mod sockets;

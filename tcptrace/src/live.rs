@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use crate::{
     clock::Clock,
-    decode::Record,
+    decode::{Record, Transition},
     error::note,
     printer,
     probe::Probe,
@@ -45,13 +45,20 @@ impl Tracked {
     pub fn record(&mut self, data: &[u8]) {
         match Record::decode(data) {
             Ok(Record::Transition(t)) => {
-                if self.table.scope().covers(t.netns) {
-                    self.counts.note(&t);
-                    self.table.apply(&t);
-                }
+                self.apply(&t);
             }
             _ => self.bad_records += 1,
         }
+    }
+
+    /// One decoded transition; whether it was in scope (and applied).
+    pub fn apply(&mut self, t: &Transition) -> bool {
+        let covered = self.table.scope().covers(t.netns);
+        if covered {
+            self.counts.note(t);
+            self.table.apply(t);
+        }
+        covered
     }
 
     /// Before a refresh: owners of full sockets in `states` that the

@@ -1,6 +1,8 @@
-//! The headless browser the `report` integration tests render the page
-//! with: Debian's `chromium`, installed with apt-get when it is missing
-//! (as vm.rs installs qemu), and left alone when it is there.
+//! Debian packages the integration tests run, installed with apt-get when
+//! their command is missing (as vm.rs installs qemu), and left alone when
+//! it is there: the headless browser the `report` tests render the page
+//! with (`chromium`), and the Prometheus server and promtool the `serve`
+//! tests scrape and check with (`prometheus`).
 use anyhow::{bail, Result};
 
 use crate::{
@@ -8,22 +10,39 @@ use crate::{
     RunChecked,
 };
 
-/// The command the tests run.
+/// The command the report tests run.
 pub const CHROMIUM: &str = "chromium";
 
 /// Installs Debian's chromium if `chromium` is not on PATH; a no-op
 /// otherwise.
 pub fn ensure() -> Result<()> {
-    if find_command(CHROMIUM).is_some() {
+    ensure_package(CHROMIUM, CHROMIUM, "the report tests' headless browser")
+}
+
+/// Installs Debian's prometheus (the server and promtool) if they are not
+/// on PATH; a no-op otherwise.
+pub fn ensure_prometheus() -> Result<()> {
+    for command in ["prometheus", "promtool"] {
+        ensure_package(
+            command,
+            "prometheus",
+            "the serve tests' scraper and checker",
+        )?;
+    }
+    Ok(())
+}
+
+fn ensure_package(command: &str, package: &str, why: &str) -> Result<()> {
+    if find_command(command).is_some() {
         return Ok(());
     }
-    eprintln!("xtask: installing chromium with apt-get (the report tests' headless browser)");
+    eprintln!("xtask: installing {package} with apt-get ({why})");
     apt("update").arg("-q").run("apt-get update")?;
     apt("install")
-        .args(["-y", "-q", "--no-install-recommends", CHROMIUM])
-        .run("apt-get install chromium")?;
-    if find_command(CHROMIUM).is_none() {
-        bail!("chromium is installed but {CHROMIUM} is still not on PATH");
+        .args(["-y", "-q", "--no-install-recommends", package])
+        .run(&format!("apt-get install {package}"))?;
+    if find_command(command).is_none() {
+        bail!("{package} is installed but {command} is still not on PATH");
     }
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! outside the tree are the nightly `rust-src` component, which rustup keeps
 //! per toolchain, and, when missing, from the system's packages: for `test
 //! --kernel`, qemu, kmod and busybox; for `test` (the `report` module),
-//! Debian's chromium, the headless browser that renders the report.
+//! Debian's chromium, the headless browser that renders the report, and
+//! (the `serve` module) Debian's prometheus, the server that scrapes
+//! `tcptrace serve` and the promtool that checks it.
 mod bench;
 mod browser;
 mod fuzz;
@@ -123,6 +125,10 @@ fn run(cli: Cli) -> Result<()> {
             if all_modules || tests.iter().any(|t| t == "report") {
                 browser::ensure()?;
             }
+            // The serve module scrapes with a real Prometheus server.
+            if all_modules || tests.iter().any(|t| t == "serve") {
+                browser::ensure_prometheus()?;
+            }
             if kernel == "host" {
                 let mut cmd = cargo(&root, &probe);
                 cmd.args(["test", "--release"]);
@@ -209,6 +215,7 @@ const INTEGRATION_MODULES: &[&str] = &[
     "lifetimes",
     "load",
     "report",
+    "serve",
     "startup",
     "timewait_expiry",
     "views",

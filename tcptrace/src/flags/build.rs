@@ -10,8 +10,8 @@ use tcptrace_common::{
 
 use super::defs::{
     CensusFlags, Cli, Columns, Command as Sub, Common, DoctorFlags, Filters, HistFlags, LifeFlags,
-    Output, ProbeFlags, ReadFlags, RecordFlags, Refresh, ReportFlags, StuckFlags, TailFlags,
-    DEFAULT_HISTOGRAM_KEYS,
+    Output, ProbeFlags, ReadFlags, RecordFlags, Refresh, ReportFlags, ServeFlags, StuckFlags,
+    TailFlags, DEFAULT_HISTOGRAM_KEYS,
 };
 use crate::{
     census::CensusOptions,
@@ -26,6 +26,7 @@ use crate::{
     record::RecordOptions,
     replay::ReplayOptions,
     report::ReportOptions,
+    serve::ServeOptions,
     sockets::{current_netns, Scope},
     source::Source,
     state,
@@ -60,6 +61,7 @@ impl Cli {
             Some(Sub::Doctor(flags)) => Command::Doctor(flags.into_options()?),
             Some(Sub::Record(flags)) => Command::Record(flags.into_options()?),
             Some(Sub::Report(flags)) => Command::Report(flags.into_options()?),
+            Some(Sub::Serve(flags)) => Command::Serve(flags.into_options()?),
         })
     }
 }
@@ -173,10 +175,10 @@ impl ReportFlags {
 impl StuckFlags {
     fn into_options(self) -> Result<StuckOptions> {
         Ok(StuckOptions {
-            output: self.output.options(),
+            output: self.table.output.options(),
             refresh: self.refresh.options(),
-            probe: self.probe.options(Purpose::Table.config()),
-            scope: scope(self.all_netns)?,
+            probe: self.table.probe.options(Purpose::Table.config()),
+            scope: scope(self.table.all_netns)?,
             min_age: self.min_age,
             limit: self.limit.max(1),
             cgroup: self.cgroup.live()?,
@@ -188,10 +190,10 @@ impl StuckFlags {
 impl CensusFlags {
     fn into_options(self) -> Result<CensusOptions> {
         Ok(CensusOptions {
-            output: self.output.options(),
+            output: self.table.output.options(),
             refresh: self.refresh.options(),
-            probe: self.probe.options(Purpose::Table.config()),
-            scope: scope(self.all_netns)?,
+            probe: self.table.probe.options(Purpose::Table.config()),
+            scope: scope(self.table.all_netns)?,
             by: self.by,
             states: self.states.0,
             top: self.top.max(1),
@@ -206,6 +208,30 @@ impl DoctorFlags {
             json: self.json,
             observe: self.observe,
             probe: self.probe.options(Purpose::Table.config()),
+        })
+    }
+}
+
+impl ServeFlags {
+    fn into_options(self) -> Result<ServeOptions> {
+        let scope = scope(self.table.all_netns)?;
+        let mut config = Purpose::Table.config();
+        // The kernel's histograms too (one per metric, no key), and in
+        // tcptrace's own namespace only, as the census counts it.
+        config.flags |= CONFIG_HISTOGRAMS;
+        config.hist_by = hist_by::NONE;
+        if let Scope::Netns(inode) = scope {
+            config.flags |= CONFIG_NETNS_FILTER;
+            config.netns = inode;
+        }
+        Ok(ServeOptions {
+            output: self.table.output.options(),
+            probe: self.table.probe.options(config),
+            scope,
+            listen: self.listen,
+            interval: self.interval,
+            top_keys: self.top_keys as usize,
+            min_age: self.min_age,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! The command line as clap sees it: every flag, its help and its raw
 //! value. `build` turns these into the commands' validated options; nothing
 //! else in the program sees them.
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
@@ -13,6 +13,10 @@ use crate::{census, hist, replay::TimeBound};
 
 /// Histogram keys the kernel keeps before it counts new ones as "other".
 pub const DEFAULT_HISTOGRAM_KEYS: u32 = 1024;
+
+/// Where `serve` listens unless told: loopback only, on a port outside the
+/// exporters' 9100-9999 allocations (see the README).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:19435";
 
 const EXAMPLES: &str = "\
 EXAMPLES:
@@ -38,7 +42,9 @@ EXAMPLES:
         Read a capture back: the tail's records for port 443, minutes 2 to 5.
     tcptrace report -r incident.tcpt -o incident.html
         The capture as one HTML page: charts of transitions, TIME_WAIT and
-        CLOSE_WAIT over time, time per state, who, losses.";
+        CLOSE_WAIT over time, time per state, who, losses.
+    tcptrace serve --listen 0.0.0.0:19435
+        A Prometheus target on every interface (the default is 127.0.0.1).";
 
 const ABOUT: &str = "Trace TCP state transitions live, with the process that owns each socket";
 
@@ -72,8 +78,8 @@ Subcommands: life (one record per finished connection), hist (histograms of
 lifetimes and time per state, aggregated in the kernel), stuck (who holds
 sockets in CLOSE_WAIT, FIN_WAIT2, LAST_ACK), census (sockets per state, live),
 doctor (the TIME_WAIT sysctls, checked against this host), record (everything
-into a capture file, read back with -r) and report (a capture as one HTML
-page of charts).
+into a capture file, read back with -r), report (a capture as one HTML
+page of charts) and serve (a Prometheus endpoint).
 
 Needs root (or CAP_BPF and CAP_PERFMON) and Linux 5.8 or later with BTF.";
 
@@ -112,6 +118,9 @@ pub enum Command {
     Record(RecordFlags),
     /// A capture as one self-contained HTML page of charts and tables.
     Report(ReportFlags),
+    /// A Prometheus endpoint: sockets per state, transitions, TIME_WAIT and
+    /// CLOSE_WAIT owners, dwell-time histograms, tcptrace's own health.
+    Serve(ServeFlags),
 }
 
 /// Which sockets a command looks at; applied in the kernel.
@@ -229,6 +238,21 @@ pub struct Output {
     /// Stop by itself after SECONDS (fractions allowed) and print the summary.
     #[arg(short, long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub duration: Option<Duration>,
+}
+
+/// What the views that keep a socket table take (stuck, census, serve):
+/// their scope, output and probe.
+#[derive(clap::Args, Debug)]
+pub struct TableFlags {
+    /// Every network namespace, not only tcptrace's own.
+    #[arg(long)]
+    pub all_netns: bool,
+
+    #[command(flatten)]
+    pub output: Output,
+
+    #[command(flatten)]
+    pub probe: ProbeFlags,
 }
 
 /// How a live table refreshes (stuck, census).
@@ -409,18 +433,11 @@ pub struct StuckFlags {
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub limit: usize,
 
-    /// Every network namespace, not only tcptrace's own.
-    #[arg(long)]
-    pub all_netns: bool,
-
     #[command(flatten)]
     pub cgroup: CgroupFlag,
 
     #[command(flatten)]
-    pub output: Output,
-
-    #[command(flatten)]
-    pub probe: ProbeFlags,
+    pub table: TableFlags,
 }
 
 #[derive(clap::Args, Debug)]
@@ -466,18 +483,11 @@ pub struct CensusFlags {
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub top: usize,
 
-    /// Every network namespace, not only tcptrace's own.
-    #[arg(long)]
-    pub all_netns: bool,
-
     #[command(flatten)]
     pub cgroup: CgroupFlag,
 
     #[command(flatten)]
-    pub output: Output,
-
-    #[command(flatten)]
-    pub probe: ProbeFlags,
+    pub table: TableFlags,
 }
 
 #[derive(clap::Args, Debug)]
@@ -593,4 +603,48 @@ pub struct ReportFlags {
     /// Only records up to TIME (as --since).
     #[arg(long, value_name = "TIME", value_parser = parse_time_bound)]
     pub until: Option<TimeBound>,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(
+    mut_arg("json", |a| a.help("Print the summary at exit as JSON on stdout")),
+    mut_arg("duration", |a| a.help("Stop by itself after SECONDS"))
+)]
+#[command(long_about = "\
+Serves /metrics for Prometheus (the Prometheus text format, or OpenMetrics
+when the scraper asks for it) and a small landing page at /: sockets per
+state now (the census, with TIME_WAIT's sub-states and FIN_WAIT2 full or
+timewait), transitions by old and new state, how timewait sockets ended,
+dwell-time histograms per state in seconds (from the kernel's log2
+buckets), the processes and local ports behind TIME_WAIT and stuck
+CLOSE_WAIT (the top --top-keys of each, the rest summed as \"other\"), and
+tcptrace's own health (events lost by cause, records evicted, hooks).
+
+Scrapes read a snapshot published every --interval by the event loop, and
+are served by a thread of their own: a scrape never delays event handling.
+Listens on 127.0.0.1:19435 unless --listen says otherwise; any other
+address (0.0.0.0:19435, [::]:19435) must be given explicitly. There is no
+TLS or authentication: put a reverse proxy in front for those.")]
+pub struct ServeFlags {
+    /// Listen on ADDR:PORT; the default is loopback only.
+    #[arg(short, long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Label values kept per labelled metric (processes, local ports); the
+    /// rest are summed under "other", and how many were folded is a metric.
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub top_keys: u32,
+
+    /// CLOSE_WAIT sockets count as stuck after SECONDS in the state.
+    #[arg(short = 'm', long, value_name = "SECONDS", default_value = "5",
+          value_parser = parse_seconds)]
+    pub min_age: Duration,
+
+    /// Publish a fresh snapshot for scrapes every SECONDS.
+    #[arg(short, long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
+    pub interval: Duration,
+
+    #[command(flatten)]
+    pub table: TableFlags,
 }

@@ -144,6 +144,19 @@ mod tests {
     }
 
     #[test]
+    fn serve_listens_on_loopback_unless_told() {
+        let cli = Cli::try_parse_from(["tcptrace", "serve"]).unwrap();
+        let Command::Serve(o) = cli.into_command().unwrap() else {
+            unreachable!("serve")
+        };
+        assert_eq!(o.listen, "127.0.0.1:19435".parse().unwrap());
+        assert!(o.listen.ip().is_loopback());
+        assert_eq!(o.top_keys, 20);
+        assert!(Cli::try_parse_from(["tcptrace", "serve", "--top-keys", "0"]).is_err());
+        assert!(Cli::try_parse_from(["tcptrace", "serve", "--listen", "localhost"]).is_err());
+    }
+
+    #[test]
     fn report_needs_files_and_an_output() {
         assert!(Cli::try_parse_from(["tcptrace", "report", "-o", "x.html"]).is_err());
         assert!(Cli::try_parse_from(["tcptrace", "report", "-r", "a.tcpt"]).is_err());
@@ -165,7 +178,7 @@ mod tests {
     /// types of a derive only when a command line uses them).
     #[test]
     fn every_subcommand_builds_its_options() {
-        let lines: [&[&str]; 9] = [
+        let lines: [&[&str]; 10] = [
             &["tcptrace", "--all", "--json", "-d", "1", "--wide"],
             &["tcptrace", "life", "--port", "80", "--no-header"],
             &[
@@ -208,6 +221,16 @@ mod tests {
                 "tcptrace", "report", "-r", "a.tcpt", "a.tcpt1", "-o", "-", "--top", "3",
                 "--until", "1m",
             ],
+            &[
+                "tcptrace",
+                "serve",
+                "--listen",
+                "[::]:9999",
+                "--top-keys",
+                "50",
+                "-i",
+                "0.5",
+            ],
         ];
         for line in lines {
             let command = Cli::try_parse_from(line)
@@ -244,6 +267,15 @@ mod tests {
                 Command::Tail(o) => assert!(o.columns.wide && o.output.json),
                 Command::Life(o) => assert!(!o.columns.header),
                 Command::Doctor(o) => assert_eq!(o.observe, Some(Duration::from_secs(2))),
+                Command::Serve(o) => {
+                    assert_eq!(o.listen, "[::]:9999".parse().unwrap());
+                    assert_eq!((o.top_keys, o.interval), (50, Duration::from_millis(500)));
+                    assert_eq!(o.min_age, Duration::from_secs(5));
+                    let c = o.probe.config;
+                    assert!(c.flags & tcptrace_common::CONFIG_HISTOGRAMS != 0);
+                    assert!(c.flags & tcptrace_common::CONFIG_NETNS_FILTER != 0);
+                    assert!(c.wants(CLOSE, SYN_SENT));
+                }
                 Command::Report(o) => {
                     assert!(!Command::Report(o.clone()).loads_probe());
                     assert_eq!((o.files.len(), o.top), (2, 3));

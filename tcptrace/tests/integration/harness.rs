@@ -114,6 +114,11 @@ impl Netns {
             .ino()
     }
 
+    /// The namespace's file, for setns(2) (`/run/netns/NAME`).
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.ns.name()))
+    }
+
     /// Sets a (per-namespace) sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
         self.ns.sysctl(key, value).unwrap_or_else(|e| panic!("{e}"));
@@ -569,6 +574,64 @@ pub fn transition_name(t: &Value) -> String {
 pub fn ns(v: &Value) -> u64 {
     v.as_u64()
         .unwrap_or_else(|| panic!("expected a number of ns, got {v}"))
+}
+
+/// Each server-closes-first connection makes exactly these ten transitions
+/// of its full sockets (and then the server's TIME_WAIT entry in its
+/// timewait socket, accounted for separately).
+pub const PER_CONNECTION: [&str; 10] = [
+    "CLOSE->SYN_SENT",
+    "SYN_SENT->ESTABLISHED",
+    "ESTABLISHED->CLOSE_WAIT",
+    "CLOSE_WAIT->LAST_ACK",
+    "LAST_ACK->CLOSE",
+    "LISTEN->SYN_RECV",
+    "SYN_RECV->ESTABLISHED",
+    "ESTABLISHED->FIN_WAIT1",
+    "FIN_WAIT1->FIN_WAIT2",
+    "FIN_WAIT2->CLOSE",
+];
+
+/// A server-closes-first churn of `seconds` on the listening ports
+/// `base_port`.. (`ports` of them), as `load` and `serve` run it.
+pub fn server_churn(netns: &Netns, seconds: &str, base_port: u16, ports: u16) -> u64 {
+    let (base_port, ports) = (base_port.to_string(), ports.to_string());
+    churn(
+        netns,
+        &[
+            "--seconds",
+            seconds,
+            "--closer",
+            "server",
+            "--base-port",
+            &base_port,
+            "--ports",
+            &ports,
+        ],
+    )
+}
+
+/// `tcptrace-peer churn ARGS` in `netns`, run to its end: the connections
+/// it completed (it must have failed none, and made more than 1000).
+pub fn churn(netns: &Netns, args: &[&str]) -> u64 {
+    let out = netns
+        .command(peer())
+        .arg("churn")
+        .args(args)
+        .output()
+        .expect("running the churn generator");
+    assert!(out.status.success());
+    let report = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| -> u64 {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+    };
+    let connections = field("connections ");
+    assert_eq!(field("failed "), 0, "every connection completed: {report}");
+    assert!(connections > 1000, "the generator ran: {report}");
+    connections
 }
 
 /// A cgroup of the test's own under the cgroup v2 hierarchy (found from

@@ -2,54 +2,17 @@
 //! as lost: nothing disappears silently. (Its module runs alone, so the
 //! churn does not share the CPUs with the timing-sensitive tests.)
 
-use crate::harness::{self, peer, Netns, Tracer};
+use crate::harness::{self, Netns, Tracer, PER_CONNECTION};
 
 const BASE_PORT: u16 = 7000;
 const PORTS: u16 = 4;
-
-/// Each server-closes-first connection makes exactly these ten transitions
-/// of its full sockets (and then the server's TIME_WAIT entry in its
-/// timewait socket, accounted for separately).
-const PER_CONNECTION: [&str; 10] = [
-    "CLOSE->SYN_SENT",
-    "SYN_SENT->ESTABLISHED",
-    "ESTABLISHED->CLOSE_WAIT",
-    "CLOSE_WAIT->LAST_ACK",
-    "LAST_ACK->CLOSE",
-    "LISTEN->SYN_RECV",
-    "SYN_RECV->ESTABLISHED",
-    "ESTABLISHED->FIN_WAIT1",
-    "FIN_WAIT1->FIN_WAIT2",
-    "FIN_WAIT2->CLOSE",
-];
 
 #[test]
 fn churn_loses_nothing_silently() {
     let netns = Netns::new();
     let ports = format!("{BASE_PORT}-{}", BASE_PORT + PORTS - 1);
     let tracer = Tracer::start(&netns, &["--json", "--all", "--port", &ports]);
-    let out = netns
-        .command(peer())
-        .args(["churn", "--seconds", "2", "--closer", "server"])
-        .args([
-            "--base-port",
-            &BASE_PORT.to_string(),
-            "--ports",
-            &PORTS.to_string(),
-        ])
-        .output()
-        .expect("running the churn generator");
-    assert!(out.status.success());
-    let report = String::from_utf8(out.stdout).unwrap();
-    let field = |name: &str| -> u64 {
-        report
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {report}"))
-    };
-    let connections = field("connections ");
-    assert_eq!(field("failed "), 0, "every connection completed: {report}");
-    assert!(connections > 1000, "the generator ran: {report}");
+    let connections = harness::server_churn(&netns, "2", BASE_PORT, PORTS);
     let records = tracer.stop();
 
     let summary = records.summary();

@@ -23,6 +23,7 @@ mod close_paths;
 mod lifetimes;
 mod load;
 mod report;
+mod serve;
 mod startup;
 mod timewait_expiry;
 mod views;
