@@ -39,6 +39,12 @@ pub struct StuckRow {
 /// FIN_WAIT2.
 pub type ProcessCounts = BTreeMap<Option<Owner>, [u64; 4]>;
 
+/// A stuck table's counts: per owner, and per `--by` key when asked.
+pub struct StuckCounts {
+    pub processes: ProcessCounts,
+    pub groups: Option<GroupCounts>,
+}
+
 /// The same counts per `--by` key (a cgroup path or a container), with the
 /// key's name (`cgroup`, `container`).
 pub struct GroupCounts {

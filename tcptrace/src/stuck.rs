@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use tcptrace_common::tcp_state::{CLOSE_WAIT, FIN_WAIT2, LAST_ACK};
 
-pub use crate::snapshot::{GroupCounts, ProcessCounts, StuckRow as Row, STUCK_STATES};
+pub use crate::snapshot::{GroupCounts, ProcessCounts, StuckCounts, StuckRow as Row, STUCK_STATES};
 use crate::{
     cgroups::{CgroupFilter, OwnerCgroups},
     clock::Clock,
@@ -133,30 +133,15 @@ impl StuckView {
     fn print(&mut self, clock: &Clock, out: &mut Vec<u8>) {
         let now = Clock::now_ktime_ns();
         let rows = rows(&self.tracked, now, self.min_age, &mut self.owners);
-        let groups = self.by.map(|by| per_group(&rows, by));
+        let counts = StuckCounts {
+            processes: per_process(&rows),
+            groups: self.by.map(|by| per_group(&rows, by)),
+        };
         if self.json {
-            let processes = per_process(&rows);
-            printer::json::write_stuck(
-                out,
-                clock,
-                now,
-                self.min_age,
-                &rows,
-                &processes,
-                groups.as_ref(),
-            );
+            printer::json::write_stuck(out, clock, now, self.min_age, &rows, &counts);
         } else {
             self.screen.begin(out);
-            printer::human::write_stuck(
-                out,
-                clock,
-                now,
-                self.min_age,
-                self.limit,
-                &rows,
-                per_process(&rows),
-                groups.as_ref(),
-            );
+            printer::human::write_stuck(out, clock, now, self.min_age, self.limit, &rows, &counts);
         }
     }
 }
@@ -308,8 +293,10 @@ mod tests {
             1_100,
             Duration::from_secs(5),
             &rows,
-            &counts,
-            None,
+            &StuckCounts {
+                processes: counts.clone(),
+                groups: None,
+            },
         );
         let lines: Vec<serde_json::Value> = out
             .split(|&b| b == b'\n')

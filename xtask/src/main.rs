@@ -8,10 +8,11 @@
 //! --kernel`, qemu, kmod and busybox; for `test` (the `report` module),
 //! Debian's chromium, the headless browser that renders the report, and
 //! (the `serve` module) Debian's prometheus, the server that scrapes
-//! `tcptrace serve` and the promtool that checks it.
+//! `tcptrace serve` and the promtool that checks it, and (the `cgroups`
+//! module) Debian's runc, a real container runtime (see packages.rs).
 mod bench;
-mod browser;
 mod fuzz;
+mod packages;
 mod toolchain;
 mod vm;
 
@@ -123,11 +124,16 @@ fn run(cli: Cli) -> Result<()> {
             // The report module renders its page in a real browser.
             let all_modules = tests.is_empty() && !lib && bins.is_empty() && kernel == "host";
             if all_modules || tests.iter().any(|t| t == "report") {
-                browser::ensure()?;
+                packages::ensure_chromium()?;
             }
             // The serve module scrapes with a real Prometheus server.
             if all_modules || tests.iter().any(|t| t == "serve") {
-                browser::ensure_prometheus()?;
+                packages::ensure_prometheus()?;
+            }
+            // The cgroups module runs a peer in a real container (the
+            // guest of --kernel shares the host's files, runc included).
+            if tests.is_empty() && !lib && bins.is_empty() || tests.iter().any(|t| t == "cgroups") {
+                packages::ensure_runc()?;
             }
             if kernel == "host" {
                 let mut cmd = cargo(&root, &probe);

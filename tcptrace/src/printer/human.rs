@@ -9,8 +9,8 @@ use crate::{
     decode::{end_name, Timewait, Transition},
     probe::LossCounters,
     snapshot::{
-        metric_name, Counts, Finding, GroupCounts, Histogram, KeyValue, ProcessCounts, StuckRow,
-        TopKeys, STATES, STUCK_STATES,
+        metric_name, Counts, Finding, Histogram, KeyValue, StuckCounts, StuckRow, TopKeys, STATES,
+        STUCK_STATES,
     },
     state,
     summary::{RunContext, RunStats},
@@ -304,9 +304,9 @@ pub fn write_stuck(
     min_age: Duration,
     limit: usize,
     rows: &[StuckRow],
-    processes: ProcessCounts,
-    groups: Option<&GroupCounts>,
+    counts: &StuckCounts,
 ) {
+    let (processes, groups) = (&counts.processes, counts.groups.as_ref());
     let mut local_time = Vec::new();
     clock.write_local_time(&mut local_time, now);
     let _ = writeln!(
@@ -373,7 +373,7 @@ pub fn write_stuck(
             "\n{:>8} {:<16} {:>10} {:>9} {:>8} {:>18}",
             "PID", "COMM", "CLOSE_WAIT", "FIN_WAIT2", "LAST_ACK", "FIN_WAIT2 ORPHANED"
         );
-        let mut by_count: Vec<_> = processes.into_iter().collect();
+        let mut by_count: Vec<_> = processes.iter().collect();
         by_count.sort_by_key(|(_, c)| std::cmp::Reverse(c.iter().sum::<u64>()));
         for (owner, c) in by_count {
             let (pid, comm) = match owner {

@@ -14,8 +14,8 @@ use crate::{
     decode::{comm_bytes, end_name, Timewait, Transition},
     probe::LossCounters,
     snapshot::{
-        metric_name, Counts, Facts, Finding, GroupCounts, Histogram, Key, KeyValue, ProcessCounts,
-        StuckRow, TopKeys, NETSTAT_KEYS, STATES,
+        metric_name, Counts, Facts, Finding, Histogram, Key, KeyValue, StuckCounts, StuckRow,
+        TopKeys, NETSTAT_KEYS, STATES,
     },
     state,
     summary::{ConnectionTally, RunContext, RunStats},
@@ -324,9 +324,9 @@ pub fn write_stuck(
     now: u64,
     min_age: Duration,
     rows: &[StuckRow],
-    processes: &ProcessCounts,
-    groups: Option<&GroupCounts>,
+    counts: &StuckCounts,
 ) {
+    let (processes, groups) = (&counts.processes, counts.groups.as_ref());
     let count = |s: u8| rows.iter().filter(|r| r.state == s).count();
     write_value(
         out,

@@ -335,8 +335,10 @@ fn printed(kind: &str) -> Vec<u8> {
                 0,
                 Duration::from_secs(5),
                 &rows,
-                &processes,
-                None,
+                &crate::snapshot::StuckCounts {
+                    processes,
+                    groups: None,
+                },
             );
         }
         "census" => {

@@ -68,6 +68,8 @@ pub struct Behind {
     pub state: u8,
     pub processes: Top,
     pub local_ports: Top,
+    /// The owners' containers (`container` of *Containers and cgroups*).
+    pub containers: Top,
 }
 
 /// tcptrace's own health.
@@ -347,6 +349,12 @@ impl Snapshot {
         )?;
         gauges(
             e,
+            "container_sockets",
+            "Sockets in TIME_WAIT and stuck in CLOSE_WAIT per owner's container (or service, or cgroup path)",
+            rows(|b| &b.containers).map(|(s, c, n)| ([("state", s), ("container", c)], n)),
+        )?;
+        gauges(
+            e,
             "label_values_folded",
             "Label values summed under \"(other)\" beyond --top-keys, per metric and state",
             self.behind.iter().flat_map(|b| {
@@ -359,6 +367,10 @@ impl Snapshot {
                     (
                         [("metric", "tcptrace_local_port_sockets"), ("state", state)],
                         b.local_ports.folded,
+                    ),
+                    (
+                        [("metric", "tcptrace_container_sockets"), ("state", state)],
+                        b.containers.folded,
                     ),
                 ]
             }),
@@ -535,6 +547,7 @@ mod tests {
             state: TIME_WAIT,
             processes: Top::of(HashMap::from([("nginx".to_string(), 3)]), 10),
             local_ports: Top::of(ports, 10),
+            containers: Top::of(HashMap::from([("docker:3f4e5d6c7b8a".to_string(), 3)]), 10),
         }];
         s.health.hooks = vec!["tp_btf/inet_sock_set_state".into()];
         s
@@ -559,6 +572,7 @@ mod tests {
             "tcptrace_connection_lifetime_seconds_count 0",
             "tcptrace_process_sockets{state=\"TIME_WAIT\",comm=\"nginx\"} 3",
             "tcptrace_local_port_sockets{state=\"TIME_WAIT\",port=\"(other)\"} 990",
+            "tcptrace_container_sockets{state=\"TIME_WAIT\",container=\"docker:3f4e5d6c7b8a\"} 3",
             "tcptrace_label_values_folded{metric=\"tcptrace_local_port_sockets\",state=\"TIME_WAIT\"} 990",
             "tcptrace_hook_info{hook=\"tp_btf/inet_sock_set_state\"} 1",
             "tcptrace_events_lost_total{cause=\"ring_full\"} 0",

@@ -119,16 +119,24 @@ fn behind(
 ) -> Vec<Behind> {
     let comm =
         |owner: Option<crate::sockets::Owner>| owner.map_or(UNKNOWN.into(), |o| o.comm_str());
+    let container = |cgroup: Option<&crate::cgroups::Cgroup>| {
+        cgroup.map_or(UNKNOWN.into(), |c| c.container.to_string())
+    };
     let mut time_wait = Tally::default();
     tracked.table.for_each(|tuple, e| {
         if e.state == TIME_WAIT {
-            time_wait.add(comm(e.owner), tuple.lport);
+            let cgroup = owners.of(e.owner.as_ref());
+            time_wait.add(comm(e.owner), tuple.lport, container(cgroup.as_ref()));
         }
     });
     let mut close_wait = Tally::default();
     for row in stuck::rows(tracked, now_ns, min_age, owners) {
         if row.state == CLOSE_WAIT {
-            close_wait.add(comm(row.owner), row.tuple.lport);
+            close_wait.add(
+                comm(row.owner),
+                row.tuple.lport,
+                container(row.cgroup.as_ref()),
+            );
         }
     }
     vec![time_wait.top(TIME_WAIT, n), close_wait.top(CLOSE_WAIT, n)]
@@ -138,12 +146,14 @@ fn behind(
 struct Tally {
     processes: HashMap<String, u64>,
     ports: HashMap<u16, u64>,
+    containers: HashMap<String, u64>,
 }
 
 impl Tally {
-    fn add(&mut self, comm: String, lport: u16) {
+    fn add(&mut self, comm: String, lport: u16, container: String) {
         *self.processes.entry(comm).or_default() += 1;
         *self.ports.entry(lport).or_default() += 1;
+        *self.containers.entry(container).or_default() += 1;
     }
 
     fn top(self, state: u8, n: usize) -> Behind {
@@ -156,11 +166,16 @@ impl Tally {
             state,
             processes: Top::of(self.processes, n),
             local_ports: Top::of(ports, n),
+            containers: Top::of(self.containers, n),
         }
     }
 }
 
 impl View for ServeView {
+    fn learn_cgroups(&mut self, table: &[(u64, String)]) {
+        self.owners.learn(table);
+    }
+
     fn record(&mut self, data: &[u8], _clock: &Clock, _out: &mut Vec<u8>) {
         match Record::decode(data) {
             Ok(Record::Transition(t)) => {

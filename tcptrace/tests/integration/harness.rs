@@ -16,6 +16,9 @@ use serde_json::Value;
 use xtask::harness::{Namespace, Notify};
 
 pub const TRACER: &str = env!("CARGO_BIN_EXE_tcptrace");
+/// Debian's runc, the container runtime of the `cgroups` tests (`cargo
+/// xtask test` installs it).
+pub const RUNC: &str = "runc";
 /// The test peer, a development tool of the xtask package
 /// (xtask/src/bin/tcptrace-peer.rs, not installed with tcptrace): in the
 /// target directory's profile directory, where cargo put this test binary's
@@ -408,6 +411,19 @@ impl Peer {
         let mut all = args("peer-server", "server", "--listen", addr, mode, hold_ms);
         all.extend(extra.iter().map(|s| s.to_string()));
         let mut peer = Peer::spawn(netns, &all);
+        let port = peer.listening_port();
+        (peer, port)
+    }
+
+    /// A server started by `command` (a container runtime running one),
+    /// with its stdout; returns it and its port.
+    pub fn from_command(mut command: Command) -> (Peer, u16) {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting a peer server");
+        let lines = BufReader::new(child.stdout.take().unwrap());
+        let mut peer = Peer { child, lines };
         let port = peer.listening_port();
         (peer, port)
     }

@@ -1,8 +1,9 @@
 //! Debian packages the integration tests run, installed with apt-get when
 //! their command is missing (as vm.rs installs qemu), and left alone when
 //! it is there: the headless browser the `report` tests render the page
-//! with (`chromium`), and the Prometheus server and promtool the `serve`
-//! tests scrape and check with (`prometheus`).
+//! with (`chromium`), the Prometheus server and promtool the `serve`
+//! tests scrape and check with (`prometheus`), and the container runtime
+//! the `cgroups` tests run a peer in (`runc`).
 use anyhow::{bail, Result};
 
 use crate::{
@@ -15,7 +16,7 @@ pub const CHROMIUM: &str = "chromium";
 
 /// Installs Debian's chromium if `chromium` is not on PATH; a no-op
 /// otherwise.
-pub fn ensure() -> Result<()> {
+pub fn ensure_chromium() -> Result<()> {
     ensure_package(CHROMIUM, CHROMIUM, "the report tests' headless browser")
 }
 
@@ -30,6 +31,11 @@ pub fn ensure_prometheus() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Installs Debian's runc (a real container runtime) if it is not on PATH.
+pub fn ensure_runc() -> Result<()> {
+    ensure_package("runc", "runc", "the cgroups tests' container runtime")
 }
 
 fn ensure_package(command: &str, package: &str, why: &str) -> Result<()> {
