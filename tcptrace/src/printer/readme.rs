@@ -304,7 +304,7 @@ fn printed(kind: &str) -> Vec<u8> {
             json::write_lost(&mut out, &clock, &LossCounters::default(), &now);
         }
         "summary" => json::write_summary(&mut out, &clock, &RunStats::new(), &context()),
-        "stuck_snapshot" | "stuck" | "stuck_process" => {
+        "stuck_snapshot" | "stuck" | "stuck_process" | "stuck_group" => {
             let mut comm = [0u8; COMM_LEN];
             comm[..6].copy_from_slice(b"server");
             let owner = Owner {
@@ -337,7 +337,10 @@ fn printed(kind: &str) -> Vec<u8> {
                 &rows,
                 &crate::snapshot::StuckCounts {
                     processes,
-                    groups: None,
+                    groups: Some(crate::snapshot::GroupCounts {
+                        by: "container",
+                        counts: [("nginx.service".to_string(), [1, 0, 0, 0])].into(),
+                    }),
                 },
             );
         }
