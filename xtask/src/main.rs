@@ -130,9 +130,8 @@ fn run(cli: Cli) -> Result<()> {
             if all_modules || tests.iter().any(|t| t == "serve") {
                 packages::ensure_prometheus()?;
             }
-            // The cgroups module runs a peer in a real container (the
-            // guest of --kernel shares the host's files, runc included).
-            if tests.is_empty() && !lib && bins.is_empty() || tests.iter().any(|t| t == "cgroups") {
+            // The containers module runs a peer in a real container.
+            if all_modules || tests.iter().any(|t| t == "containers") {
                 packages::ensure_runc()?;
             }
             if kernel == "host" {
@@ -218,6 +217,7 @@ const INTEGRATION_MODULES: &[&str] = &[
     "cgroups",
     "cli",
     "close_paths",
+    "containers",
     "lifetimes",
     "load",
     "report",

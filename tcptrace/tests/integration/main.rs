@@ -20,6 +20,7 @@ mod capture_input;
 mod cgroups;
 mod cli;
 mod close_paths;
+mod containers;
 mod lifetimes;
 mod load;
 mod report;
