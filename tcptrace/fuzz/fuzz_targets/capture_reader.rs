@@ -13,11 +13,12 @@ use libfuzzer_sys::fuzz_target;
 use tcptrace::{
     capture::{
         format::{BLOCK_HEADER_SIZE, FILE_HEADER_SIZE},
-        reader::{read_records, Reader, ReplayTally},
+        reader::{read_capture, Reader, ReplayTally, Side},
     },
+    cgroups::Names,
     clock::Clock,
     decode::{end_name, Record},
-    printer::{json, ConnectionRecord, HumanFormat},
+    printer::{json, ConnectionRecord, HumanFormat, OwnerCgroup},
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -37,41 +38,62 @@ fn read(data: &[u8]) {
         }
     };
     let clock = Clock::with_offset(reader.metadata.realtime_minus_monotonic_ns as i128);
-    let mut human = HumanFormat::new(false);
+    // Wide: the owner's container column too.
+    let mut human = HumanFormat::new(true);
     let mut out = Vec::new();
     let mut tally = ReplayTally::default();
-    let result = read_records(&mut reader, &mut tally, |raw, record| {
-        // The record handed over is the decoding of its bytes.
-        assert_eq!(Record::decode(raw).as_ref(), Ok(record));
-        match record {
-            Record::Transition(t) => {
-                json::write_transition(&mut out, &clock, t);
-                human.write_transition(&mut out, &clock, t);
+    // The capture's cgroup names, as `-r` learns them (one closure at a time).
+    let names = std::cell::RefCell::new(Names::from_table([]));
+    let result = read_capture(
+        &mut reader,
+        &mut tally,
+        |raw, record| {
+            // The record handed over is the decoding of its bytes.
+            assert_eq!(Record::decode(raw).as_ref(), Ok(record));
+            let names = names.borrow();
+            match record {
+                Record::Transition(t) => {
+                    let cgroup = OwnerCgroup {
+                        id: t.cgroup,
+                        name: names.get(t.cgroup),
+                    };
+                    json::write_transition(&mut out, &clock, t, cgroup);
+                    human.write_transition(&mut out, &clock, t, cgroup);
+                }
+                Record::Connection(c) => {
+                    let record = ConnectionRecord {
+                        ktime_ns: c.event.ktime_ns,
+                        pid: c.pid(),
+                        comm: c.comm(),
+                        ends: c.endpoints(),
+                        netns: c.event.netns,
+                        closer: c.closer(),
+                        start_seen: c.start_seen(),
+                        handshake_ns: c.handshake_ns(),
+                        established_ns: c.established_ns(),
+                        closing_ns: c.closing_ns(),
+                        time_wait_ns: c.time_wait_ns(),
+                        lifetime_ns: c.lifetime_ns(),
+                        seen_for_ns: c.event.lifetime_ns,
+                        end: end_name(c.event.end),
+                        cgroup: OwnerCgroup {
+                            id: c.cgroup(),
+                            name: names.get(c.cgroup()),
+                        },
+                    };
+                    json::write_connection(&mut out, &clock, &record);
+                    human.write_connection(&mut out, &clock, &record);
+                }
             }
-            Record::Connection(c) => {
-                let record = ConnectionRecord {
-                    ktime_ns: c.event.ktime_ns,
-                    pid: c.pid(),
-                    comm: c.comm(),
-                    ends: c.endpoints(),
-                    netns: c.event.netns,
-                    closer: c.closer(),
-                    start_seen: c.start_seen(),
-                    handshake_ns: c.handshake_ns(),
-                    established_ns: c.established_ns(),
-                    closing_ns: c.closing_ns(),
-                    time_wait_ns: c.time_wait_ns(),
-                    lifetime_ns: c.lifetime_ns(),
-                    seen_for_ns: c.event.lifetime_ns,
-                    end: end_name(c.event.end),
-                };
-                json::write_connection(&mut out, &clock, &record);
-                human.write_connection(&mut out, &clock, &record);
+            out.clear();
+            Ok(())
+        },
+        |side| {
+            if let Side::Cgroups(table) = side {
+                names.borrow_mut().learn(table);
             }
-        }
-        out.clear();
-        Ok(())
-    });
+        },
+    );
     match result {
         Ok(()) => {
             if let Some(damage) = &tally.damage {
