@@ -345,7 +345,7 @@ pub async fn run(options: HistOptions) -> Result<()> {
         last: Vec::new(),
         overflow: 0,
         from_records: None,
-        cgroups: Names::from_table([]),
+        cgroups: Names::empty(),
     };
     let source = options.source.open()?;
     view.cgroups = source.cgroup_names();
@@ -431,7 +431,7 @@ mod tests {
             (key(443), value(9)),
             (key(22), value(1)),
         ];
-        let arranged = arrange(&raw, Some(By::Lport), 2, &mut Names::from_table([]));
+        let arranged = arrange(&raw, Some(By::Lport), 2, &mut Names::empty());
         let keys: Vec<_> = arranged
             .iter()
             .map(|(_, k, h)| (k.clone(), h.count))

@@ -129,7 +129,7 @@ fn run(options: &ReplayOptions, mut readers: Vec<Reader>, view: &mut impl View) 
     // The records and the cgroups' names both go to the view, in the
     // capture's order (one closure at a time).
     let view = std::cell::RefCell::new(view);
-    let names = std::cell::RefCell::new(Names::from_table([]));
+    let names = std::cell::RefCell::new(Names::empty());
     for reader in &mut readers {
         read_capture(
             reader,

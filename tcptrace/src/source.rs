@@ -45,7 +45,7 @@ impl Opened {
     pub fn cgroup_names(&self) -> Names {
         match self {
             Opened::Live(_) => Names::new(Hierarchy::find()),
-            Opened::Capture(_) => Names::from_table([]),
+            Opened::Capture(_) => Names::empty(),
         }
     }
 

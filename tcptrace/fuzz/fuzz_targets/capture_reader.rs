@@ -43,7 +43,7 @@ fn read(data: &[u8]) {
     let mut out = Vec::new();
     let mut tally = ReplayTally::default();
     // The capture's cgroup names, as `-r` learns them (one closure at a time).
-    let names = std::cell::RefCell::new(Names::from_table([]));
+    let names = std::cell::RefCell::new(Names::empty());
     let result = read_capture(
         &mut reader,
         &mut tally,

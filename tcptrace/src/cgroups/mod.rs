@@ -245,13 +245,10 @@ impl Names {
         names
     }
 
-    /// Names from a capture's table (no hierarchy to walk).
-    pub fn from_table(table: impl IntoIterator<Item = (u64, String)>) -> Self {
-        let mut names = Names::new(None);
-        for (id, path) in table {
-            names.known.insert(id, Cgroup::new(&path));
-        }
-        names
+    /// No names yet, and no hierarchy to walk: a capture's names arrive
+    /// with it (`learn`).
+    pub fn empty() -> Self {
+        Names::new(None)
     }
 
     /// Names a capture gives (a later name of an id replaces an earlier).
@@ -283,20 +280,20 @@ impl Names {
     /// most every `REWALK_INTERVAL`). 0 is "no cgroup".
     #[inline]
     pub fn resolve(&mut self, id: u64) -> Option<&Cgroup> {
-        if id == 0 || self.unknown.contains(&id) {
+        // Per event: a known id costs two lookups (the borrow checker does
+        // not let a `get` hit return early before the walk's mutation).
+        if self.known.contains_key(&id) {
+            return self.known.get(&id);
+        }
+        let due = self
+            .last_walk
+            .is_none_or(|at| at.elapsed() >= REWALK_INTERVAL);
+        if id == 0 || !due || self.hierarchy.is_none() || self.unknown.contains(&id) {
             return None;
         }
+        self.walk();
         if !self.known.contains_key(&id) {
-            let due = self
-                .last_walk
-                .is_none_or(|at| at.elapsed() >= REWALK_INTERVAL);
-            if !due || self.hierarchy.is_none() {
-                return None;
-            }
-            self.walk();
-            if !self.known.contains_key(&id) {
-                self.unknown.insert(id);
-            }
+            self.unknown.insert(id);
         }
         self.known.get(&id)
     }
@@ -304,11 +301,6 @@ impl Names {
     /// The cgroup of `id` if already known (no walk).
     pub fn get(&self, id: u64) -> Option<&Cgroup> {
         self.known.get(&id)
-    }
-
-    /// Every id named so far, with its path (for a capture's table).
-    pub fn table(&self) -> impl Iterator<Item = (u64, &str)> {
-        self.known.iter().map(|(&id, c)| (id, &*c.path))
     }
 
     /// Whether `path` is `ancestor` or below it.

@@ -306,7 +306,7 @@ impl Aggregate {
             &self.histograms.raw(),
             None,
             1,
-            &mut crate::cgroups::Names::from_table([]),
+            &mut crate::cgroups::Names::empty(),
         )
         .into_iter()
         .map(|(m, _, h)| (m, h))

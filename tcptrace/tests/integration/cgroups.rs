@@ -269,26 +269,22 @@ fn socket_views_name_cgroups_and_group_and_filter_by_them() {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     };
-    let stuck = run(&["stuck", "--once", "--json", "--min-age", "0.001"]);
-    let row = of_type(&stuck, "stuck")
+    // `stuck --once --json`, every stuck socket, with more flags.
+    let stuck = |extra: &[&str]| {
+        run(&[&["stuck", "--once", "--json", "--min-age", "0.001"], extra].concat())
+    };
+    let rows = stuck(&[]);
+    let row = of_type(&rows, "stuck")
         .into_iter()
         .find(|r| r["lport"] == port && r["rport"] == client_port)
-        .unwrap_or_else(|| panic!("the CLOSE_WAIT socket in {stuck:#?}"));
+        .unwrap_or_else(|| panic!("the CLOSE_WAIT socket in {rows:#?}"));
     assert_eq!(row["state"], "CLOSE_WAIT");
     assert_eq!(row["pid"], server.pid());
     assert_eq!(row["cgroup"], holder.path.as_str());
     assert_eq!(row["container"], format!("containerd:{containerd_id}"));
 
     // --by container: the counts per container.
-    let grouped = run(&[
-        "stuck",
-        "--once",
-        "--json",
-        "--min-age",
-        "0.001",
-        "--by",
-        "container",
-    ]);
+    let grouped = stuck(&["--by", "container"]);
     let group = of_type(&grouped, "stuck_group")
         .into_iter()
         .find(|g| g["key"] == format!("containerd:{containerd_id}"))
@@ -304,25 +300,9 @@ fn socket_views_name_cgroups_and_group_and_filter_by_them() {
     );
 
     // --cgroup on the views: the subtree keeps it, another cgroup nothing.
-    let inside = run(&[
-        "stuck",
-        "--once",
-        "--json",
-        "--min-age",
-        "0.001",
-        "--cgroup",
-        &root.path,
-    ]);
+    let inside = stuck(&["--cgroup", &root.path]);
     assert_eq!(of_type(&inside, "stuck").len(), 1, "{inside:#?}");
-    let outside = run(&[
-        "stuck",
-        "--once",
-        "--json",
-        "--min-age",
-        "0.001",
-        "--cgroup",
-        &elsewhere.path,
-    ]);
+    let outside = stuck(&["--cgroup", &elsewhere.path]);
     assert_eq!(of_type(&outside, "stuck").len(), 0, "{outside:#?}");
 
     let census = run(&[

@@ -395,8 +395,15 @@ impl Peer {
         hold_ms: u64,
         extra: &[&str],
     ) -> Peer {
-        let mut all = args("peer-client", "client", "--connect", addr, mode, hold_ms);
-        all.extend(extra.iter().map(|s| s.to_string()));
+        let all = args(
+            "peer-client",
+            "client",
+            "--connect",
+            addr,
+            mode,
+            hold_ms,
+            extra,
+        );
         Peer::spawn(netns, &all)
     }
 
@@ -408,9 +415,27 @@ impl Peer {
         hold_ms: u64,
         extra: &[&str],
     ) -> (Peer, u16) {
-        let mut all = args("peer-server", "server", "--listen", addr, mode, hold_ms);
-        all.extend(extra.iter().map(|s| s.to_string()));
-        let mut peer = Peer::spawn(netns, &all);
+        Peer::server_where(netns, None, addr, mode, hold_ms, extra)
+    }
+
+    fn server_where(
+        netns: &Netns,
+        cgroup: Option<&TestCgroup>,
+        addr: &str,
+        mode: &str,
+        hold_ms: u64,
+        extra: &[&str],
+    ) -> (Peer, u16) {
+        let all = args(
+            "peer-server",
+            "server",
+            "--listen",
+            addr,
+            mode,
+            hold_ms,
+            extra,
+        );
+        let mut peer = Peer::spawn_in(netns, cgroup, &all);
         let port = peer.listening_port();
         (peer, port)
     }
@@ -437,11 +462,7 @@ impl Peer {
         hold_ms: u64,
         extra: &[&str],
     ) -> (Peer, u16) {
-        let mut all = args("peer-server", "server", "--listen", addr, mode, hold_ms);
-        all.extend(extra.iter().map(|s| s.to_string()));
-        let mut peer = Peer::spawn_in(netns, Some(cgroup), &all);
-        let port = peer.listening_port();
-        (peer, port)
+        Peer::server_where(netns, Some(cgroup), addr, mode, hold_ms, extra)
     }
 
     /// A client started in `cgroup`.
@@ -453,8 +474,15 @@ impl Peer {
         hold_ms: u64,
         extra: &[&str],
     ) -> Peer {
-        let mut all = args("peer-client", "client", "--connect", addr, mode, hold_ms);
-        all.extend(extra.iter().map(|s| s.to_string()));
+        let all = args(
+            "peer-client",
+            "client",
+            "--connect",
+            addr,
+            mode,
+            hold_ms,
+            extra,
+        );
         Peer::spawn_in(netns, Some(cgroup), &all)
     }
 
@@ -512,8 +540,16 @@ impl Peer {
     }
 }
 
-fn args(name: &str, role: &str, flag: &str, addr: &str, mode: &str, hold_ms: u64) -> Vec<String> {
-    [
+fn args(
+    name: &str,
+    role: &str,
+    flag: &str,
+    addr: &str,
+    mode: &str,
+    hold_ms: u64,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut all: Vec<String> = [
         "--name",
         name,
         role,
@@ -525,7 +561,9 @@ fn args(name: &str, role: &str, flag: &str, addr: &str, mode: &str, hold_ms: u64
         &hold_ms.to_string(),
     ]
     .map(String::from)
-    .to_vec()
+    .to_vec();
+    all.extend(extra.iter().map(|s| s.to_string()));
+    all
 }
 
 thread_local! {
@@ -763,15 +801,10 @@ fn remove_tree(dir: &Path) {
 }
 
 /// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on a hybrid host such as this project's).
+/// `/sys/fs/cgroup/unified` on a hybrid host such as this project's), as
+/// tcptrace finds it.
 pub fn cgroup2_mount() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .find_map(|line| {
-            let (mount, fs) = line.split_once(" - ")?;
-            let fields: Vec<&str> = mount.split(' ').collect();
-            (fs.starts_with("cgroup2 ") && fields.get(3) == Some(&"/"))
-                .then(|| PathBuf::from(fields[4]))
-        })
+    tcptrace::cgroups::Hierarchy::find()
         .expect("a cgroup v2 hierarchy (cgroup2 in /proc/self/mountinfo)")
+        .mount
 }
