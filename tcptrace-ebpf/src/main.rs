@@ -76,6 +76,13 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// The bench's floor (`--floor-probe`): the same hook with a program that
+/// returns at once, the cost of attaching at all.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn state_floor(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
 #[btf_tracepoint(function = "timer_start")]
 pub fn timer_start(ctx: BtfTracePointContext) -> u32 {
     counted(timewait::try_timer_start(&ctx));

@@ -28,6 +28,8 @@ pub struct ProbeOptions {
     pub histogram_keys: u32,
     /// Keep the probe's aya-log diagnostics (`--probe-log`).
     pub probe_log: bool,
+    /// Attach only `FLOOR` (the bench's floor configuration).
+    pub floor: bool,
     /// Wake the reader at most this often under load: the latency of a
     /// live view, against a wake-up's cost per event.
     pub wake_interval: std::time::Duration,
@@ -113,6 +115,14 @@ impl Hook {
         format!("{}/{}", self.kind, self.target)
     }
 }
+
+/// The bench's floor: the state-change tracepoint with a program that
+/// returns at once.
+const FLOOR: Hook = Hook {
+    program: "state_floor",
+    kind: "tp_btf",
+    target: SET_STATE_PROGRAM,
+};
 
 /// New cgroups' names (a classic tracepoint: its record carries the path
 /// the kernel built).
@@ -297,6 +307,18 @@ impl Probe {
             .map_err(|e| explain_load_error(e.into()))
             .context("loading the probe")?;
         let mut attached = Vec::new();
+        if options.floor {
+            attached.push((FLOOR, attach(&mut ebpf, &FLOOR, btf)?));
+            return Ok(Probe {
+                log: None,
+                ebpf,
+                ring_size: options.ring_size,
+                wake_interval: options.wake_interval,
+                timewait: TimewaitDetection::Disabled,
+                hooks: vec![FLOOR],
+                program_fds: vec![(FLOOR.program, attached[0].1)],
+            });
+        }
         // First: a cgroup's name comes before the events of its sockets.
         if config.offsets.mkdir_path != 0 {
             match attach(&mut ebpf, &CGROUP_MKDIR, btf) {
@@ -410,7 +432,7 @@ impl Probe {
         let (mut recursion_misses, mut timewait_hook_misses) = (0, 0);
         for &(name, fd) in &self.program_fds {
             let misses = program_info(fd)?.recursion_misses;
-            if name == SET_STATE_PROGRAM {
+            if [SET_STATE_PROGRAM, FLOOR.program].contains(&name) {
                 recursion_misses += misses;
             } else {
                 timewait_hook_misses += misses;

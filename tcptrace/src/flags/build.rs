@@ -358,6 +358,7 @@ impl ProbeFlags {
             timewait_hook: !self.no_timewait_hook,
             histogram_keys: DEFAULT_HISTOGRAM_KEYS,
             probe_log: self.probe_log,
+            floor: self.floor_probe,
             wake_interval: crate::session::WAKE_INTERVAL,
         }
     }

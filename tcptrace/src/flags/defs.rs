@@ -212,6 +212,12 @@ pub struct ProbeFlags {
     /// kernel's verifier removes the logging code from the probe.
     #[arg(long)]
     pub probe_log: bool,
+
+    /// Benchmarks only: attach nothing but a program on the state-change
+    /// tracepoint that returns at once (`cargo xtask bench`'s floor), so
+    /// that nothing is traced.
+    #[arg(long, hide = true)]
+    pub floor_probe: bool,
 }
 
 /// What every tracing command takes: output format, filters, run length

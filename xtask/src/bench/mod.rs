@@ -83,6 +83,20 @@ const ALL_PER_PORT: Table = &[("CLOSE->LISTEN", 1), ("LISTEN->CLOSE", 1)];
 /// TIME_WAIT entry and the other end's CLOSE_WAIT -> LAST_ACK.
 const DEFAULT_PER_CONNECTION: Table = &[("FIN_WAIT2->TIME_WAIT", 1), ("CLOSE_WAIT->LAST_ACK", 1)];
 
+/// What `tcptrace hist` counts of one connection, in its histograms:
+/// both ends' handshake and established time, the other end's CLOSE_WAIT,
+/// LAST_ACK and lifetime (its last socket closes in the round), the
+/// closer's FIN_WAIT2 (ended by the other end's FIN at its timewait socket).
+/// The closer's TIME_WAIT and lifetime end after the round.
+const HIST_PER_CONNECTION: Table = &[
+    ("hist:handshake", 2),
+    ("hist:established", 2),
+    ("hist:close_wait", 1),
+    ("hist:last_ack", 1),
+    ("hist:fin_wait2", 1),
+    ("hist:lifetime", 1),
+];
+
 const TCPSTATES: &str = "/usr/sbin/tcpstates";
 /// Where the tracers' outputs go (under the workspace's target/).
 const OUT_DIR: &str = "target/bench";
@@ -113,7 +127,8 @@ pub struct Options {
     /// Configurations, in round order: A no tracer, B tcptrace --all --json,
     /// C tcptrace's default view (--json), D libbpf-tools tcpstates, E B without the timewait
     /// hooks (their cost), R tcptrace record into a file (read back with -r --all --json
-    /// for the counts) [default: ABCD; B with --smoke].
+    /// for the counts), H tcptrace hist (its histograms' counts), F the floor: a program
+    /// on the state-change tracepoint that returns at once [default: ABCD; B with --smoke].
     #[arg(long)]
     configs: Option<String>,
     /// Seconds of silence for the idle check after the rounds, 0 to skip
@@ -142,6 +157,11 @@ enum Config {
     E,
     /// `tcptrace record`: everything into a capture file, read back after.
     R,
+    /// `tcptrace hist`: durations aggregated in the kernel.
+    H,
+    /// The floor: the state-change tracepoint with a program that returns
+    /// at once (`--floor-probe`), the physical limit of attaching at all.
+    F,
 }
 
 impl Config {
@@ -153,7 +173,9 @@ impl Config {
             'D' => Config::D,
             'E' => Config::E,
             'R' => Config::R,
-            other => bail!("unknown configuration {other:?} (A, B, C, D, E or R)"),
+            'H' => Config::H,
+            'F' => Config::F,
+            other => bail!("unknown configuration {other:?} (A, B, C, D, E, R, H or F)"),
         })
     }
 
@@ -165,6 +187,8 @@ impl Config {
             Config::D => "D",
             Config::E => "E",
             Config::R => "R",
+            Config::H => "H",
+            Config::F => "F",
         }
     }
 
@@ -176,13 +200,16 @@ impl Config {
             Config::D => "tcpstates (libbpf-tools)",
             Config::E => "tcptrace --all --json --no-timewait-hook",
             Config::R => "tcptrace record -w",
+            Config::H => "tcptrace hist --json",
+            Config::F => "floor: empty program",
         }
     }
 
     /// (per connection, per listening port) expected transitions.
     fn expected(self) -> (Vec<(&'static str, u64)>, Table) {
         match self {
-            Config::A => (Vec::new(), &[]),
+            Config::A | Config::F => (Vec::new(), &[]),
+            Config::H => (HIST_PER_CONNECTION.to_vec(), &[]),
             // The capture's transitions, read back with -r --all.
             Config::B | Config::R => (
                 [ALL_PER_CONNECTION, TIMEWAIT_PER_CONNECTION].concat(),

@@ -427,7 +427,9 @@ pub(super) fn ensure_tcpstates() -> std::result::Result<PathBuf, String> {
 pub(super) fn state_program_runs(programs: &[Value]) -> u64 {
     programs
         .iter()
-        .filter(|p| p["program"] == "inet_sock_set_state")
+        .filter(|p| {
+            ["inet_sock_set_state", "state_floor"].contains(&p["program"].as_str().unwrap_or(""))
+        })
         .filter_map(|p| p["runs"].as_u64())
         .sum()
 }

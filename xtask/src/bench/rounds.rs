@@ -214,6 +214,16 @@ impl Bench {
                 ],
                 &out_path,
             )?),
+            Config::H => Some(Tracer::tcptrace(
+                &self.tracer,
+                &["hist", "--json", "--port", &self.port_range()],
+                &out_path,
+            )?),
+            Config::F => Some(Tracer::tcptrace(
+                &self.tracer,
+                &["--floor-probe", "--json", "--port", &self.port_range()],
+                &out_path,
+            )?),
             Config::D => {
                 let path = self.tcpstates.clone().map_err(anyhow::Error::msg)?;
                 Some(Tracer::tcpstates(&path, &out_path)?)
@@ -319,7 +329,7 @@ impl Bench {
                 );
             }
             let counts = match config {
-                Config::B | Config::C | Config::E => {
+                Config::B | Config::C | Config::E | Config::H | Config::F => {
                     self.read_tcptrace_json(&out_path, &mut round)?
                 }
                 Config::D => {

@@ -191,11 +191,14 @@ impl<'a> Summary<'a> {
             let unexplained: u64 = rounds.iter().map(|r| r.unexplained()).sum();
             let expected: u64 = rounds.iter().map(|r| r.expected).sum();
             let counted: u64 = rounds.iter().map(|r| r.counted_losses()).sum();
+            let made: u64 = rounds.iter().map(|r| r.workload_transitions).sum();
             println!(
                 "{}: over {} round(s), {unexplained} of {expected} expected transitions lost \
-                 unexplained, {counted} counted as lost",
+                 unexplained, {counted} counted as lost ({:.2} per 100,000 of the workload's \
+                 {made} transitions)",
                 config.letter(),
-                rounds.len()
+                rounds.len(),
+                1e5 * counted as f64 / made.max(1) as f64
             );
         }
         if let Some((_, rounds)) = self
