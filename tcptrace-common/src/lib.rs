@@ -427,6 +427,8 @@ pub struct KernelOffsets {
     pub tw_timer: u32,
     /// `struct timer_list`.expires (jiffies)
     pub timer_expires: u32,
+    /// `struct timer_list`.entry.pprev (non-NULL while the timer is queued)
+    pub timer_pprev: u32,
     /// `struct inet_timewait_sock`: remote port (network order), and local
     /// port (sock_common.skc_num, read through full sockets too)
     pub tw_dport: u32,
@@ -462,6 +464,17 @@ pub struct KernelOffsets {
     pub mkdir_root: u32,
     pub mkdir_id: u32,
     pub mkdir_path: u32,
+    /// Where a full socket's timewait successor is found (the established
+    /// hash, where tcp_time_wait() puts it in the socket's place):
+    /// `struct net`.ipv4.tcp_death_row.hashinfo (0: the kernel predates
+    /// per-namespace hashes, 6.1, and `ProbeConfig::tcp_hashinfo` is used),
+    /// `struct inet_hashinfo`.ehash and .ehash_mask, sock_common's skc_hash
+    /// and skc_nulls_node.
+    pub net_hashinfo: u32,
+    pub hashinfo_ehash: u32,
+    pub hashinfo_ehash_mask: u32,
+    pub skc_hash: u32,
+    pub skc_nulls_node: u32,
 }
 
 /// Load-time configuration of the probe (a read-only global).
@@ -472,6 +485,9 @@ pub struct ProbeConfig {
     pub pid: u32,
     /// Address of tw_timer_handler(), to recognise timewait timers.
     pub tw_timer_handler: u64,
+    /// Address of the global tcp_hashinfo, where the kernel has no
+    /// per-namespace one (`KernelOffsets::net_hashinfo` 0).
+    pub tcp_hashinfo: u64,
     /// `hist_by::*`.
     pub hist_by: u32,
     /// With CONFIG_NETNS_FILTER: the inode of the only network namespace
@@ -501,6 +517,7 @@ impl ProbeConfig {
             flags: 0,
             pid: 0,
             tw_timer_handler: 0,
+            tcp_hashinfo: 0,
             hist_by: 0,
             netns: 0,
             wake_interval_ns: 0,
@@ -531,6 +548,12 @@ impl ProbeConfig {
                 mkdir_root: 0,
                 mkdir_id: 0,
                 mkdir_path: 0,
+                timer_pprev: 0,
+                net_hashinfo: 0,
+                hashinfo_ehash: 0,
+                hashinfo_ehash_mask: 0,
+                skc_hash: 0,
+                skc_nulls_node: 0,
             },
             transitions: [0; 16],
             lports: [0; 1024],

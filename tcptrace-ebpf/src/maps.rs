@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tcptrace_common::{
-    ArmedTimewaits, HistKey, HistValue, ListenerOwner, PendingCancel, RecentConnect, SocketRecord,
+    HistKey, HistValue, ListenerOwner, PendingCancel, RecentConnect, SocketRecord,
     COUNTER_COUNT,
 };
 
@@ -40,18 +40,6 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_CO
 /// ktime of the last forced wake-up of the reader (one slot, all CPUs).
 #[map]
 pub static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
-
-/// Each CPU's timewait births waiting for their hand-off (see
-/// `timewait::timewait_born`).
-#[map]
-pub static ARMED_TIMEWAIT: PerCpuArray<ArmedTimewaits> = PerCpuArray::with_max_entries(1, 0);
-
-/// ktime at which userspace finished attaching the state program (0 until
-/// then). The birth hooks are attached first, so a birth armed before this
-/// had its hand-off before the probe could see it: that is a connection
-/// that predates tracing, not a loss.
-#[map]
-pub static STATE_ATTACHED_AT: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static PENDING_CANCEL: PerCpuArray<PendingCancel> = PerCpuArray::with_max_entries(1, 0);

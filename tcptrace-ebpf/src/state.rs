@@ -21,7 +21,7 @@ use crate::{
     histograms::{dwell_metric, record_duration},
     lifetimes::{connection_over, record_lifetime},
     maps::{count, LISTENERS, NEW_RECORD, RECENT_CONNECT, SOCKETS},
-    timewait::{hand_off, timewait_handoff, TimewaitChange},
+    timewait::{hand_off, timewait_successor, TimewaitChange},
 };
 
 pub const IPPROTO_TCP: u16 = 6;
@@ -103,7 +103,7 @@ pub fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let mut handoff = None;
     if closing_from_fin && flags & CONFIG_TIMEWAIT_HOOK != 0 {
         change.event_flags |= EVENT_TIMEWAIT_CHECKED;
-        handoff = timewait_handoff(now, change.endpoints.lport, change.endpoints.rport);
+        handoff = timewait_successor(sk, net, &change.endpoints);
         if handoff.is_some() {
             change.event_flags |= EVENT_TIMEWAIT_HANDOFF;
             count(COUNTER_TIMEWAIT_HANDOFFS);
