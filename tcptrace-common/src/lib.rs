@@ -613,6 +613,10 @@ pub const COUNTER_TIMEWAIT_ENTRIES_LOST: u32 = 9;
 /// with the entries left, userspace tells how many the LRU maps evicted.
 pub const COUNTER_RECORDS_ADDED: u32 = 10;
 pub const COUNTER_RECORDS_REMOVED: u32 = 11;
+/// Runs of the state program's stand-in (`inet_sock_set_state_nested`):
+/// state changes the kernel skipped the state program for, as it was
+/// already running on that CPU, and that the stand-in handled instead.
+pub const COUNTER_NESTED_RUNS: u32 = 12;
 pub const COUNTER_COUNT: u32 = 16;
 
 /// A timewait socket born on this CPU whose full socket's hand-off

@@ -52,9 +52,9 @@ use aya_ebpf::{
     macros::{btf_tracepoint, fentry, fexit, tracepoint},
     programs::{BtfTracePointContext, FEntryContext, FExitContext, TracePointContext},
 };
-use tcptrace_common::COUNTER_READ_FAILED;
+use tcptrace_common::{COUNTER_NESTED_RUNS, COUNTER_READ_FAILED};
 
-use crate::maps::count;
+use crate::maps::{count, STATE_BUSY};
 
 /// Every program's errors are failed reads of a kernel object: what the
 /// run was following is lost (a transition, or a timewait socket's hand-off,
@@ -68,12 +68,40 @@ fn counted(result: Result<(), i64>) {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
-    if let Err(err) = state::try_inet_sock_set_state(&ctx) {
+    let busy = STATE_BUSY.get_ptr_mut(0);
+    if let Some(busy) = busy {
+        unsafe { *busy = 1 };
+    }
+    state_change::<false>(&ctx);
+    if let Some(busy) = busy {
+        unsafe { *busy = 0 };
+    }
+    0
+}
+
+/// The state program's stand-in. A state change made while the state
+/// program runs on this CPU (a softirq interrupting it, on loopback often
+/// the peer's side of the same connection) reaches the tracepoint nested:
+/// the kernel skips the program already running there, counting a
+/// recursion miss, but runs this one, which then does its work. Otherwise
+/// it returns at once. Attached after the state program.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> u32 {
+    let busy = STATE_BUSY.get(0).is_some_and(|busy| *busy != 0);
+    if busy {
+        count(COUNTER_NESTED_RUNS);
+        state_change::<true>(&ctx);
+    }
+    0
+}
+
+#[inline(always)]
+fn state_change<const NESTED: bool>(ctx: &BtfTracePointContext) {
+    if let Err(err) = state::try_inet_sock_set_state::<NESTED>(ctx) {
         // Only reads of the socket fail; the event is lost, and counted.
         count(COUNTER_READ_FAILED);
         diagnostics::read_failed(err);
     }
-    0
 }
 
 /// The bench's floor (`--floor-probe`): the same hook with a program that

@@ -5,8 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tcptrace_common::{
-    HistKey, HistValue, ListenerOwner, PendingCancel, RecentConnect, SocketRecord,
-    COUNTER_COUNT,
+    HistKey, HistValue, ListenerOwner, PendingCancel, RecentConnect, SocketRecord, COUNTER_COUNT,
 };
 
 /// Sized by userspace (`--ring-size`) before load.
@@ -20,9 +19,15 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 pub static SOCKETS: LruHashMap<u64, SocketRecord> = LruHashMap::with_max_entries(131_072, 0);
 
 /// Each CPU's scratch record for a socket seen for the first time (map
-/// memory: the stack is too small to hold it beside the rest).
+/// memory: the stack is too small to hold it beside the rest): one for the
+/// state program, one for its stand-in, which may run nested inside it.
 #[map]
-pub static NEW_RECORD: PerCpuArray<SocketRecord> = PerCpuArray::with_max_entries(1, 0);
+pub static NEW_RECORD: PerCpuArray<SocketRecord> = PerCpuArray::with_max_entries(2, 0);
+
+/// 1 while the state program runs on this CPU: its stand-in acts only
+/// then (see `inet_sock_set_state_nested`).
+#[map]
+pub static STATE_BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// The same records, moved over at the hand-off, for connections living in
 /// a timewait socket (keyed by its address). LRU for the same reason.

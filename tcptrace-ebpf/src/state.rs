@@ -57,7 +57,9 @@ pub struct StateChange {
     syn_recv_at: u64,
 }
 
-pub fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
+/// `NESTED`: run by the stand-in, inside a run of the state program on the
+/// same CPU (it keeps its own scratch record).
+pub fn try_inet_sock_set_state<const NESTED: bool>(ctx: &BtfTracePointContext) -> Result<(), i64> {
     // A BTF tracepoint: the kernel passes (sk, oldstate, newstate) directly,
     // with no record to build, and guards against recursion per program,
     // counting each skipped run.
@@ -132,7 +134,7 @@ pub fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
             }
             Some(record)
         }
-        None => first_sight(&mut change, born),
+        None => first_sight::<NESTED>(&mut change, born),
     };
     if change.syn_recv_at != 0 {
         if !have_addresses {
@@ -288,7 +290,10 @@ pub fn known_socket(
 /// (`born`), otherwise it predates the probe. Its record is built in this
 /// CPU's scratch slot and stored unless the socket is closing; returns it.
 #[inline(never)]
-pub fn first_sight(change: &mut StateChange, born: bool) -> Option<*mut SocketRecord> {
+pub fn first_sight<const NESTED: bool>(
+    change: &mut StateChange,
+    born: bool,
+) -> Option<*mut SocketRecord> {
     if born {
         change.event_flags |= EVENT_AGE_KNOWN;
     }
@@ -307,7 +312,7 @@ pub fn first_sight(change: &mut StateChange, born: bool) -> Option<*mut SocketRe
     if !born {
         diagnostics::predates_tracing(&change.endpoints, old, new);
     }
-    let slot = NEW_RECORD.get_ptr_mut(0)?;
+    let slot = NEW_RECORD.get_ptr_mut(NESTED as u32)?;
     let record = unsafe { &mut *slot };
     *record = SocketRecord::new(now, new, closer::UNKNOWN);
     record.pid = change.pid;

@@ -10,9 +10,9 @@ use aya::{
 use tcptrace_common::{
     HistKey, HistValue, KernelOffsets, ListenerOwner, ProbeConfig, SocketRecord,
     CONFIG_TIMEWAIT_HOOK, COUNTER_CONNECTIONS, COUNTER_EMITTED, COUNTER_HANDOFFS_UNSEEN,
-    COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_RECORDS_ADDED, COUNTER_RECORDS_REMOVED,
-    COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_ENTRIES_LOST,
-    COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL,
+    COUNTER_HIST_OVERFLOW, COUNTER_NESTED_RUNS, COUNTER_READ_FAILED, COUNTER_RECORDS_ADDED,
+    COUNTER_RECORDS_REMOVED, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL,
+    COUNTER_TIMEWAIT_ENTRIES_LOST, COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL,
 };
 
 use crate::{btf::Btf, error::note, ring::RingReader};
@@ -114,6 +114,14 @@ impl Hook {
     }
 }
 
+/// The state program's stand-in, which does its work where the kernel
+/// skips it (it was already running on that CPU). Attached after it.
+const STATE_NESTED: Hook = Hook {
+    program: "inet_sock_set_state_nested",
+    kind: "tp_btf",
+    target: SET_STATE_PROGRAM,
+};
+
 /// The bench's floor: the state-change tracepoint with a program that
 /// returns at once.
 const FLOOR: Hook = Hook {
@@ -200,8 +208,12 @@ pub struct LossCounters {
     /// Events dropped because the ring buffer was full.
     pub ring_full: u64,
     /// Runs of the state-change program the kernel skipped (the tracepoint
-    /// fired again on a CPU already running it): each one a lost event.
+    /// fired again on a CPU already running it) that its stand-in did not
+    /// make good: each one a lost event.
     pub recursion_misses: u64,
+    /// Skipped runs of the state-change program whose work its stand-in
+    /// did instead (nothing lost).
+    pub recursion_covered: u64,
     /// Runs of the timewait timer hook the kernel skipped: no event is lost,
     /// but a hand-off may then be reported as not one.
     pub timewait_hook_misses: u64,
@@ -356,13 +368,19 @@ impl Probe {
         };
         let hook = Hook::tp_btf(SET_STATE_PROGRAM);
         attached.push((hook, attach(&mut ebpf, &hook, btf)?));
+        attached.push((STATE_NESTED, attach(&mut ebpf, &STATE_NESTED, btf)?));
         Ok(Probe {
             log,
             ebpf,
             ring_size: options.ring_size,
             wake_interval: options.wake_interval,
             timewait,
-            hooks: attached.iter().map(|(hook, _)| *hook).collect(),
+            // Attach points: the stand-in shares the state program's.
+            hooks: attached
+                .iter()
+                .map(|(hook, _)| *hook)
+                .filter(|hook| hook.program != STATE_NESTED.program)
+                .collect(),
             program_fds: attached
                 .iter()
                 .map(|(hook, fd)| (hook.program, *fd))
@@ -403,18 +421,26 @@ impl Probe {
     }
 
     pub fn loss_counters(&self) -> Result<LossCounters> {
-        let (mut recursion_misses, mut timewait_hook_misses) = (0, 0);
+        let (mut state_misses, mut timewait_hook_misses) = (0, 0);
         for &(name, fd) in &self.program_fds {
             let misses = program_info(fd)?.recursion_misses;
             if [SET_STATE_PROGRAM, FLOOR.program].contains(&name) {
-                recursion_misses += misses;
-            } else {
+                state_misses += misses;
+            } else if name != STATE_NESTED.program {
                 timewait_hook_misses += misses;
             }
+            // The stand-in's own skips lose nothing: it is skipped only
+            // where it is already running, and then the state program,
+            // which it can only be nested in, is not.
         }
+        // Each skip of the state program is made good by a run of its
+        // stand-in, unless that was skipped too.
+        let recursion_covered = self.counter(COUNTER_NESTED_RUNS)?;
+        let recursion_misses = state_misses.saturating_sub(recursion_covered);
         Ok(LossCounters {
             ring_full: self.counter(COUNTER_RING_FULL)?,
             recursion_misses,
+            recursion_covered,
             timewait_hook_misses,
             read_failures: self.counter(COUNTER_READ_FAILED)?,
             socket_map_full: self.counter(COUNTER_SOCKET_MAP_FULL)?

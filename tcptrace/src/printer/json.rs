@@ -196,6 +196,7 @@ pub fn write_summary_record(
     for (name, value) in [
         ("ring_reservation_failures", ctx.losses.ring_full),
         ("recursion_misses", ctx.losses.recursion_misses),
+        ("recursion_covered", ctx.losses.recursion_covered),
         ("timewait_hook_misses", ctx.losses.timewait_hook_misses),
         ("read_failures", ctx.losses.read_failures),
         ("socket_map_full", ctx.losses.socket_map_full),

@@ -231,15 +231,9 @@ fn idle_tracer_wakes_rarely() {
 fn expected_timewait_hooks() -> Option<(&'static str, &'static str)> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     if release.starts_with("6.1.") {
-        Some((
-            "fentry/inet_twsk_kill",
-            "fexit/tcp_timewait_state_process",
-        ))
+        Some(("fentry/inet_twsk_kill", "fexit/tcp_timewait_state_process"))
     } else if release.starts_with("6.18.") {
-        Some((
-            "tp_btf/timer_cancel",
-            "tp_btf/kfree_skb",
-        ))
+        Some(("tp_btf/timer_cancel", "tp_btf/kfree_skb"))
     } else {
         None
     }

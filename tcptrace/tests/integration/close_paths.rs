@@ -430,7 +430,11 @@ fn without_the_timer_hook_handoffs_are_unclassified_not_hidden() {
             .collect();
         assert_eq!(
             programs,
-            ["cgroup_mkdir", "inet_sock_set_state"],
+            [
+                "cgroup_mkdir",
+                "inet_sock_set_state",
+                "inet_sock_set_state_nested"
+            ],
             "no timewait hook attached"
         );
     });
