@@ -58,7 +58,9 @@ pub struct StateChange {
 }
 
 /// `NESTED`: run by the stand-in, inside a run of the state program on the
-/// same CPU (it keeps its own scratch record).
+/// same CPU (it keeps its own scratch record). Inlined into each program:
+/// a frame of its own would not fit 6.1's stack limit (see `StateChange`).
+#[inline(always)]
 pub fn try_inet_sock_set_state<const NESTED: bool>(ctx: &BtfTracePointContext) -> Result<(), i64> {
     // A BTF tracepoint: the kernel passes (sk, oldstate, newstate) directly,
     // with no record to build, and guards against recursion per program,

@@ -171,7 +171,7 @@ pub fn write_lost(out: &mut Vec<u8>, clock: &Clock, before: &LossCounters, now: 
         "type": "lost",
         "time": time_value(clock, Clock::now_ktime_ns()),
         "ring_reservation_failures": now.ring_full - before.ring_full,
-        "recursion_misses": now.recursion_misses - before.recursion_misses,
+        "recursion_misses": now.recursion_misses.saturating_sub(before.recursion_misses),
         "read_failures": now.read_failures - before.read_failures,
         "timewait_hook_misses": now.timewait_hook_misses - before.timewait_hook_misses,
         "timewait_entries_lost": now.timewait_entries_lost - before.timewait_entries_lost,

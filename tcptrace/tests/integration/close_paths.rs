@@ -46,8 +46,19 @@ fn assert_endpoints(t: &Value, family: &str, addr: &str, lport: u16, rport: u16)
 /// side's CLOSE_WAIT -> LAST_ACK; --all shows where the timewait hand-off
 /// happened.
 fn close_sequence(addr: &str, family: &str, client_first: bool, closer_mode: &str, signal: i32) {
+    close_sequence_held(addr, family, client_first, closer_mode, signal, 150);
+}
+
+/// `hold_ms`: how long the side that closes second waits.
+fn close_sequence_held(
+    addr: &str,
+    family: &str,
+    client_first: bool,
+    closer_mode: &str,
+    signal: i32,
+    hold_ms: u64,
+) {
     let netns = Netns::new();
-    let hold_ms = 150;
     let (server_mode, client_mode) = if client_first {
         ("close-second", closer_mode)
     } else {
@@ -150,6 +161,16 @@ fn close_sequence(addr: &str, family: &str, client_first: bool, closer_mode: &st
 fn client_closes_first() {
     harness::exact_unless_kernel_skipped(|| {
         close_sequence("127.0.0.1", "ipv4", true, "close-first", libc::SIGINT);
+    });
+}
+
+/// The peer's FIN seconds after an orphaned close: the timewait socket's
+/// timer then moves to another slot of the timer wheel when the FIN re-arms
+/// it for 60 s (a cancel, then a start), which must not read as its end.
+#[test]
+fn client_closes_first_and_the_peer_seconds_later() {
+    harness::exact_unless_kernel_skipped(|| {
+        close_sequence_held("127.0.0.1", "ipv4", true, "close-first", libc::SIGINT, 3000);
     });
 }
 
