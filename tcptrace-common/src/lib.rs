@@ -234,16 +234,6 @@ impl SocketRecord {
     }
 }
 
-/// A timewait timer armed on a CPU longer ago than this did not come from
-/// the hand-off being reported there. tcp_time_wait() arms it and closes
-/// the full socket in one go, microseconds apart on hardware; the margin is
-/// for virtual CPUs, which the host may stop in between (seen under qemu's
-/// emulation, where 1 ms missed hand-offs, and once in a CI run 20 ms did).
-/// A false match would need the same ports on the same CPU within the
-/// window, so a wide one costs nothing but a later count of the hand-offs
-/// the kernel skipped.
-pub const HANDOFF_WINDOW_NS: u64 = 100_000_000;
-
 /// Which side closed a connection first.
 pub mod closer {
     pub const UNKNOWN: u8 = 0;
@@ -603,12 +593,9 @@ pub const COUNTER_TIMEWAIT_MAP_FULL: u32 = 5;
 pub const COUNTER_HIST_OVERFLOW: u32 = 6;
 /// Connections written to the ring (`life`).
 pub const COUNTER_CONNECTIONS: u32 = 7;
-/// Timewait sockets whose hand-off the state-change program never ran for
-/// (the kernel skipped it: a recursion miss, or rarely without counting).
-pub const COUNTER_HANDOFFS_UNSEEN: u32 = 8;
-/// TIME_WAIT entries lost with such a hand-off (born in TIME_WAIT, they
-/// are reported by the hand-off).
-pub const COUNTER_TIMEWAIT_ENTRIES_LOST: u32 = 9;
+// 8 and 9 counted timewait births whose hand-off went unseen, and the
+// TIME_WAIT entries lost with them, when births had a hook of their own;
+// the birth is now found at the hand-off (see `LossCounters`).
 /// Records added to SOCKETS and TIMEWAITS (new keys) and removed from them:
 /// with the entries left, userspace tells how many the LRU maps evicted.
 pub const COUNTER_RECORDS_ADDED: u32 = 10;
@@ -618,34 +605,6 @@ pub const COUNTER_RECORDS_REMOVED: u32 = 11;
 /// already running on that CPU, and that the stand-in handled instead.
 pub const COUNTER_NESTED_RUNS: u32 = 12;
 pub const COUNTER_COUNT: u32 = 16;
-
-/// A timewait socket born on this CPU whose full socket's hand-off
-/// (-> CLOSE, microseconds later on the same CPU) is still to come.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct ArmedTimewait {
-    pub ktime_ns: u64,
-    /// Address of the new `inet_timewait_sock`.
-    pub tw: u64,
-    pub lport: u16,
-    /// Remote port in host order.
-    pub rport: u16,
-    /// Its sub-state: FIN_WAIT2 (peer's FIN still to come) or TIME_WAIT.
-    pub substate: u8,
-    pub _pad: [u8; 3],
-}
-
-/// Births awaiting their hand-off on one CPU. More than one: tcp_time_wait()
-/// re-enables softirqs between the birth and the hand-off, and a softirq
-/// run there may close another connection into TIME_WAIT on this CPU,
-/// nested between the first one's birth and hand-off.
-pub const ARMED_SLOTS: usize = 4;
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct ArmedTimewaits {
-    pub slots: [ArmedTimewait; ARMED_SLOTS],
-}
 
 /// A timewait timer cancelled before its expiry on this CPU, waiting to be
 /// told apart from a re-arm (mod_timer() cancels, then starts the timer
@@ -713,8 +672,6 @@ mod pod {
     unsafe impl aya::Pod for SocketRecord {}
     unsafe impl aya::Pod for ListenerOwner {}
     unsafe impl aya::Pod for ProbeConfig {}
-    unsafe impl aya::Pod for ArmedTimewait {}
-    unsafe impl aya::Pod for ArmedTimewaits {}
     unsafe impl aya::Pod for ConnectionEvent {}
     unsafe impl aya::Pod for HistKey {}
     unsafe impl aya::Pod for HistValue {}

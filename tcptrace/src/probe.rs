@@ -9,10 +9,10 @@ use aya::{
 };
 use tcptrace_common::{
     HistKey, HistValue, KernelOffsets, ListenerOwner, ProbeConfig, SocketRecord,
-    CONFIG_TIMEWAIT_HOOK, COUNTER_CONNECTIONS, COUNTER_EMITTED, COUNTER_HANDOFFS_UNSEEN,
-    COUNTER_HIST_OVERFLOW, COUNTER_NESTED_RUNS, COUNTER_READ_FAILED, COUNTER_RECORDS_ADDED,
-    COUNTER_RECORDS_REMOVED, COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL,
-    COUNTER_TIMEWAIT_ENTRIES_LOST, COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL,
+    CONFIG_TIMEWAIT_HOOK, COUNTER_CONNECTIONS, COUNTER_EMITTED, COUNTER_HIST_OVERFLOW,
+    COUNTER_NESTED_RUNS, COUNTER_READ_FAILED, COUNTER_RECORDS_ADDED, COUNTER_RECORDS_REMOVED,
+    COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS,
+    COUNTER_TIMEWAIT_MAP_FULL,
 };
 
 use crate::{btf::Btf, error::note, ring::RingReader};
@@ -445,8 +445,11 @@ impl Probe {
             read_failures: self.counter(COUNTER_READ_FAILED)?,
             socket_map_full: self.counter(COUNTER_SOCKET_MAP_FULL)?
                 + self.counter(COUNTER_TIMEWAIT_MAP_FULL)?,
-            handoffs_unseen: self.counter(COUNTER_HANDOFFS_UNSEEN)?,
-            timewait_entries_lost: self.counter(COUNTER_TIMEWAIT_ENTRIES_LOST)?,
+            // The birth is found at the hand-off: a skipped hand-off is a
+            // recursion miss, with no birth seen apart from it. Kept for
+            // the summaries and captures of earlier versions.
+            handoffs_unseen: 0,
+            timewait_entries_lost: 0,
         })
     }
 
