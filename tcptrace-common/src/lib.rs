@@ -696,11 +696,11 @@ mod tests {
         assert_eq!(core::mem::size_of::<ListenerOwner>(), 32);
         assert_eq!(core::mem::size_of::<HistKey>(), 24);
         assert_eq!(core::mem::size_of::<HistValue>(), 24 + 8 * HIST_BUCKETS);
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 4 * 22);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 4 * 28);
         assert_eq!(CgroupEvent::SIZE, 512);
         assert_eq!(
             core::mem::size_of::<ProbeConfig>(),
-            4 + 4 + 8 + 8 + 16 + 16 + 88 + 32 + 8192 * 2
+            4 + 4 + 8 + 8 + 8 + 16 + 16 + 112 + 32 + 8192 * 2
         );
     }
 
