@@ -234,6 +234,16 @@ impl SocketRecord {
     }
 }
 
+/// A timewait timer armed on a CPU longer ago than this did not come from
+/// the hand-off being reported there. tcp_time_wait() arms it and closes
+/// the full socket in one go, microseconds apart on hardware; the margin is
+/// for virtual CPUs, which the host may stop in between (seen under qemu's
+/// emulation, where 1 ms missed hand-offs, and once in a CI run 20 ms did).
+/// A false match would need the same ports on the same CPU within the
+/// window, so a wide one costs nothing but a later count of the hand-offs
+/// the kernel skipped.
+pub const HANDOFF_WINDOW_NS: u64 = 100_000_000;
+
 /// Which side closed a connection first.
 pub mod closer {
     pub const UNKNOWN: u8 = 0;
@@ -417,8 +427,6 @@ pub struct KernelOffsets {
     pub tw_timer: u32,
     /// `struct timer_list`.expires (jiffies)
     pub timer_expires: u32,
-    /// `struct timer_list`.entry.pprev (non-NULL while the timer is queued)
-    pub timer_pprev: u32,
     /// `struct inet_timewait_sock`: remote port (network order), and local
     /// port (sock_common.skc_num, read through full sockets too)
     pub tw_dport: u32,
@@ -454,17 +462,6 @@ pub struct KernelOffsets {
     pub mkdir_root: u32,
     pub mkdir_id: u32,
     pub mkdir_path: u32,
-    /// Where a full socket's timewait successor is found (the established
-    /// hash, where tcp_time_wait() puts it in the socket's place):
-    /// `struct net`.ipv4.tcp_death_row.hashinfo (0: the kernel predates
-    /// per-namespace hashes, 6.1, and `ProbeConfig::tcp_hashinfo` is used),
-    /// `struct inet_hashinfo`.ehash and .ehash_mask, sock_common's skc_hash
-    /// and skc_nulls_node.
-    pub net_hashinfo: u32,
-    pub hashinfo_ehash: u32,
-    pub hashinfo_ehash_mask: u32,
-    pub skc_hash: u32,
-    pub skc_nulls_node: u32,
 }
 
 /// Load-time configuration of the probe (a read-only global).
@@ -475,9 +472,6 @@ pub struct ProbeConfig {
     pub pid: u32,
     /// Address of tw_timer_handler(), to recognise timewait timers.
     pub tw_timer_handler: u64,
-    /// Address of the global tcp_hashinfo, where the kernel has no
-    /// per-namespace one (`KernelOffsets::net_hashinfo` 0).
-    pub tcp_hashinfo: u64,
     /// `hist_by::*`.
     pub hist_by: u32,
     /// With CONFIG_NETNS_FILTER: the inode of the only network namespace
@@ -507,7 +501,6 @@ impl ProbeConfig {
             flags: 0,
             pid: 0,
             tw_timer_handler: 0,
-            tcp_hashinfo: 0,
             hist_by: 0,
             netns: 0,
             wake_interval_ns: 0,
@@ -538,12 +531,6 @@ impl ProbeConfig {
                 mkdir_root: 0,
                 mkdir_id: 0,
                 mkdir_path: 0,
-                timer_pprev: 0,
-                net_hashinfo: 0,
-                hashinfo_ehash: 0,
-                hashinfo_ehash_mask: 0,
-                skc_hash: 0,
-                skc_nulls_node: 0,
             },
             transitions: [0; 16],
             lports: [0; 1024],
@@ -593,18 +580,45 @@ pub const COUNTER_TIMEWAIT_MAP_FULL: u32 = 5;
 pub const COUNTER_HIST_OVERFLOW: u32 = 6;
 /// Connections written to the ring (`life`).
 pub const COUNTER_CONNECTIONS: u32 = 7;
-// 8 and 9 counted timewait births whose hand-off went unseen, and the
-// TIME_WAIT entries lost with them, when births had a hook of their own;
-// the birth is now found at the hand-off (see `LossCounters`).
+/// Timewait sockets whose hand-off the state-change program never ran for
+/// (the kernel skipped it: a recursion miss, or rarely without counting).
+pub const COUNTER_HANDOFFS_UNSEEN: u32 = 8;
+/// TIME_WAIT entries lost with such a hand-off (born in TIME_WAIT, they
+/// are reported by the hand-off).
+pub const COUNTER_TIMEWAIT_ENTRIES_LOST: u32 = 9;
 /// Records added to SOCKETS and TIMEWAITS (new keys) and removed from them:
 /// with the entries left, userspace tells how many the LRU maps evicted.
 pub const COUNTER_RECORDS_ADDED: u32 = 10;
 pub const COUNTER_RECORDS_REMOVED: u32 = 11;
-/// Runs of the state program's stand-in (`inet_sock_set_state_nested`):
-/// state changes the kernel skipped the state program for, as it was
-/// already running on that CPU, and that the stand-in handled instead.
-pub const COUNTER_NESTED_RUNS: u32 = 12;
 pub const COUNTER_COUNT: u32 = 16;
+
+/// A timewait socket born on this CPU whose full socket's hand-off
+/// (-> CLOSE, microseconds later on the same CPU) is still to come.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ArmedTimewait {
+    pub ktime_ns: u64,
+    /// Address of the new `inet_timewait_sock`.
+    pub tw: u64,
+    pub lport: u16,
+    /// Remote port in host order.
+    pub rport: u16,
+    /// Its sub-state: FIN_WAIT2 (peer's FIN still to come) or TIME_WAIT.
+    pub substate: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Births awaiting their hand-off on one CPU. More than one: tcp_time_wait()
+/// re-enables softirqs between the birth and the hand-off, and a softirq
+/// run there may close another connection into TIME_WAIT on this CPU,
+/// nested between the first one's birth and hand-off.
+pub const ARMED_SLOTS: usize = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ArmedTimewaits {
+    pub slots: [ArmedTimewait; ARMED_SLOTS],
+}
 
 /// A timewait timer cancelled before its expiry on this CPU, waiting to be
 /// told apart from a re-arm (mod_timer() cancels, then starts the timer
@@ -672,6 +686,8 @@ mod pod {
     unsafe impl aya::Pod for SocketRecord {}
     unsafe impl aya::Pod for ListenerOwner {}
     unsafe impl aya::Pod for ProbeConfig {}
+    unsafe impl aya::Pod for ArmedTimewait {}
+    unsafe impl aya::Pod for ArmedTimewaits {}
     unsafe impl aya::Pod for ConnectionEvent {}
     unsafe impl aya::Pod for HistKey {}
     unsafe impl aya::Pod for HistValue {}
@@ -696,11 +712,11 @@ mod tests {
         assert_eq!(core::mem::size_of::<ListenerOwner>(), 32);
         assert_eq!(core::mem::size_of::<HistKey>(), 24);
         assert_eq!(core::mem::size_of::<HistValue>(), 24 + 8 * HIST_BUCKETS);
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 4 * 28);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 4 * 22);
         assert_eq!(CgroupEvent::SIZE, 512);
         assert_eq!(
             core::mem::size_of::<ProbeConfig>(),
-            4 + 4 + 8 + 8 + 8 + 16 + 16 + 112 + 32 + 8192 * 2
+            4 + 4 + 8 + 8 + 16 + 16 + 88 + 32 + 8192 * 2
         );
     }
 

@@ -43,3 +43,12 @@ pub fn predates_tracing(ports: &Endpoints, old: u8, new: u8) {
         new
     );
 }
+
+#[inline(never)]
+pub fn handoff_unseen(tw: u64) {
+    warn!(
+        &(),
+        "timewait socket {:x}: born without its hand-off (the kernel skipped the state-change program)",
+        tw
+    );
+}

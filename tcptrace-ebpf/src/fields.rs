@@ -37,12 +37,6 @@ pub fn read_field<T>(base: u64, offset: &u32) -> Result<T, i64> {
     Ok(unsafe { bpf_probe_read_kernel((base + config_u32(offset) as u64) as *const T)? })
 }
 
-/// Reads a field of a kernel object at a computed offset.
-#[inline(always)]
-pub fn read_at<T>(base: u64, offset: u32) -> Result<T, i64> {
-    Ok(unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T)? })
-}
-
 /// Namespace, family, ports and addresses of a timewait socket.
 #[inline(always)]
 pub fn timewait_endpoints(tw: u64, endpoints: &mut Endpoints) -> Result<(), i64> {

@@ -8,19 +8,19 @@
 //!
 //! The tracepoint never sees TIME_WAIT: tcp_time_wait() hands the
 //! connection to a small `inet_timewait_sock` and closes the full socket.
-//! The state program finds that timewait socket at the full socket's
-//! FIN_WAIT2/CLOSING/FIN_WAIT1 -> CLOSE, where tcp_time_wait() has just put
-//! it in the socket's place in the established hash, and moves the
-//! connection's record to `TIMEWAITS` (`timewait::timewait_successor`).
-//! Two more hooks follow it (fentry is not available everywhere,
-//! tracepoints are):
+//! Three more hooks follow that timewait socket (fentry is not available
+//! everywhere, tracepoints are):
+//! - `timer_start`: tcp_time_wait() arms the timewait socket's timer
+//!   (function tw_timer_handler) just before closing the full socket, on
+//!   the same CPU. The FIN_WAIT2/CLOSING/FIN_WAIT1 -> CLOSE that follows is
+//!   a hand-off exactly when this CPU armed a timewait timer for the same
+//!   ports just before; the record moves to `TIMEWAITS`.
 //! - `kfree_skb`: the peer's FIN reaching a timewait socket in sub-state
 //!   FIN_WAIT2 is consumed and freed with rx_sk = that socket, already in
 //!   sub-state TIME_WAIT: the true FIN_WAIT2 -> TIME_WAIT.
 //! - `timer_cancel`: the timer is detached when it expires (then its
 //!   expiry is due: 60 s of TIME_WAIT, or tcp_fin_timeout in FIN_WAIT2) and
-//!   when the socket is removed early (reuse, RST, namespace exit); or,
-//!   where trampolines are allowed, fentry on inet_twsk_kill.
+//!   when the socket is removed early (reuse, RST, namespace exit).
 //!
 //! This file holds the programs' entry points only; each calls into:
 //! - `state`: the inet_sock_set_state handler (records, owners, filters);
@@ -52,12 +52,12 @@ use aya_ebpf::{
     macros::{btf_tracepoint, fentry, fexit, tracepoint},
     programs::{BtfTracePointContext, FEntryContext, FExitContext, TracePointContext},
 };
-use tcptrace_common::{COUNTER_NESTED_RUNS, COUNTER_READ_FAILED};
+use tcptrace_common::COUNTER_READ_FAILED;
 
-use crate::maps::{count, STATE_BUSY};
+use crate::maps::count;
 
 /// Every program's errors are failed reads of a kernel object: what the
-/// run was following is lost (a transition, or a timewait socket's hand-off,
+/// run was following is lost (a transition, or a timewait socket's birth,
 /// FIN or end), and counted.
 #[inline(always)]
 fn counted(result: Result<(), i64>) {
@@ -68,40 +68,12 @@ fn counted(result: Result<(), i64>) {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
-    let busy = STATE_BUSY.get_ptr_mut(0);
-    if let Some(busy) = busy {
-        unsafe { *busy = 1 };
-    }
-    state_change::<false>(&ctx);
-    if let Some(busy) = busy {
-        unsafe { *busy = 0 };
-    }
-    0
-}
-
-/// The state program's stand-in. A state change made while the state
-/// program runs on this CPU (a softirq interrupting it, on loopback often
-/// the peer's side of the same connection) reaches the tracepoint nested:
-/// the kernel skips the program already running there, counting a
-/// recursion miss, but runs this one, which then does its work. Otherwise
-/// it returns at once. Attached after the state program.
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> u32 {
-    let busy = STATE_BUSY.get(0).is_some_and(|busy| *busy != 0);
-    if busy {
-        count(COUNTER_NESTED_RUNS);
-        state_change::<true>(&ctx);
-    }
-    0
-}
-
-#[inline(always)]
-fn state_change<const NESTED: bool>(ctx: &BtfTracePointContext) {
-    if let Err(err) = state::try_inet_sock_set_state::<NESTED>(ctx) {
+    if let Err(err) = state::try_inet_sock_set_state(&ctx) {
         // Only reads of the socket fail; the event is lost, and counted.
         count(COUNTER_READ_FAILED);
         diagnostics::read_failed(err);
     }
+    0
 }
 
 /// The bench's floor (`--floor-probe`): the same hook with a program that
@@ -111,15 +83,30 @@ pub fn state_floor(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+#[btf_tracepoint(function = "timer_start")]
+pub fn timer_start(ctx: BtfTracePointContext) -> u32 {
+    counted(timewait::try_timer_start(&ctx));
+    0
+}
+
 #[btf_tracepoint(function = "timer_cancel")]
 pub fn timer_cancel(ctx: BtfTracePointContext) -> u32 {
     counted(timewait::try_timer_cancel(&ctx));
     0
 }
 
-/// Where BPF trampolines are allowed, the timewait socket's end is hooked
-/// in the timewait code itself, which runs only for timewait sockets,
-/// instead of on every timer cancelled on the machine.
+/// Where BPF trampolines are allowed, the timewait socket's birth and end
+/// are hooked in the timewait code itself, which runs only for timewait
+/// sockets, instead of on every timer of the machine. Birth: tcp_time_wait()
+/// arms the new socket's timer, then inserts it with
+/// inet_twsk_hashdance(tw, sk, ...) just before the full socket's
+/// -> CLOSE, on the same CPU.
+#[fentry(function = "inet_twsk_hashdance")]
+pub fn twsk_hashdance(ctx: FEntryContext) -> u32 {
+    counted(timewait::try_twsk_hashdance(ctx.arg(0)));
+    0
+}
+
 /// End: inet_twsk_kill(tw) unhashes a timewait socket exactly once, from
 /// its timer's handler (expiry) or when it is removed early (reuse, RST,
 /// namespace exit).
@@ -131,7 +118,7 @@ pub fn twsk_kill(ctx: FEntryContext) -> u32 {
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> u32 {
-    timewait::resolve_pending_cancel();
+    let _ = timewait::resolve_pending_cancel(0);
     counted(timewait::try_kfree_skb(&ctx));
     0
 }

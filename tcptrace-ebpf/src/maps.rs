@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tcptrace_common::{
-    HistKey, HistValue, ListenerOwner, PendingCancel, RecentConnect, SocketRecord, COUNTER_COUNT,
+    ArmedTimewaits, HistKey, HistValue, ListenerOwner, PendingCancel, RecentConnect, SocketRecord,
+    COUNTER_COUNT,
 };
 
 /// Sized by userspace (`--ring-size`) before load.
@@ -19,15 +20,9 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 pub static SOCKETS: LruHashMap<u64, SocketRecord> = LruHashMap::with_max_entries(131_072, 0);
 
 /// Each CPU's scratch record for a socket seen for the first time (map
-/// memory: the stack is too small to hold it beside the rest): one for the
-/// state program, one for its stand-in, which may run nested inside it.
+/// memory: the stack is too small to hold it beside the rest).
 #[map]
-pub static NEW_RECORD: PerCpuArray<SocketRecord> = PerCpuArray::with_max_entries(2, 0);
-
-/// 1 while the state program runs on this CPU: its stand-in acts only
-/// then (see `inet_sock_set_state_nested`).
-#[map]
-pub static STATE_BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static NEW_RECORD: PerCpuArray<SocketRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// The same records, moved over at the hand-off, for connections living in
 /// a timewait socket (keyed by its address). LRU for the same reason.
@@ -45,6 +40,18 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_CO
 /// ktime of the last forced wake-up of the reader (one slot, all CPUs).
 #[map]
 pub static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Each CPU's timewait births waiting for their hand-off (see
+/// `timewait::timewait_born`).
+#[map]
+pub static ARMED_TIMEWAIT: PerCpuArray<ArmedTimewaits> = PerCpuArray::with_max_entries(1, 0);
+
+/// ktime at which userspace finished attaching the state program (0 until
+/// then). The birth hooks are attached first, so a birth armed before this
+/// had its hand-off before the probe could see it: that is a connection
+/// that predates tracing, not a loss.
+#[map]
+pub static STATE_ATTACHED_AT: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static PENDING_CANCEL: PerCpuArray<PendingCancel> = PerCpuArray::with_max_entries(1, 0);

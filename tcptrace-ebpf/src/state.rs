@@ -21,7 +21,7 @@ use crate::{
     histograms::{dwell_metric, record_duration},
     lifetimes::{connection_over, record_lifetime},
     maps::{count, LISTENERS, NEW_RECORD, RECENT_CONNECT, SOCKETS},
-    timewait::{hand_off, timewait_successor, TimewaitChange},
+    timewait::{hand_off, timewait_handoff, TimewaitChange},
 };
 
 pub const IPPROTO_TCP: u16 = 6;
@@ -57,11 +57,7 @@ pub struct StateChange {
     syn_recv_at: u64,
 }
 
-/// `NESTED`: run by the stand-in, inside a run of the state program on the
-/// same CPU (it keeps its own scratch record). Inlined into each program:
-/// a frame of its own would not fit 6.1's stack limit (see `StateChange`).
-#[inline(always)]
-pub fn try_inet_sock_set_state<const NESTED: bool>(ctx: &BtfTracePointContext) -> Result<(), i64> {
+pub fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     // A BTF tracepoint: the kernel passes (sk, oldstate, newstate) directly,
     // with no record to build, and guards against recursion per program,
     // counting each skipped run.
@@ -107,7 +103,7 @@ pub fn try_inet_sock_set_state<const NESTED: bool>(ctx: &BtfTracePointContext) -
     let mut handoff = None;
     if closing_from_fin && flags & CONFIG_TIMEWAIT_HOOK != 0 {
         change.event_flags |= EVENT_TIMEWAIT_CHECKED;
-        handoff = timewait_successor(sk, net, &change.endpoints);
+        handoff = timewait_handoff(now, change.endpoints.lport, change.endpoints.rport);
         if handoff.is_some() {
             change.event_flags |= EVENT_TIMEWAIT_HANDOFF;
             count(COUNTER_TIMEWAIT_HANDOFFS);
@@ -136,7 +132,7 @@ pub fn try_inet_sock_set_state<const NESTED: bool>(ctx: &BtfTracePointContext) -
             }
             Some(record)
         }
-        None => first_sight::<NESTED>(&mut change, born),
+        None => first_sight(&mut change, born),
     };
     if change.syn_recv_at != 0 {
         if !have_addresses {
@@ -292,10 +288,7 @@ pub fn known_socket(
 /// (`born`), otherwise it predates the probe. Its record is built in this
 /// CPU's scratch slot and stored unless the socket is closing; returns it.
 #[inline(never)]
-pub fn first_sight<const NESTED: bool>(
-    change: &mut StateChange,
-    born: bool,
-) -> Option<*mut SocketRecord> {
+pub fn first_sight(change: &mut StateChange, born: bool) -> Option<*mut SocketRecord> {
     if born {
         change.event_flags |= EVENT_AGE_KNOWN;
     }
@@ -314,7 +307,7 @@ pub fn first_sight<const NESTED: bool>(
     if !born {
         diagnostics::predates_tracing(&change.endpoints, old, new);
     }
-    let slot = NEW_RECORD.get_ptr_mut(NESTED as u32)?;
+    let slot = NEW_RECORD.get_ptr_mut(0)?;
     let record = unsafe { &mut *slot };
     *record = SocketRecord::new(now, new, closer::UNKNOWN);
     record.pid = change.pid;

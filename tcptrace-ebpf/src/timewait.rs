@@ -1,24 +1,25 @@
-//! Following a connection through its timewait socket: the hand-off from
-//! the full socket (where the timewait socket is found, see
-//! `timewait_successor`), the peer's FIN (FIN_WAIT2 -> TIME_WAIT inside it)
-//! and its end (expiry, reuse, kill).
+//! Following a connection through its timewait socket: the birth (timer
+//! armed), the hand-off from the full socket, the peer's FIN
+//! (FIN_WAIT2 -> TIME_WAIT inside it) and its end (expiry, reuse, kill).
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns},
     programs::BtfTracePointContext,
 };
 use tcptrace_common::{
-    closer, end_reason, metric, tcp_state::*, Endpoints, PendingCancel, SocketRecord, AF_INET6,
-    CONFIG_HISTOGRAMS, CONFIG_TIMEWAIT_HOOK, COUNTER_RECORDS_ADDED, COUNTER_RECORDS_REMOVED,
-    COUNTER_TIMEWAIT_MAP_FULL, EVENT_IN_OLD_KNOWN,
+    closer, end_reason, metric, tcp_state::*, ArmedTimewait, Endpoints, SocketRecord, ARMED_SLOTS,
+    CONFIG_HISTOGRAMS, CONFIG_TIMEWAIT_HOOK, COUNTER_HANDOFFS_UNSEEN, COUNTER_RECORDS_ADDED,
+    COUNTER_RECORDS_REMOVED, COUNTER_TIMEWAIT_ENTRIES_LOST, COUNTER_TIMEWAIT_MAP_FULL,
+    EVENT_IN_OLD_KNOWN, HANDOFF_WINDOW_NS,
 };
 
 use crate::{
     config::{config_flags, config_u32, config_u64, CONFIG},
+    diagnostics,
     emit::emit_timewait_transition,
-    fields::{load_btf_field, load_word, read_at, read_field, timewait_endpoints},
+    fields::{load_btf_field, read_field, timewait_endpoints},
     histograms::{dwell_metric, record_duration},
     lifetimes::{connection_over, record_lifetime},
-    maps::{count, PENDING_CANCEL, RECENT_CONNECT, TIMEWAITS},
+    maps::{count, ARMED_TIMEWAIT, PENDING_CANCEL, RECENT_CONNECT, STATE_ATTACHED_AT, TIMEWAITS},
 };
 
 /// A timewait socket removed within this long of a connect() on the same
@@ -28,6 +29,13 @@ use crate::{
 /// narrower than the hand-off's: here a false match needs only the same
 /// task and remote port, which a busy client has all the time.
 pub const REUSE_WINDOW_NS: u64 = 20_000_000;
+
+/// A timewait socket's birth seen by the fentry hook (see `twsk_hashdance`).
+#[inline(always)]
+pub fn try_twsk_hashdance(tw: u64) -> Result<(), i64> {
+    let substate = read_field::<u8>(tw, &CONFIG.offsets.tw_substate)?;
+    timewait_born(tw, substate, unsafe { bpf_ktime_get_ns() })
+}
 
 pub fn try_twsk_kill(tw: u64) -> Result<(), i64> {
     let offsets = &CONFIG.offsets;
@@ -72,9 +80,107 @@ pub fn timewait_of(timer: u64) -> Option<u64> {
     Some(timer - config_u32(&CONFIG.offsets.tw_timer) as u64)
 }
 
+pub fn try_timer_start(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let timer: u64 = ctx.arg(0);
+    let rearmed = resolve_pending_cancel(timer);
+    let Some(tw) = timewait_of(timer) else {
+        return Ok(());
+    };
+    let offsets = &CONFIG.offsets;
+    let substate: u8 = read_field(tw, &offsets.tw_substate)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    if rearmed {
+        // The peer's FIN may just have moved it to TIME_WAIT (kfree_skb
+        // usually sees that first).
+        if let Some(record) = TIMEWAITS.get_ptr_mut(tw) {
+            let record = unsafe { &mut *record };
+            if record.state == FIN_WAIT2 && substate == TIME_WAIT {
+                enter_time_wait(tw, record, now)?;
+            }
+        }
+        return Ok(());
+    }
+    timewait_born(tw, substate, now)
+}
+
+/// A new timewait socket. Its record exists from now on, so that the
+/// peer's FIN is followed even if it arrives (on another CPU) before the
+/// full socket's hand-off fills in the owner, or if the hand-off's run is
+/// skipped: then what is known of it is only what the socket says. The
+/// hand-off follows on this CPU: this socket is remembered there for it.
+#[inline(always)]
+pub fn timewait_born(tw: u64, substate: u8, now: u64) -> Result<(), i64> {
+    let offsets = &CONFIG.offsets;
+    let mut record = SocketRecord::new(now, substate, closer::LOCAL);
+    if substate == TIME_WAIT {
+        record.time_wait_at_ns = now;
+        record.flags = EVENT_IN_OLD_KNOWN;
+        record.entry_pending = 1;
+    }
+    // A record left by a timewait socket whose end went unseen, at the same
+    // address, is replaced: it counts as evicted.
+    if TIMEWAITS.insert(tw, record, 0).is_err() {
+        count(COUNTER_TIMEWAIT_MAP_FULL);
+    } else {
+        count(COUNTER_RECORDS_ADDED);
+    }
+    let lport: u16 = read_field(tw, &offsets.tw_num)?;
+    let dport: u16 = read_field(tw, &offsets.tw_dport)?;
+    let Some(armed) = ARMED_TIMEWAIT.get_ptr_mut(0) else {
+        return Ok(());
+    };
+    let armed = unsafe { &mut *armed };
+    // A free slot, or one whose hand-off is overdue (it was skipped); with
+    // every slot waiting, the oldest gives way.
+    let mut chosen = 0;
+    let mut oldest = u64::MAX;
+    for i in 0..ARMED_SLOTS {
+        let at = armed.slots[i].ktime_ns;
+        if at == 0 || now.wrapping_sub(at) >= HANDOFF_WINDOW_NS {
+            chosen = i;
+            break;
+        }
+        if at < oldest {
+            oldest = at;
+            chosen = i;
+        }
+    }
+    let slot = &mut armed.slots[chosen];
+    if slot.ktime_ns != 0 && armed_while_traced(slot.ktime_ns) {
+        // That socket's hand-off never came (the kernel skipped the run).
+        count(COUNTER_HANDOFFS_UNSEEN);
+        diagnostics::handoff_unseen(slot.tw);
+        if let Some(orphan) = TIMEWAITS.get_ptr_mut(slot.tw) {
+            let orphan = unsafe { &mut *orphan };
+            if orphan.entry_pending != 0 {
+                orphan.entry_pending = 0;
+                count(COUNTER_TIMEWAIT_ENTRIES_LOST);
+            }
+        }
+    }
+    *slot = ArmedTimewait {
+        ktime_ns: now,
+        tw,
+        lport,
+        rport: u16::from_be(dport),
+        substate,
+        _pad: [0; 3],
+    };
+    Ok(())
+}
+
+/// Whether a birth at `at` could have had its hand-off seen: the state
+/// program was attached by then (see `STATE_ATTACHED_AT`).
+#[inline(always)]
+fn armed_while_traced(at: u64) -> bool {
+    STATE_ATTACHED_AT
+        .get(0)
+        .is_some_and(|&attached| attached != 0 && at >= attached)
+}
+
 pub fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let timer: u64 = ctx.arg(0);
-    resolve_pending_cancel();
+    let _ = resolve_pending_cancel(0);
     let Some(tw) = timewait_of(timer) else {
         return Ok(());
     };
@@ -106,38 +212,26 @@ pub fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// Settles a cancel seen earlier on this CPU, at the next timer cancel or
-/// packet free here. mod_timer() cancels a pending timer and starts it
-/// again at once, with interrupts off: a timer pending again now, still
-/// the same connection's (a freed timewait socket's memory may hold a new
-/// one), was re-armed (the socket lives on); otherwise the socket is gone.
+/// Settles a cancel seen earlier on this CPU. `timer` is the timer now being
+/// started (0 for any other event): starting the cancelled one again is a
+/// re-arm (returns true), anything else means the timewait socket is gone.
 /// Inlined: `end_timewait` is then one call deep, not two.
 #[inline(always)]
-pub fn resolve_pending_cancel() {
+pub fn resolve_pending_cancel(timer: u64) -> bool {
     if config_flags() & CONFIG_TIMEWAIT_HOOK == 0 {
-        return;
+        return false;
     }
     let Some(slot) = PENDING_CANCEL.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     let pending = unsafe { &mut *slot };
     if pending.tw == 0 {
-        return;
+        return false;
     }
     let tw = pending.tw;
     pending.tw = 0;
-    if rearmed(tw, pending) {
-        // The peer's FIN may just have moved it to TIME_WAIT (where no
-        // packet hook sees that first).
-        if let Some(record) = TIMEWAITS.get_ptr_mut(tw) {
-            let record = unsafe { &mut *record };
-            if record.state == FIN_WAIT2
-                && read_field::<u8>(tw, &CONFIG.offsets.tw_substate) == Ok(TIME_WAIT)
-            {
-                let _ = enter_time_wait(tw, record, unsafe { bpf_ktime_get_ns() });
-            }
-        }
-        return;
+    if pending.timer == timer {
+        return true;
     }
     end_timewait(
         tw,
@@ -146,17 +240,7 @@ pub fn resolve_pending_cancel() {
         &pending.endpoints,
         pending.ktime_ns,
     );
-}
-
-/// Whether the cancelled timer is pending again for the same connection.
-#[inline(always)]
-fn rearmed(tw: u64, pending: &PendingCancel) -> bool {
-    let offsets = &CONFIG.offsets;
-    let queued = read_field::<u64>(pending.timer, &offsets.timer_pprev).unwrap_or(0) != 0;
-    // Ports as one word: the remote port then the local one.
-    let ports = read_field::<u32>(tw, &offsets.tw_dport).unwrap_or(0);
-    let endpoints = &pending.endpoints;
-    queued && ports == u32::from(endpoints.rport.to_be()) | (u32::from(endpoints.lport) << 16)
+    false
 }
 
 /// Whether the task removing a timewait socket is in the connect() that
@@ -287,6 +371,26 @@ pub struct TimewaitChange {
     pub reason: u8,
 }
 
+/// The timewait socket this ->CLOSE hands the connection to, if it is
+/// tcp_time_wait() handing over: (address, sub-state).
+#[inline(always)]
+pub fn timewait_handoff(now: u64, lport: u16, rport: u16) -> Option<(u64, u8)> {
+    let armed = ARMED_TIMEWAIT.get_ptr_mut(0)?;
+    let armed = unsafe { &mut *armed };
+    for i in 0..ARMED_SLOTS {
+        let slot = &mut armed.slots[i];
+        if slot.ktime_ns != 0
+            && now.wrapping_sub(slot.ktime_ns) < HANDOFF_WINDOW_NS
+            && slot.lport == lport
+            && slot.rport == rport
+        {
+            slot.ktime_ns = 0;
+            return Some((slot.tw, slot.substate));
+        }
+    }
+    None
+}
+
 /// Moves a connection's record to its new timewait socket at the hand-off.
 /// `record.state_since_ns` is still when the full socket entered `old`.
 /// `change.new` is the timewait socket's sub-state. Returns whether the
@@ -301,6 +405,22 @@ pub fn hand_off(change: &TimewaitChange, record: &mut SocketRecord) -> bool {
         new: substate,
         ..
     } = *change;
+    let existing = TIMEWAITS.get_ptr_mut(tw);
+    if let Some(born) = existing {
+        let born = unsafe { &mut *born };
+        if substate == FIN_WAIT2 && born.state == TIME_WAIT {
+            // The peer's FIN reached the new timewait socket (on another
+            // CPU) before this hand-off: TIME_WAIT was reported already,
+            // without an owner. Keep its start, add what the full socket knew.
+            let (since, entered) = (born.state_since_ns, born.time_wait_at_ns);
+            *born = *record;
+            born.state = TIME_WAIT;
+            born.state_since_ns = since;
+            born.time_wait_at_ns = entered;
+            born.flags |= EVENT_IN_OLD_KNOWN;
+            return false;
+        }
+    }
     record.state = substate;
     record.entry_pending = 0;
     let entered = substate == TIME_WAIT;
@@ -315,70 +435,17 @@ pub fn hand_off(change: &TimewaitChange, record: &mut SocketRecord) -> bool {
         // FIN_WAIT2 goes on in the timewait socket, from a start not seen.
         record.flags &= !EVENT_IN_OLD_KNOWN;
     }
-    // A record at this address is a dead socket's whose end went unseen:
-    // replaced, it counts as evicted.
-    if TIMEWAITS.insert(tw, *record, 0).is_err() {
-        count(COUNTER_TIMEWAIT_MAP_FULL);
-    } else {
-        count(COUNTER_RECORDS_ADDED);
-    }
-    entered
-}
-
-/// The timewait socket that took over full socket `sk` at this
-/// FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE, if tcp_time_wait() handed it over:
-/// (address, sub-state). Just before closing the full socket, it puts the
-/// new timewait socket in the socket's place, at the head of its bucket of
-/// the established hash (inet_twsk_hashdance), on this CPU. Found there as
-/// the same connection (namespace, family, ports, remote address) in
-/// TIME_WAIT. A few entries are looked at: another CPU may have put a
-/// socket in front of it since. No program on every timer of the machine
-/// is needed for the birth.
-#[inline(never)]
-pub fn timewait_successor(sk: u64, net: u64, endpoints: &Endpoints) -> Option<(u64, u8)> {
-    let offsets = &CONFIG.offsets;
-    let hashinfo: u64 = if config_u32(&offsets.net_hashinfo) != 0 {
-        read_field(net, &offsets.net_hashinfo).ok()?
-    } else {
-        config_u64(&CONFIG.tcp_hashinfo)
-    };
-    if hashinfo == 0 {
-        return None;
-    }
-    let ehash: u64 = read_field(hashinfo, &offsets.hashinfo_ehash).ok()?;
-    let mask: u32 = read_field(hashinfo, &offsets.hashinfo_ehash_mask).ok()?;
-    let hash: u32 = load_btf_field(sk, &offsets.skc_hash);
-    // struct inet_ehash_bucket is one hlist_nulls_head: its first node.
-    let bucket = ehash + u64::from(hash & mask) * 8;
-    let mut node: u64 = unsafe { bpf_probe_read_kernel(bucket as *const u64) }.ok()?;
-    let ports = u32::from(endpoints.rport.to_be()) | (u32::from(endpoints.lport) << 16);
-    let raddr = if endpoints.family == AF_INET6 {
-        load_word(sk, config_u32(&offsets.sk_v6_daddr) + 8)
-    } else {
-        u64::from(load_btf_field::<u32>(sk, &offsets.sk_daddr))
-    };
-    let node_offset = u64::from(config_u32(&offsets.skc_nulls_node));
-    for _ in 0..4 {
-        // The chain ends in a "nulls" marker (odd).
-        if node & 1 != 0 || node == 0 {
-            return None;
-        }
-        let tw = node - node_offset;
-        if read_field::<u8>(tw, &offsets.skc_state) == Ok(TIME_WAIT)
-            && read_field::<u32>(tw, &offsets.tw_dport) == Ok(ports)
-            && read_field::<u64>(tw, &offsets.skc_net) == Ok(net)
-            && read_field::<u16>(tw, &offsets.sk_family) == Ok(endpoints.family)
-        {
-            let theirs = if endpoints.family == AF_INET6 {
-                read_at::<u64>(tw, config_u32(&offsets.sk_v6_daddr) + 8).ok()
+    match existing {
+        // Born a moment ago in timer_start: fill it in where it is (an
+        // update would pop a new LRU node and free the old one).
+        Some(born) => unsafe { *born = *record },
+        None => {
+            if TIMEWAITS.insert(tw, *record, 0).is_err() {
+                count(COUNTER_TIMEWAIT_MAP_FULL);
             } else {
-                read_field::<u32>(tw, &offsets.tw_daddr).ok().map(u64::from)
-            };
-            if theirs == Some(raddr) {
-                return Some((tw, read_field::<u8>(tw, &offsets.tw_substate).ok()?));
+                count(COUNTER_RECORDS_ADDED);
             }
         }
-        node = unsafe { bpf_probe_read_kernel(node as *const u64) }.ok()?;
     }
-    None
+    entered
 }

@@ -3,16 +3,16 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePoint, FEntry, FExit, TracePoint},
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 use tcptrace_common::{
-    HistKey, HistValue, KernelOffsets, ListenerOwner, ProbeConfig, SocketRecord,
-    CONFIG_TIMEWAIT_HOOK, COUNTER_CONNECTIONS, COUNTER_EMITTED, COUNTER_HIST_OVERFLOW,
-    COUNTER_NESTED_RUNS, COUNTER_READ_FAILED, COUNTER_RECORDS_ADDED, COUNTER_RECORDS_REMOVED,
-    COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_HANDOFFS,
-    COUNTER_TIMEWAIT_MAP_FULL,
+    ArmedTimewaits, HistKey, HistValue, KernelOffsets, ListenerOwner, ProbeConfig, SocketRecord,
+    CONFIG_TIMEWAIT_HOOK, COUNTER_CONNECTIONS, COUNTER_EMITTED, COUNTER_HANDOFFS_UNSEEN,
+    COUNTER_HIST_OVERFLOW, COUNTER_READ_FAILED, COUNTER_RECORDS_ADDED, COUNTER_RECORDS_REMOVED,
+    COUNTER_RING_FULL, COUNTER_SOCKET_MAP_FULL, COUNTER_TIMEWAIT_ENTRIES_LOST,
+    COUNTER_TIMEWAIT_HANDOFFS, COUNTER_TIMEWAIT_MAP_FULL, HANDOFF_WINDOW_NS,
 };
 
 use crate::{btf::Btf, error::note, ring::RingReader};
@@ -81,12 +81,14 @@ static PROBE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace-probe"));
 
 const SET_STATE_PROGRAM: &str = "inet_sock_set_state";
+const TIMER_START_PROGRAM: &str = "timer_start";
 const TIMER_CANCEL_PROGRAM: &str = "timer_cancel";
 const KFREE_SKB_PROGRAM: &str = "kfree_skb";
 const TIMEWAIT_STATE_PROCESS_PROGRAM: &str = "timewait_state_process";
-/// The timewait socket's end where trampolines are refused, attached before
-/// the state-change hook so that no record handed over goes unfollowed.
-const TIMER_CANCEL: Hook = Hook::tp_btf(TIMER_CANCEL_PROGRAM);
+/// The programs that follow timewait sockets, attached before the
+/// state-change hook so that no hand-off is classified before it can be
+/// recognised.
+const TIMEWAIT_PROGRAMS: [&str; 2] = [TIMER_START_PROGRAM, TIMER_CANCEL_PROGRAM];
 
 /// A kernel hook a program of the probe is attached to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,14 +116,6 @@ impl Hook {
     }
 }
 
-/// The state program's stand-in, which does its work where the kernel
-/// skips it (it was already running on that CPU). Attached after it.
-const STATE_NESTED: Hook = Hook {
-    program: "inet_sock_set_state_nested",
-    kind: "tp_btf",
-    target: SET_STATE_PROGRAM,
-};
-
 /// The bench's floor: the state-change tracepoint with a program that
 /// returns at once.
 const FLOOR: Hook = Hook {
@@ -138,11 +132,18 @@ const CGROUP_MKDIR: Hook = Hook {
     target: "cgroup/cgroup_mkdir",
 };
 
-/// The timewait socket's end hooked in the timewait code itself (fentry:
-/// runs only for timewait sockets), used instead of the timer_cancel
-/// tracepoint (which runs for every timer cancelled on the machine) where
-/// the kernel allows trampolines. Its birth needs no hook of its own: the
-/// state program finds it at the hand-off.
+/// The timewait socket's birth and end hooked in the timewait code itself
+/// (fentry: runs only for timewait sockets), used instead of the timer
+/// tracepoints (which run for every timer of the machine) where the kernel
+/// allows trampolines. Newer kernels renamed the birth function
+/// (inet_twsk_hashdance_schedule, which arms the timer too): no kernel the
+/// project can boot has that name and trampolines, so it is not tried, and
+/// those kernels use the timer tracepoints.
+const FENTRY_BIRTH: Hook = Hook {
+    program: "twsk_hashdance",
+    kind: "fentry",
+    target: "inet_twsk_hashdance",
+};
 const FENTRY_END: Hook = Hook {
     program: "twsk_kill",
     kind: "fentry",
@@ -208,12 +209,8 @@ pub struct LossCounters {
     /// Events dropped because the ring buffer was full.
     pub ring_full: u64,
     /// Runs of the state-change program the kernel skipped (the tracepoint
-    /// fired again on a CPU already running it) that its stand-in did not
-    /// make good: each one a lost event.
+    /// fired again on a CPU already running it): each one a lost event.
     pub recursion_misses: u64,
-    /// Skipped runs of the state-change program whose work its stand-in
-    /// did instead (nothing lost).
-    pub recursion_covered: u64,
     /// Runs of the timewait timer hook the kernel skipped: no event is lost,
     /// but a hand-off may then be reported as not one.
     pub timewait_hook_misses: u64,
@@ -268,7 +265,7 @@ impl Probe {
         let timewait = if !options.timewait_hook {
             TimewaitDetection::Disabled
         } else {
-            match timewait_hook_setup(&btf, &mut config) {
+            match timewait_hook_setup(&btf, &mut config.offsets) {
                 Ok(handler) => {
                     let mut with_hook = config;
                     with_hook.flags |= CONFIG_TIMEWAIT_HOOK;
@@ -336,9 +333,14 @@ impl Probe {
         }
         let mut timewait = TimewaitDetection::Disabled;
         if timewait_hooks {
-            match attach(&mut ebpf, &FENTRY_END, btf) {
-                Ok(fd) => attached.push((FENTRY_END, fd)),
-                Err(_) => attached.push((TIMER_CANCEL, attach(&mut ebpf, &TIMER_CANCEL, btf)?)),
+            match attach_fentry_lifecycle(&mut ebpf, btf) {
+                Some(hooks) => attached.extend(hooks),
+                None => {
+                    for name in TIMEWAIT_PROGRAMS {
+                        let hook = Hook::tp_btf(name);
+                        attached.push((hook, attach(&mut ebpf, &hook, btf)?));
+                    }
+                }
             }
             // The peer's FIN at a timewait socket: the first hook this
             // kernel accepts, or partial detection with every refusal named.
@@ -368,19 +370,20 @@ impl Probe {
         };
         let hook = Hook::tp_btf(SET_STATE_PROGRAM);
         attached.push((hook, attach(&mut ebpf, &hook, btf)?));
-        attached.push((STATE_NESTED, attach(&mut ebpf, &STATE_NESTED, btf)?));
+        // From now on every hand-off is seen: births armed earlier (while
+        // the programs above were verified) had theirs unseen, harmlessly.
+        let mut attached_at: Array<_, u64> = Array::try_from(
+            ebpf.map_mut("STATE_ATTACHED_AT")
+                .context("no STATE_ATTACHED_AT map")?,
+        )?;
+        attached_at.set(0, crate::clock::Clock::now_ktime_ns(), 0)?;
         Ok(Probe {
             log,
             ebpf,
             ring_size: options.ring_size,
             wake_interval: options.wake_interval,
             timewait,
-            // Attach points: the stand-in shares the state program's.
-            hooks: attached
-                .iter()
-                .map(|(hook, _)| *hook)
-                .filter(|hook| hook.program != STATE_NESTED.program)
-                .collect(),
+            hooks: attached.iter().map(|(hook, _)| *hook).collect(),
             program_fds: attached
                 .iter()
                 .map(|(hook, fd)| (hook.program, *fd))
@@ -421,36 +424,65 @@ impl Probe {
     }
 
     pub fn loss_counters(&self) -> Result<LossCounters> {
-        let (mut state_misses, mut timewait_hook_misses) = (0, 0);
+        let stale = if self.timewait.hooked() {
+            self.stale_births()?
+        } else {
+            (0, 0)
+        };
+        let (mut recursion_misses, mut timewait_hook_misses) = (0, 0);
         for &(name, fd) in &self.program_fds {
             let misses = program_info(fd)?.recursion_misses;
             if [SET_STATE_PROGRAM, FLOOR.program].contains(&name) {
-                state_misses += misses;
-            } else if name != STATE_NESTED.program {
+                recursion_misses += misses;
+            } else {
                 timewait_hook_misses += misses;
             }
-            // The stand-in's own skips lose nothing: it is skipped only
-            // where it is already running, and then the state program,
-            // which it can only be nested in, is not.
         }
-        // Each skip of the state program is made good by a run of its
-        // stand-in, unless that was skipped too.
-        let recursion_covered = self.counter(COUNTER_NESTED_RUNS)?;
-        let recursion_misses = state_misses.saturating_sub(recursion_covered);
         Ok(LossCounters {
             ring_full: self.counter(COUNTER_RING_FULL)?,
             recursion_misses,
-            recursion_covered,
             timewait_hook_misses,
             read_failures: self.counter(COUNTER_READ_FAILED)?,
             socket_map_full: self.counter(COUNTER_SOCKET_MAP_FULL)?
                 + self.counter(COUNTER_TIMEWAIT_MAP_FULL)?,
-            // The birth is found at the hand-off: a skipped hand-off is a
-            // recursion miss, with no birth seen apart from it. Kept for
-            // the summaries and captures of earlier versions.
-            handoffs_unseen: 0,
-            timewait_entries_lost: 0,
+            handoffs_unseen: self.counter(COUNTER_HANDOFFS_UNSEEN)? + stale.0,
+            timewait_entries_lost: self.counter(COUNTER_TIMEWAIT_ENTRIES_LOST)? + stale.1,
         })
+    }
+
+    /// Births of timewait sockets still waiting, on their CPU, for a
+    /// hand-off that should have followed within HANDOFF_WINDOW_NS (the probe
+    /// counts them only at that CPU's next birth): (unseen, entries lost).
+    fn stale_births(&self) -> Result<(u64, u64)> {
+        let Some(map) = self.ebpf.map("ARMED_TIMEWAIT") else {
+            return Ok((0, 0));
+        };
+        let armed: PerCpuArray<_, ArmedTimewaits> = PerCpuArray::try_from(map)?;
+        let timewaits: BpfHashMap<_, u64, SocketRecord> =
+            BpfHashMap::try_from(self.ebpf.map("TIMEWAITS").context("no TIMEWAITS map")?)?;
+        let attached: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map("STATE_ATTACHED_AT")
+                .context("no STATE_ATTACHED_AT map")?,
+        )?;
+        let attached_at = attached.get(&0, 0)?;
+        let now = crate::clock::Clock::now_ktime_ns();
+        let (mut unseen, mut lost) = (0, 0);
+        for slot in armed.get(&0, 0)?.iter().flat_map(|cpu| cpu.slots.iter()) {
+            // Armed before the state program was attached: a connection
+            // that predates tracing (as the probe itself decides).
+            if slot.ktime_ns >= attached_at && now.saturating_sub(slot.ktime_ns) > HANDOFF_WINDOW_NS
+            {
+                unseen += 1;
+                if timewaits
+                    .get(&slot.tw, 0)
+                    .is_ok_and(|record| record.entry_pending != 0)
+                {
+                    lost += 1;
+                }
+            }
+        }
+        Ok((unseen, lost))
     }
 
     /// Per-connection records the LRU maps evicted to make room (their
@@ -528,6 +560,22 @@ impl Probe {
             .iter()
             .map(|&(name, fd)| program_info(fd).map(|i| (name, i.run_cnt, i.run_time_ns)))
             .collect()
+    }
+}
+
+/// The fentry hooks for the timewait socket's birth and end, both or
+/// neither (a half would leave births or ends unseen).
+fn attach_fentry_lifecycle(ebpf: &mut Ebpf, btf: &AyaBtf) -> Option<Vec<(Hook, i32)>> {
+    let birth = (FENTRY_BIRTH, attach(ebpf, &FENTRY_BIRTH, btf).ok()?);
+    match attach(ebpf, &FENTRY_END, btf) {
+        Ok(fd) => Some(vec![birth, (FENTRY_END, fd)]),
+        Err(_) => {
+            // Detaches it too.
+            if let Ok(program) = program::<FEntry>(ebpf, birth.0.program) {
+                let _ = program.unload();
+            }
+            None
+        }
     }
 }
 
@@ -680,12 +728,10 @@ fn cgroup_mkdir_fields() -> Result<(u32, u32, u32)> {
     ))
 }
 
-/// The addresses and struct offsets following timewait sockets needs
-/// (tw_timer_handler; the global tcp_hashinfo where the kernel has no
-/// per-namespace hash), or why they cannot be had on this kernel.
-fn timewait_hook_setup(btf: &Btf, config: &mut ProbeConfig) -> Result<u64> {
+/// The address of tw_timer_handler and the struct offsets the timewait
+/// hooks need, or why they cannot be had on this kernel.
+fn timewait_hook_setup(btf: &Btf, offsets: &mut KernelOffsets) -> Result<u64> {
     let handler = kallsyms_address("tw_timer_handler")?;
-    let offsets = &mut config.offsets;
     let common = btf.member_offset("inet_timewait_sock", "__tw_common")?;
     if common != btf.member_offset("sock", "__sk_common")? {
         // The probe reads family and IPv6 addresses of both kinds of
@@ -699,28 +745,7 @@ fn timewait_hook_setup(btf: &Btf, config: &mut ProbeConfig) -> Result<u64> {
     offsets.tw_timer = btf.member_offset("inet_timewait_sock", "tw_timer")?;
     offsets.tw_substate = btf.member_offset("inet_timewait_sock", "tw_substate")?;
     offsets.tw_dport = field("skc_dport")?;
-    if offsets.tw_num != offsets.tw_dport + 2 {
-        // The probe compares both ports as one word (skc_portpair).
-        bail!("sock_common's ports are not one word");
-    }
-    offsets.timer_pprev =
-        btf.member_offset("timer_list", "entry")? + btf.member_offset("hlist_node", "pprev")?;
-    // The established hash, where a full socket's timewait successor takes
-    // its place: per namespace from Linux 6.1, the global tcp_hashinfo before.
-    offsets.hashinfo_ehash = btf.member_offset("inet_hashinfo", "ehash")?;
-    offsets.hashinfo_ehash_mask = btf.member_offset("inet_hashinfo", "ehash_mask")?;
-    offsets.skc_hash = field("skc_hash")?;
-    offsets.skc_nulls_node = field("skc_nulls_node")?;
-    let per_namespace = btf.member_offset("inet_timewait_death_row", "hashinfo");
-    match per_namespace {
-        Ok(hashinfo) => {
-            offsets.net_hashinfo = btf.member_offset("net", "ipv4")?
-                + btf.member_offset("netns_ipv4", "tcp_death_row")?
-                + hashinfo;
-        }
-        Err(_) => config.tcp_hashinfo = kallsyms_address("tcp_hashinfo")?,
-    }
-    let offsets = &mut config.offsets;
+
     offsets.tw_daddr = field("skc_daddr")?;
     Ok(handler)
 }

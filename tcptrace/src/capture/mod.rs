@@ -116,7 +116,6 @@ pub fn losses_json(losses: &LossCounters, unwritten: u64) -> Value {
     json!({
         "ring_reservation_failures": losses.ring_full,
         "recursion_misses": losses.recursion_misses,
-        "recursion_covered": losses.recursion_covered,
         "timewait_hook_misses": losses.timewait_hook_misses,
         "read_failures": losses.read_failures,
         "socket_map_full": losses.socket_map_full,
@@ -132,7 +131,6 @@ pub fn losses_from_json(v: &Value) -> LossCounters {
     LossCounters {
         ring_full: n("ring_reservation_failures"),
         recursion_misses: n("recursion_misses"),
-        recursion_covered: n("recursion_covered"),
         timewait_hook_misses: n("timewait_hook_misses"),
         read_failures: n("read_failures"),
         socket_map_full: n("socket_map_full"),

@@ -697,7 +697,7 @@ pub fn lost_line(before: &LossCounters, now: &LossCounters) -> String {
         "tcptrace: lost {} events ({} ring reservation failures: raise --ring-size; {} recursion misses)",
         now.total() - before.total(),
         now.ring_full - before.ring_full,
-        now.recursion_misses.saturating_sub(before.recursion_misses)
+        now.recursion_misses - before.recursion_misses
     )
 }
 

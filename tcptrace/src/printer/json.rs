@@ -171,7 +171,7 @@ pub fn write_lost(out: &mut Vec<u8>, clock: &Clock, before: &LossCounters, now: 
         "type": "lost",
         "time": time_value(clock, Clock::now_ktime_ns()),
         "ring_reservation_failures": now.ring_full - before.ring_full,
-        "recursion_misses": now.recursion_misses.saturating_sub(before.recursion_misses),
+        "recursion_misses": now.recursion_misses - before.recursion_misses,
         "read_failures": now.read_failures - before.read_failures,
         "timewait_hook_misses": now.timewait_hook_misses - before.timewait_hook_misses,
         "timewait_entries_lost": now.timewait_entries_lost - before.timewait_entries_lost,
@@ -196,7 +196,6 @@ pub fn write_summary_record(
     for (name, value) in [
         ("ring_reservation_failures", ctx.losses.ring_full),
         ("recursion_misses", ctx.losses.recursion_misses),
-        ("recursion_covered", ctx.losses.recursion_covered),
         ("timewait_hook_misses", ctx.losses.timewait_hook_misses),
         ("read_failures", ctx.losses.read_failures),
         ("socket_map_full", ctx.losses.socket_map_full),

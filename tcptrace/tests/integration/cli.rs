@@ -228,12 +228,18 @@ fn idle_tracer_wakes_rarely() {
 /// (the matrix's Debian 6.1): fentry and fexit; where trampolines are
 /// refused (this project's locked-down 6.18): the timer tracepoints and
 /// kfree_skb.
-fn expected_timewait_hooks() -> Option<(&'static str, &'static str)> {
+fn expected_timewait_hooks() -> Option<([&'static str; 2], &'static str)> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     if release.starts_with("6.1.") {
-        Some(("fentry/inet_twsk_kill", "fexit/tcp_timewait_state_process"))
+        Some((
+            ["fentry/inet_twsk_hashdance", "fentry/inet_twsk_kill"],
+            "fexit/tcp_timewait_state_process",
+        ))
     } else if release.starts_with("6.18.") {
-        Some(("tp_btf/timer_cancel", "tp_btf/kfree_skb"))
+        Some((
+            ["tp_btf/timer_start", "tp_btf/timer_cancel"],
+            "tp_btf/kfree_skb",
+        ))
     } else {
         None
     }
@@ -254,13 +260,12 @@ fn summary_and_doctor_name_the_hooks_this_kernel_took() {
             Some(&"tp_btf/inet_sock_set_state"),
             "{hooks:?}"
         );
-        // New cgroups' names, one way to see timewait sockets' ends, one
-        // to see the peer's FIN (their births are found by the state
-        // program itself).
-        assert_eq!(hooks.len(), 4, "{hooks:?}");
+        // New cgroups' names, one way to see births and ends, one to see
+        // the peer's FIN.
+        assert_eq!(hooks.len(), 5, "{hooks:?}");
         assert_eq!(hooks[0], "tracepoint/cgroup/cgroup_mkdir");
-        if let Some((end, fin)) = expected_timewait_hooks() {
-            assert_eq!(hooks[1..3], [end, fin], "{hooks:?}");
+        if let Some((lifecycle, fin)) = expected_timewait_hooks() {
+            assert_eq!(hooks[1..4], [lifecycle[0], lifecycle[1], fin], "{hooks:?}");
         }
         assert_eq!(record["timewait_detection"], "exact", "{record}");
     };

@@ -451,11 +451,7 @@ fn without_the_timer_hook_handoffs_are_unclassified_not_hidden() {
             .collect();
         assert_eq!(
             programs,
-            [
-                "cgroup_mkdir",
-                "inet_sock_set_state",
-                "inet_sock_set_state_nested"
-            ],
+            ["cgroup_mkdir", "inet_sock_set_state"],
             "no timewait hook attached"
         );
     });
