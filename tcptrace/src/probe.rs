@@ -309,15 +309,13 @@ impl Probe {
         let mut attached = Vec::new();
         if options.floor {
             attached.push((FLOOR, attach(&mut ebpf, &FLOOR, btf)?));
-            return Ok(Probe {
-                log: None,
+            return Ok(Probe::assemble(
                 ebpf,
-                ring_size: options.ring_size,
-                wake_interval: options.wake_interval,
-                timewait: TimewaitDetection::Disabled,
-                hooks: vec![FLOOR],
-                program_fds: vec![(FLOOR.program, attached[0].1)],
-            });
+                options,
+                TimewaitDetection::Disabled,
+                None,
+                &attached,
+            ));
         }
         // First: a cgroup's name comes before the events of its sockets.
         if config.offsets.mkdir_path != 0 {
@@ -377,7 +375,18 @@ impl Probe {
                 .context("no STATE_ATTACHED_AT map")?,
         )?;
         attached_at.set(0, crate::clock::Clock::now_ktime_ns(), 0)?;
-        Ok(Probe {
+        Ok(Probe::assemble(ebpf, options, timewait, log, &attached))
+    }
+
+    /// The probe, once its hooks are `attached` (in order, with their fds).
+    fn assemble(
+        ebpf: Ebpf,
+        options: &ProbeOptions,
+        timewait: TimewaitDetection,
+        log: Option<aya_log::EbpfLogger<ProbeLog>>,
+        attached: &[(Hook, i32)],
+    ) -> Probe {
+        Probe {
             log,
             ebpf,
             ring_size: options.ring_size,
@@ -388,7 +397,7 @@ impl Probe {
                 .iter()
                 .map(|(hook, fd)| (hook.program, *fd))
                 .collect(),
-        })
+        }
     }
 
     /// The probe's diagnostics reader, if `--probe-log` asked for one.

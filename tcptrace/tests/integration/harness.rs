@@ -359,10 +359,6 @@ pub struct Peer {
 }
 
 impl Peer {
-    fn spawn(netns: &Netns, args: &[String]) -> Peer {
-        Peer::spawn_in(netns, None, args)
-    }
-
     /// A peer started in `cgroup` (it joins before it execs).
     fn spawn_in(netns: &Netns, cgroup: Option<&TestCgroup>, args: &[String]) -> Peer {
         let mut command = netns.command(peer());
@@ -395,16 +391,7 @@ impl Peer {
         hold_ms: u64,
         extra: &[&str],
     ) -> Peer {
-        let all = args(
-            "peer-client",
-            "client",
-            "--connect",
-            addr,
-            mode,
-            hold_ms,
-            extra,
-        );
-        Peer::spawn(netns, &all)
+        Peer::client_where(netns, None, addr, mode, hold_ms, extra)
     }
 
     /// A server with extra tcptrace-peer options; returns it and its port.
@@ -474,6 +461,18 @@ impl Peer {
         hold_ms: u64,
         extra: &[&str],
     ) -> Peer {
+        Peer::client_where(netns, Some(cgroup), addr, mode, hold_ms, extra)
+    }
+
+    /// Every peer client spawns here, in `cgroup` if given.
+    fn client_where(
+        netns: &Netns,
+        cgroup: Option<&TestCgroup>,
+        addr: &str,
+        mode: &str,
+        hold_ms: u64,
+        extra: &[&str],
+    ) -> Peer {
         let all = args(
             "peer-client",
             "client",
@@ -483,7 +482,7 @@ impl Peer {
             hold_ms,
             extra,
         );
-        Peer::spawn_in(netns, Some(cgroup), &all)
+        Peer::spawn_in(netns, cgroup, &all)
     }
 
     fn listening_port(&mut self) -> u16 {

@@ -191,39 +191,20 @@ impl Bench {
         };
         let mut tracer = match config {
             Config::A => None,
-            Config::B => Some(Tracer::tcptrace(
-                &self.tracer,
-                &["--all", "--json", "--port", &self.port_range()],
-                &out_path,
-            )?),
-            // The default view's events, read back from its JSON: the bench
-            // parses the tracer's machine-readable output only.
-            Config::C => Some(Tracer::tcptrace(
-                &self.tracer,
-                &["--json", "--port", &self.port_range()],
-                &out_path,
-            )?),
-            Config::E => Some(Tracer::tcptrace(
-                &self.tracer,
-                &[
-                    "--all",
-                    "--json",
-                    "--no-timewait-hook",
-                    "--port",
-                    &self.port_range(),
-                ],
-                &out_path,
-            )?),
-            Config::H => Some(Tracer::tcptrace(
-                &self.tracer,
-                &["hist", "--json", "--port", &self.port_range()],
-                &out_path,
-            )?),
-            Config::F => Some(Tracer::tcptrace(
-                &self.tracer,
-                &["--floor-probe", "--json", "--port", &self.port_range()],
-                &out_path,
-            )?),
+            // The views' events and summaries, read back from their JSON:
+            // the bench parses the tracer's machine-readable output only.
+            Config::B | Config::C | Config::E | Config::H | Config::F => {
+                let args: &[&str] = match config {
+                    Config::B => &["--all", "--json"],
+                    Config::C => &["--json"],
+                    Config::E => &["--all", "--json", "--no-timewait-hook"],
+                    Config::H => &["hist", "--json"],
+                    _ => &["--floor-probe", "--json"],
+                };
+                let range = self.port_range();
+                let args = [args, &["--port", &range]].concat();
+                Some(Tracer::tcptrace(&self.tracer, &args, &out_path)?)
+            }
             Config::D => {
                 let path = self.tcpstates.clone().map_err(anyhow::Error::msg)?;
                 Some(Tracer::tcpstates(&path, &out_path)?)
