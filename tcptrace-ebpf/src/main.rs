@@ -83,6 +83,23 @@ pub fn state_floor(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// The bench's floor of every hook (`--floor-hooks`): the timewait
+/// tracepoints with programs that return at once.
+#[btf_tracepoint(function = "timer_start")]
+pub fn timer_start_floor(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "timer_cancel")]
+pub fn timer_cancel_floor(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb_floor(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
 #[btf_tracepoint(function = "timer_start")]
 pub fn timer_start(ctx: BtfTracePointContext) -> u32 {
     counted(timewait::try_timer_start(&ctx));

@@ -28,11 +28,25 @@ pub struct ProbeOptions {
     pub histogram_keys: u32,
     /// Keep the probe's aya-log diagnostics (`--probe-log`).
     pub probe_log: bool,
-    /// Attach only `FLOOR` (the bench's floor configuration).
-    pub floor: bool,
+    /// Attach only empty programs (the bench's floor configurations).
+    pub floor: Floor,
     /// Wake the reader at most this often under load: the latency of a
     /// live view, against a wake-up's cost per event.
     pub wake_interval: std::time::Duration,
+}
+
+/// The bench's floors: what attaching costs, with programs that return at
+/// once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Floor {
+    /// The real probe.
+    Off,
+    /// `FLOOR` only, on the state-change tracepoint.
+    State,
+    /// `FLOOR` and `FLOOR_HOOKS`: every tracepoint the probe uses on a
+    /// kernel without trampolines (this one), each run costing only the
+    /// kernel's dispatch and statistics.
+    Hooks,
 }
 
 /// Prints the probe's aya-log records on stderr.
@@ -123,6 +137,27 @@ const FLOOR: Hook = Hook {
     kind: "tp_btf",
     target: SET_STATE_PROGRAM,
 };
+
+/// `Floor::Hooks`: the timer and freed-packet tracepoints the probe
+/// follows timewait sockets with (see `TIMEWAIT_PROGRAMS`, `FIN_HOOKS`),
+/// with programs that return at once.
+const FLOOR_HOOKS: [Hook; 3] = [
+    Hook {
+        program: "timer_start_floor",
+        kind: "tp_btf",
+        target: TIMER_START_PROGRAM,
+    },
+    Hook {
+        program: "timer_cancel_floor",
+        kind: "tp_btf",
+        target: TIMER_CANCEL_PROGRAM,
+    },
+    Hook {
+        program: "kfree_skb_floor",
+        kind: "tp_btf",
+        target: KFREE_SKB_PROGRAM,
+    },
+];
 
 /// New cgroups' names (a classic tracepoint: its record carries the path
 /// the kernel built).
@@ -307,7 +342,12 @@ impl Probe {
             .map_err(|e| explain_load_error(e.into()))
             .context("loading the probe")?;
         let mut attached = Vec::new();
-        if options.floor {
+        if options.floor != Floor::Off {
+            if options.floor == Floor::Hooks {
+                for hook in FLOOR_HOOKS {
+                    attached.push((hook, attach(&mut ebpf, &hook, btf)?));
+                }
+            }
             attached.push((FLOOR, attach(&mut ebpf, &FLOOR, btf)?));
             return Ok(Probe::assemble(
                 ebpf,

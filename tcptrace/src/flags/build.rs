@@ -22,7 +22,7 @@ use crate::{
     hist::{self, HistOptions},
     life::LifeOptions,
     options,
-    probe::ProbeOptions,
+    probe::{Floor, ProbeOptions},
     record::RecordOptions,
     replay::ReplayOptions,
     report::ReportOptions,
@@ -358,7 +358,11 @@ impl ProbeFlags {
             timewait_hook: !self.no_timewait_hook,
             histogram_keys: DEFAULT_HISTOGRAM_KEYS,
             probe_log: self.probe_log,
-            floor: self.floor_probe,
+            floor: match (self.floor_probe, self.floor_hooks) {
+                (_, true) => Floor::Hooks,
+                (true, false) => Floor::State,
+                (false, false) => Floor::Off,
+            },
             wake_interval: crate::session::WAKE_INTERVAL,
         }
     }

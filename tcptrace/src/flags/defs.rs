@@ -218,6 +218,12 @@ pub struct ProbeFlags {
     /// that nothing is traced.
     #[arg(long, hide = true)]
     pub floor_probe: bool,
+
+    /// Benchmarks only: --floor-probe, plus programs that return at once
+    /// on timer_start, timer_cancel and kfree_skb, the tracepoints that
+    /// follow timewait sockets on kernels without trampolines.
+    #[arg(long, hide = true)]
+    pub floor_hooks: bool,
 }
 
 /// What every tracing command takes: output format, filters, run length

@@ -128,7 +128,9 @@ pub struct Options {
     /// C tcptrace's default view (--json), D libbpf-tools tcpstates, E B without the timewait
     /// hooks (their cost), R tcptrace record into a file (read back with -r --all --json
     /// for the counts), H tcptrace hist (its histograms' counts), F the floor: a program
-    /// on the state-change tracepoint that returns at once [default: ABCD; B with --smoke].
+    /// on the state-change tracepoint that returns at once, G the floor of every hook
+    /// tcptrace uses here (F plus empty programs on timer_start, timer_cancel and
+    /// kfree_skb) [default: ABCD; B with --smoke].
     #[arg(long)]
     configs: Option<String>,
     /// Seconds of silence for the idle check after the rounds, 0 to skip
@@ -145,6 +147,12 @@ pub struct Options {
     /// Keep the tracers' output files in target/bench/.
     #[arg(long)]
     keep: bool,
+    /// Another tcptrace binary (e.g. a build of an earlier commit): each
+    /// tcptrace configuration's round is followed by the same round with
+    /// it (shown as B', C', ...), so a change's before and after are
+    /// measured in one run, under the same conditions.
+    #[arg(long, value_name = "TCPTRACE")]
+    against: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -162,6 +170,9 @@ enum Config {
     /// The floor: the state-change tracepoint with a program that returns
     /// at once (`--floor-probe`), the physical limit of attaching at all.
     F,
+    /// The floor of every hook this kernel needs (`--floor-hooks`): F plus
+    /// empty programs on timer_start, timer_cancel and kfree_skb.
+    G,
 }
 
 impl Config {
@@ -175,8 +186,14 @@ impl Config {
             'R' => Config::R,
             'H' => Config::H,
             'F' => Config::F,
-            other => bail!("unknown configuration {other:?} (A, B, C, D, E, R, H or F)"),
+            'G' => Config::G,
+            other => bail!("unknown configuration {other:?} (A, B, C, D, E, R, H, F or G)"),
         })
+    }
+
+    /// Whether tcptrace runs it (and so `--against` can run it too).
+    fn is_tcptrace(self) -> bool {
+        !matches!(self, Config::A | Config::D)
     }
 
     fn letter(self) -> &'static str {
@@ -189,6 +206,7 @@ impl Config {
             Config::R => "R",
             Config::H => "H",
             Config::F => "F",
+            Config::G => "G",
         }
     }
 
@@ -202,13 +220,14 @@ impl Config {
             Config::R => "tcptrace record -w",
             Config::H => "tcptrace hist --json",
             Config::F => "floor: empty program",
+            Config::G => "floor: all hooks, empty",
         }
     }
 
     /// (per connection, per listening port) expected transitions.
     fn expected(self) -> (Vec<(&'static str, u64)>, Table) {
         match self {
-            Config::A | Config::F => (Vec::new(), &[]),
+            Config::A | Config::F | Config::G => (Vec::new(), &[]),
             Config::H => (HIST_PER_CONNECTION.to_vec(), &[]),
             // The capture's transitions, read back with -r --all.
             Config::B | Config::R => (
@@ -224,6 +243,8 @@ impl Config {
 struct Bench {
     root: PathBuf,
     tracer: PathBuf,
+    /// `--against`: the other tcptrace.
+    against: Option<PathBuf>,
     peer: PathBuf,
     tcpstates: std::result::Result<PathBuf, String>,
     out_dir: PathBuf,
@@ -258,6 +279,11 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         bail!("the bench loads BPF programs and makes network namespaces: run it as root");
     }
 
+    if let Some(path) = &opts.against {
+        if !path.is_file() {
+            bail!("--against {}: no such file", path.display());
+        }
+    }
     let tracer = crate::build(root)?;
     let peer = crate::build_peer(root)?;
     let tcpstates = if configs.contains(&Config::D) {
@@ -278,6 +304,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     let mut bench = Bench {
         root: root.to_path_buf(),
         tracer,
+        against: opts.against.clone(),
         peer,
         tcpstates,
         out_dir,
@@ -308,11 +335,18 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             if config == Config::D && bench.tcpstates.is_err() {
                 continue;
             }
-            let round = bench
-                .round(config, number)
-                .with_context(|| format!("round {number} of {}", config.letter()))?;
-            progress(&round_line(&round));
-            results.push(round);
+            let variants: &[bool] = if bench.against.is_some() && config.is_tcptrace() {
+                &[false, true]
+            } else {
+                &[false]
+            };
+            for &against in variants {
+                let round = bench.round(config, number, against).with_context(|| {
+                    format!("round {number} of {}", round_name(config, against))
+                })?;
+                progress(&round_line(&round));
+                results.push(round);
+            }
         }
     }
     let idle = if idle_seconds > 0 {
@@ -321,13 +355,14 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         None
     };
 
-    let summary = Summary::new(&configs, &results);
+    let summary = Summary::new(&configs, bench.against.is_some(), &results);
     if opts.json {
         let doc = json!({
             "workload": {
                 "seconds": seconds, "clients": bench.clients, "ports": bench.ports,
                 "base_port": bench.base_port, "family": bench.family, "closer": bench.closer,
                 "rounds": rounds, "configs": configs.iter().map(|c| c.letter()).collect::<String>(),
+                "against": bench.against,
             },
             "tcpstates": match &bench.tcpstates { Ok(p) => json!(p), Err(why) => json!({"unavailable": why}) },
             "rounds": results.iter().map(Round::to_json).collect::<Vec<_>>(),
@@ -436,6 +471,35 @@ mod tests {
         assert!(!all.contains_key("TIME_WAIT->CLOSE"));
         let default = expected_count(DEFAULT_PER_CONNECTION, &[], &round, 4);
         assert_eq!(default.values().sum::<u64>(), 2000);
+    }
+
+    #[test]
+    fn against_rounds_get_rows_of_their_own() {
+        let round = |config, against, rate| Round {
+            config: Some(config),
+            against,
+            rate,
+            ..Default::default()
+        };
+        let results = [
+            round(Config::A, false, 100.0),
+            round(Config::C, false, 80.0),
+            round(Config::C, true, 70.0),
+        ];
+        let summary = Summary::new(&[Config::A, Config::C], true, &results);
+        let rows: Vec<(String, Vec<f64>)> = summary
+            .rows
+            .iter()
+            .map(|(c, a, rounds)| (round_name(*c, *a), rounds.iter().map(|r| r.rate).collect()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("A".to_string(), vec![100.0]),
+                ("C".to_string(), vec![80.0]),
+                ("C'".to_string(), vec![70.0]),
+            ]
+        );
     }
 
     #[test]

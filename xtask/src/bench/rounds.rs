@@ -6,6 +6,8 @@ use super::*;
 #[derive(Debug, Default)]
 pub(super) struct Round {
     pub(super) config: Option<Config>,
+    /// Run by the `--against` binary.
+    pub(super) against: bool,
     pub(super) number: usize,
     pub(super) connections: u64,
     pub(super) failed: u64,
@@ -83,8 +85,9 @@ impl Round {
     pub(super) fn to_json(&self) -> Value {
         let config = self.config.expect("set");
         let mut v = json!({
-            "config": config.letter(),
+            "config": round_name(config, self.against),
             "label": config.label(),
+            "against": self.against,
             "round": self.number,
             "connections": self.connections,
             "failed": self.failed,
@@ -179,13 +182,20 @@ impl Bench {
         (self.base_port..self.base_port + self.ports).contains(&port)
     }
 
-    pub(super) fn round(&mut self, config: Config, number: usize) -> Result<Round> {
+    pub(super) fn round(&mut self, config: Config, number: usize, against: bool) -> Result<Round> {
         let netns = Netns::new(number, config)?;
-        let out_path = self
-            .out_dir
-            .join(format!("round-{number}-{}.out", config.letter()));
+        let out_path = self.out_dir.join(format!(
+            "round-{number}-{}{}.out",
+            config.letter(),
+            if against { "-against" } else { "" }
+        ));
+        let tracer_path = match (&self.against, against) {
+            (Some(path), true) => path.clone(),
+            _ => self.tracer.clone(),
+        };
         let mut round = Round {
             config: Some(config),
+            against,
             number,
             ..Default::default()
         };
@@ -193,17 +203,18 @@ impl Bench {
             Config::A => None,
             // The views' events and summaries, read back from their JSON:
             // the bench parses the tracer's machine-readable output only.
-            Config::B | Config::C | Config::E | Config::H | Config::F => {
+            Config::B | Config::C | Config::E | Config::H | Config::F | Config::G => {
                 let args: &[&str] = match config {
                     Config::B => &["--all", "--json"],
                     Config::C => &["--json"],
                     Config::E => &["--all", "--json", "--no-timewait-hook"],
                     Config::H => &["hist", "--json"],
+                    Config::G => &["--floor-hooks", "--json"],
                     _ => &["--floor-probe", "--json"],
                 };
                 let range = self.port_range();
                 let args = [args, &["--port", &range]].concat();
-                Some(Tracer::tcptrace(&self.tracer, &args, &out_path)?)
+                Some(Tracer::tcptrace(&tracer_path, &args, &out_path)?)
             }
             Config::D => {
                 let path = self.tcpstates.clone().map_err(anyhow::Error::msg)?;
@@ -211,7 +222,7 @@ impl Bench {
             }
             // Its stdout (the summary, as JSON) goes to `out_path`.
             Config::R => Some(Tracer::tcptrace(
-                &self.tracer,
+                &tracer_path,
                 &[
                     "record",
                     "-w",
@@ -310,7 +321,7 @@ impl Bench {
                 );
             }
             let counts = match config {
-                Config::B | Config::C | Config::E | Config::H | Config::F => {
+                Config::B | Config::C | Config::E | Config::H | Config::F | Config::G => {
                     self.read_tcptrace_json(&out_path, &mut round)?
                 }
                 Config::D => {

@@ -1,12 +1,17 @@
 //! Medians over rounds and the printed and JSON summaries.
 use super::*;
 
+/// A configuration's letter, primed when the `--against` binary ran it.
+pub(super) fn round_name(config: Config, against: bool) -> String {
+    format!("{}{}", config.letter(), if against { "'" } else { "" })
+}
+
 pub(super) fn round_line(r: &Round) -> String {
     let config = r.config.unwrap();
     let mut line = format!(
-        "round {} {} {:<26} {:>7.0} conn/s ({} connections, {} failed)",
+        "round {} {:<2} {:<26} {:>7.0} conn/s ({} connections, {} failed)",
         r.number,
-        config.letter(),
+        round_name(config, r.against),
         config.label(),
         r.rate,
         r.connections,
@@ -37,9 +42,9 @@ pub(super) fn round_line(r: &Round) -> String {
     line
 }
 
-/// Medians per configuration.
+/// Medians per configuration (and per binary, with `--against`).
 pub(super) struct Summary<'a> {
-    pub(super) rows: Vec<(Config, Vec<&'a Round>)>,
+    pub(super) rows: Vec<(Config, bool, Vec<&'a Round>)>,
 }
 
 pub(super) fn median(mut values: Vec<f64>) -> f64 {
@@ -56,13 +61,26 @@ pub(super) fn median(mut values: Vec<f64>) -> f64 {
 }
 
 impl<'a> Summary<'a> {
-    pub(super) fn new(configs: &[Config], results: &'a [Round]) -> Summary<'a> {
+    pub(super) fn new(configs: &[Config], against: bool, results: &'a [Round]) -> Summary<'a> {
         let mut order: Vec<Config> = configs.to_vec();
         order.sort();
         order.dedup();
         let rows = order
             .into_iter()
-            .map(|c| (c, results.iter().filter(|r| r.config == Some(c)).collect()))
+            .flat_map(|c| {
+                let variants: &[bool] = if against && c.is_tcptrace() {
+                    &[false, true]
+                } else {
+                    &[false]
+                };
+                variants.iter().map(move |&a| {
+                    let rounds = results
+                        .iter()
+                        .filter(|r| r.config == Some(c) && r.against == a)
+                        .collect();
+                    (c, a, rounds)
+                })
+            })
             .collect();
         Summary { rows }
     }
@@ -74,8 +92,8 @@ impl<'a> Summary<'a> {
     pub(super) fn untraced_rate(&self) -> Option<f64> {
         self.rows
             .iter()
-            .find(|(c, rounds)| *c == Config::A && !rounds.is_empty())
-            .map(|(_, rounds)| Self::med(rounds, |r| r.rate))
+            .find(|(c, _, rounds)| *c == Config::A && !rounds.is_empty())
+            .map(|(_, _, rounds)| Self::med(rounds, |r| r.rate))
     }
 
     pub(super) fn to_json(&self) -> Value {
@@ -83,13 +101,14 @@ impl<'a> Summary<'a> {
         let rows: Vec<Value> = self
             .rows
             .iter()
-            .filter(|(_, rounds)| !rounds.is_empty())
-            .map(|(config, rounds)| {
+            .filter(|(_, _, rounds)| !rounds.is_empty())
+            .map(|(config, against, rounds)| {
                 let m = |f: &dyn Fn(&Round) -> f64| Self::med(rounds, f);
                 let rate = m(&|r| r.rate);
                 let mut v = json!({
-                    "config": config.letter(),
+                    "config": round_name(*config, *against),
                     "label": config.label(),
+                    "against": against,
                     "rounds": rounds.len(),
                     "connections_per_s": rate,
                     "ratio_to_untraced": base.map(|b| rate / b),
@@ -147,8 +166,8 @@ impl<'a> Summary<'a> {
             "{:<27} {:>8} {:>6} {:>10} {:>10} {:>7} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7}",
             "", "", "", "", "", "", "full", "miss", "loss", "", "us", "us", "ns/tr", "MiB"
         );
-        for (config, rounds) in &self.rows {
-            let name = format!("{} {}", config.letter(), config.label());
+        for (config, against, rounds) in &self.rows {
+            let name = format!("{:<2} {}", round_name(*config, *against), config.label());
             if rounds.is_empty() {
                 let why = match (config, tcpstates) {
                     (Config::D, Err(why)) => format!("unavailable: {why}"),
@@ -183,10 +202,10 @@ impl<'a> Summary<'a> {
             );
         }
         println!();
-        for (config, rounds) in self
+        for (config, against, rounds) in self
             .rows
             .iter()
-            .filter(|(c, r)| *c != Config::A && !r.is_empty())
+            .filter(|(c, _, r)| *c != Config::A && !r.is_empty())
         {
             let unexplained: u64 = rounds.iter().map(|r| r.unexplained()).sum();
             let expected: u64 = rounds.iter().map(|r| r.expected).sum();
@@ -196,18 +215,21 @@ impl<'a> Summary<'a> {
                 "{}: over {} round(s), {unexplained} of {expected} expected transitions lost \
                  unexplained, {counted} counted as lost ({:.2} per 100,000 of the workload's \
                  {made} transitions)",
-                config.letter(),
+                round_name(*config, *against),
                 rounds.len(),
                 1e5 * counted as f64 / made.max(1) as f64
             );
         }
-        if let Some((_, rounds)) = self
+        for (_, against, rounds) in self
             .rows
             .iter()
-            .find(|(c, r)| *c == Config::R && !r.is_empty())
+            .filter(|(c, _, r)| *c == Config::R && !r.is_empty())
         {
             let bytes = Self::med(rounds, |r| r.bytes_per_record.unwrap_or(f64::NAN));
-            println!("R: {bytes:.1} bytes per record on disk (median)");
+            println!(
+                "{}: {bytes:.1} bytes per record on disk (median)",
+                round_name(Config::R, *against)
+            );
         }
         println!(
             "reported: records matching the expected table; outside: other records; cpu/ev: \
