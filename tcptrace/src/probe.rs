@@ -49,6 +49,17 @@ pub enum Floor {
     Hooks,
 }
 
+impl Floor {
+    /// The empty programs to attach in place of the probe (none: the probe).
+    fn hooks(self) -> &'static [Hook] {
+        match self {
+            Floor::Off => &[],
+            Floor::State => &FLOOR_HOOKS[..1],
+            Floor::Hooks => &FLOOR_HOOKS,
+        }
+    }
+}
+
 /// Prints the probe's aya-log records on stderr.
 pub struct ProbeLog;
 
@@ -138,10 +149,11 @@ const FLOOR: Hook = Hook {
     target: SET_STATE_PROGRAM,
 };
 
-/// `Floor::Hooks`: the timer and freed-packet tracepoints the probe
-/// follows timewait sockets with (see `TIMEWAIT_PROGRAMS`, `FIN_HOOKS`),
-/// with programs that return at once.
-const FLOOR_HOOKS: [Hook; 3] = [
+/// `Floor::Hooks`: `FLOOR` and the timer and freed-packet tracepoints the
+/// probe follows timewait sockets with (see `TIMEWAIT_PROGRAMS`,
+/// `FIN_HOOKS`), with programs that return at once.
+const FLOOR_HOOKS: [Hook; 4] = [
+    FLOOR,
     Hook {
         program: "timer_start_floor",
         kind: "tp_btf",
@@ -342,13 +354,11 @@ impl Probe {
             .map_err(|e| explain_load_error(e.into()))
             .context("loading the probe")?;
         let mut attached = Vec::new();
-        if options.floor != Floor::Off {
-            if options.floor == Floor::Hooks {
-                for hook in FLOOR_HOOKS {
-                    attached.push((hook, attach(&mut ebpf, &hook, btf)?));
-                }
+        let floor = options.floor.hooks();
+        if !floor.is_empty() {
+            for &hook in floor {
+                attached.push((hook, attach(&mut ebpf, &hook, btf)?));
             }
-            attached.push((FLOOR, attach(&mut ebpf, &FLOOR, btf)?));
             return Ok(Probe::assemble(
                 ebpf,
                 options,

@@ -191,9 +191,14 @@ impl Config {
         })
     }
 
-    /// Whether tcptrace runs it (and so `--against` can run it too).
-    fn is_tcptrace(self) -> bool {
-        !matches!(self, Config::A | Config::D)
+    /// Which binaries run it, as `Round::against`: the tracer, and with
+    /// `--against` (only for tcptrace's configurations) the other one.
+    fn binaries(self, against: bool) -> &'static [bool] {
+        if against && !matches!(self, Config::A | Config::D) {
+            &[false, true]
+        } else {
+            &[false]
+        }
     }
 
     fn letter(self) -> &'static str {
@@ -335,12 +340,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
             if config == Config::D && bench.tcpstates.is_err() {
                 continue;
             }
-            let variants: &[bool] = if bench.against.is_some() && config.is_tcptrace() {
-                &[false, true]
-            } else {
-                &[false]
-            };
-            for &against in variants {
+            for &against in config.binaries(bench.against.is_some()) {
                 let round = bench.round(config, number, against).with_context(|| {
                     format!("round {number} of {}", round_name(config, against))
                 })?;

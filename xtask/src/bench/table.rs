@@ -68,12 +68,7 @@ impl<'a> Summary<'a> {
         let rows = order
             .into_iter()
             .flat_map(|c| {
-                let variants: &[bool] = if against && c.is_tcptrace() {
-                    &[false, true]
-                } else {
-                    &[false]
-                };
-                variants.iter().map(move |&a| {
+                c.binaries(against).iter().map(move |&a| {
                     let rounds = results
                         .iter()
                         .filter(|r| r.config == Some(c) && r.against == a)
