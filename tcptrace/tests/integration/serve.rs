@@ -377,7 +377,16 @@ impl Prometheus {
         loop {
             let got = self.query(promql);
             if got == expected || Instant::now() >= deadline {
-                assert_eq!(got, expected, "{promql}");
+                // What the probe lost is in the message: a run the kernel
+                // skipped leaves the census short of a socket.
+                let losses = (got != expected).then(|| {
+                    let lost = self.query("tcptrace_events_lost_total");
+                    let misses = self.query("tcptrace_timewait_hook_misses_total");
+                    format!(
+                        "; tcptrace_events_lost_total {lost:?}, timewait hook misses {misses:?}"
+                    )
+                });
+                assert_eq!(got, expected, "{promql}{}", losses.unwrap_or_default());
                 eprintln!("prometheus: {promql} = {got:?}");
                 return;
             }
